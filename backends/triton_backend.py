@@ -1,0 +1,238 @@
+"""Triton backend: renders templates/triton/{fwd,bwd}.py.jinja for a (spec, config) pair, imports
+the result from the cache directory, and launches it on tensors prepared by ssmgen.inputs.
+
+Everything the templates branch on comes from the ScanSpec (via `context`); the config carries
+only tile shapes and warps. The kernel's argument list is built here once (`kernel_args`) and
+used both for the rendered signature and for the launch, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+
+from ssmgen import render
+from ssmgen.inputs import Call
+from ssmgen.spec import ScanSpec
+
+TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja",
+             "triton/common.py.jinja")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape of one kernel: BLOCK_D channels x all states x BLOCK_L timesteps."""
+
+    block_d: int = 4
+    block_l: int = 32
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def tag(self) -> str:
+        return f"d{self.block_d}_l{self.block_l}_w{self.num_warps}_s{self.num_stages}"
+
+    def check(self, spec: ScanSpec) -> None:
+        for name in ("block_d", "block_l", "num_warps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v & (v - 1):
+                raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+        if self.block_l > spec.chunk_len or self.block_l < 2:
+            raise ValueError(f"config.block_l must be in 2..chunk_len={spec.chunk_len}, "
+                             f"got {self.block_l}")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    fwd: KernelConfig = KernelConfig()
+    bwd: KernelConfig = KernelConfig()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScanConfig":
+        """{"fwd": {...}, "bwd": {...}} or one flat dict of KernelConfig fields for both."""
+        if "fwd" in d or "bwd" in d:
+            unknown = set(d) - {"fwd", "bwd"}
+            if unknown:
+                raise ValueError(f"config: unknown keys {sorted(unknown)}")
+            base = default_config_fields()
+            return cls(KernelConfig(**{**base, **d.get("fwd", {})}),
+                       KernelConfig(**{**base, **d.get("bwd", {})}))
+        k = KernelConfig(**{**default_config_fields(), **d})
+        return cls(k, k)
+
+    def as_dict(self) -> dict:
+        return {"fwd": asdict(self.fwd), "bwd": asdict(self.bwd)}
+
+
+def default_config_fields() -> dict:
+    return asdict(KernelConfig())
+
+
+def padded_state(spec: ScanSpec) -> int:
+    return max(2, triton.next_power_of_2(spec.d_state))
+
+
+def default_config(spec: ScanSpec) -> ScanConfig:
+    """Heuristic used when no tuned record exists: tiles of about 2048 (fwd) and 1024 (bwd)
+    fp32 elements, so a thread keeps 8-16 values per live tile at 4 warps."""
+    NP = padded_state(spec)
+
+    def pick(target):
+        bl = min(spec.chunk_len, 32 if NP <= 64 else 16)
+        bd = max(1, min(16, target // (NP * bl)))
+        return KernelConfig(block_d=bd, block_l=bl, num_warps=4)
+
+    return ScanConfig(pick(2048), pick(1024))
+
+
+# -- rendering -----------------------------------------------------------------------------
+def kernel_args(spec: ScanSpec, kind: str) -> list:
+    """The rendered kernel's parameters, in order (shared by template and launcher)."""
+    a = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr"]
+    a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
+                          ("dbias_ptr", spec.has_delta_bias)) if on]
+    if kind == "fwd":
+        a += ["out_ptr", "ckpt_ptr"] + (["last_ptr"] if spec.return_last_state else [])
+    else:
+        a += ["ckpt_ptr", "dout_ptr", "scratch_ptr", "du_ptr", "ddelta_ptr"]
+        a += ["dz_ptr"] if spec.has_z else []
+        a += ["dB_ptr", "dC_ptr", "dA_ptr"]
+        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddbias_ptr", spec.has_delta_bias)) if on]
+    a += ["dim", "L", "n_chunks"]
+    a += ["s_ub", "s_ud", "s_db", "s_dd"] + (["s_zb", "s_zd"] if spec.has_z else [])
+    for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
+        if var:
+            a += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
+            a += [f"ng_{X}"] if kind == "bwd" else []
+    if kind == "bwd":
+        a += ["s_gb", "s_gd"]
+    for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
+        if var:
+            a.append(f"{X}_UNIFORM: tl.constexpr")
+    if kind == "fwd":
+        a.append("SAVE_CKPT: tl.constexpr")
+    return a
+
+
+def kernel_name(spec: ScanSpec, cfg: KernelConfig, kind: str) -> str:
+    return f"ssmgen_{kind}_{spec.short_name()}__{cfg.tag()}"
+
+
+def context(spec: ScanSpec, cfg: KernelConfig, kind: str) -> dict:
+    return dict(
+        spec_key=spec.key(), config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
+        args=kernel_args(spec, kind), N=spec.d_state, NP=padded_state(spec),
+        K=2 if spec.complex_A else 1, block_d=cfg.block_d, block_l=cfg.block_l,
+        blocks_per_chunk=spec.chunk_len // cfg.block_l, complex_A=spec.complex_A,
+        B_variable=spec.is_variable_B, C_variable=spec.is_variable_C, has_D=spec.has_D,
+        has_z=spec.has_z, has_delta_bias=spec.has_delta_bias, delta_softplus=spec.delta_softplus,
+        return_last_state=spec.return_last_state,
+    )
+
+
+def render_source(spec: ScanSpec, cfg: KernelConfig, kind: str) -> str:
+    return render.render(f"triton/{kind}.py.jinja", **context(spec, cfg, kind))
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(spec: ScanSpec, cfg: KernelConfig, kind: str):
+    cfg.check(spec)
+    name = kernel_name(spec, cfg, kind)
+    mod = render.load_module("triton", name, render_source(spec, cfg, kind))
+    return getattr(mod, name)
+
+
+# -- launching -----------------------------------------------------------------------------
+def _bc_launch_args(call: Call, X: str, kind: str, block_d: int, grads=None) -> dict:
+    t = getattr(call, X)
+    if t.dim() == 2:
+        return {}
+    groups = getattr(call, f"groups_{X}")
+    dpg = call.dim // groups
+    a = {f"dpg_{X}": dpg, f"s_{X}b": t.stride(0), f"s_{X}g": t.stride(1), f"s_{X}n": t.stride(2),
+         f"{X}_UNIFORM": dpg % block_d == 0}
+    if kind == "bwd":
+        a[f"ng_{X}"] = groups
+    return a
+
+
+def _as_real(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _common_args(call: Call, kind: str, cfg: KernelConfig) -> dict:
+    a = dict(u_ptr=call.u, delta_ptr=call.delta, A_ptr=_as_real(call.A), B_ptr=_as_real(call.B),
+             C_ptr=_as_real(call.C), D_ptr=call.D, z_ptr=call.z, dbias_ptr=call.delta_bias,
+             dim=call.dim, L=call.seqlen, s_ub=call.u.stride(0), s_ud=call.u.stride(1),
+             s_db=call.delta.stride(0), s_dd=call.delta.stride(1))
+    if call.z is not None:
+        a.update(s_zb=call.z.stride(0), s_zd=call.z.stride(1))
+    a.update(_bc_launch_args(call, "B", kind, cfg.block_d))
+    a.update(_bc_launch_args(call, "C", kind, cfg.block_d))
+    return a
+
+
+def _launch(spec, cfg, kind, args: dict, grid):
+    fn = kernel(spec, cfg, kind)
+    names = [n.split(":")[0] for n in kernel_args(spec, kind)]
+    missing = [n for n in names if n not in args]
+    assert not missing, f"launcher lacks kernel arguments {missing}"
+    fn[grid](*[args[n] for n in names], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def n_chunks(spec: ScanSpec, L: int) -> int:
+    return triton.cdiv(L, spec.chunk_len)
+
+
+def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
+    """Returns (out, last_state or None, checkpoints (batch, dim, n_chunks, N[, 2]) fp32)."""
+    spec, dev = call.spec, call.u.device
+    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    K = (2,) if spec.complex_A else ()
+    nch = n_chunks(spec, L)
+    out = torch.empty(b, d, L, dtype=call.u.dtype, device=dev)
+    ckpt = torch.empty((b, d, nch, N) + K if save_ckpt else (1,), dtype=torch.float32, device=dev)
+    last = torch.empty((b, d, N) + K, dtype=torch.float32, device=dev) if spec.return_last_state else None
+    args = _common_args(call, "fwd", cfg.fwd)
+    args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=nch, SAVE_CKPT=save_ckpt)
+    grid = (triton.cdiv(d, cfg.fwd.block_d), b)
+    _launch(spec, cfg.fwd, "fwd", args, grid)
+    if last is not None and spec.complex_A:
+        last = torch.view_as_complex(last)
+    return out, last, ckpt
+
+
+def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
+    """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
+    spec, dev, k = call.spec, call.u.device, cfg.bwd
+    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    K = (2,) if spec.complex_A else ()
+    f32 = dict(dtype=torch.float32, device=dev)
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    grid = (triton.cdiv(d, k.block_d), b)
+    bpc = spec.chunk_len // k.block_l
+    NP = padded_state(spec)
+    scratch = torch.empty((b, grid[0] * k.block_d, bpc, NP) + K if bpc > 1 else (1,), **f32)
+    g = dict(du=torch.empty(b, d, L, dtype=call.u.dtype, device=dev),
+             ddelta=torch.empty(b, d, L, dtype=call.u.dtype, device=dev),
+             dz=torch.empty(b, d, L, dtype=call.u.dtype, device=dev) if spec.has_z else None,
+             dA=torch.empty((b, d, N) + K, **f32),
+             dD=torch.empty(b, d, **f32) if spec.has_D else None,
+             ddbias=torch.empty(b, d, **f32) if spec.has_delta_bias else None)
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        # variable: summed over channels by atomics into fp32; constant: per-batch partials
+        g["d" + X] = torch.zeros(t.shape, **f32) if t.dim() == 4 else torch.empty((b, d, N) + K, **f32)
+    args = _common_args(call, "bwd", k)
+    args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch, n_chunks=n_chunks(spec, L),
+                s_gb=dout.stride(0), s_gd=dout.stride(1),
+                **{f"{n}_ptr": v for n, v in g.items()})
+    _launch(spec, k, "bwd", args, grid)
+    for n in ("dA", "dD", "ddbias"):
+        if g[n] is not None:
+            g[n] = g[n].sum(0)
+    for X in ("B", "C"):
+        if getattr(call, X).dim() == 2:
+            g["d" + X] = g["d" + X].sum(0)
+    return g

@@ -1,0 +1,186 @@
+"""The public selective_scan: validation, backend choice, autograd and torch.library custom ops.
+
+Forward and backward are custom ops (`ssmgen::scan_fwd`, `ssmgen::scan_bwd`) with fake
+implementations, so torch.compile traces a model that calls them without a graph break. The
+autograd Function saves the inputs and the chunk checkpoints only; backward recomputes states.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import List, Optional
+
+import torch
+
+from .inputs import Call, normalize
+from .reference import selective_scan_ref
+
+BACKENDS = ("triton", "reference")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def pick_backend(backend: Optional[str], device: torch.device) -> str:
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+        if backend == "triton" and device.type != "cuda" and not _interpreting():
+            raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set "
+                             "before ssmgen runs a kernel to use Triton's CPU interpreter")
+        return backend
+    if device.type == "cuda" or _interpreting():
+        return "triton"
+    return "reference"
+
+
+def _split_config(config):
+    """Public `config`: None, a ScanConfig, or a dict; "chunk_len" in a dict goes to the spec."""
+    from ssmgen.backends.triton_backend import ScanConfig
+
+    if config is None or isinstance(config, ScanConfig):
+        return None, config
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
+    config = dict(config)
+    return config.pop("chunk_len", None), (ScanConfig.from_dict(config) if config else None)
+
+
+def _resolve(call: Call, config):
+    from ssmgen.backends.triton_backend import ScanConfig, default_config
+
+    cfg = default_config(call.spec) if config is None else config
+    if not isinstance(cfg, ScanConfig):
+        cfg = ScanConfig.from_dict(cfg)
+    cfg.fwd.check(call.spec)
+    cfg.bwd.check(call.spec)
+    return cfg
+
+
+def _config_json(cfg) -> str:
+    return json.dumps(cfg.as_dict(), sort_keys=True)
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty(0)
+
+
+# -- custom ops ------------------------------------------------------------------------------
+@torch.library.custom_op("ssmgen::scan_fwd", mutates_args=())
+def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+             delta_bias: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
+             chunk_len: int, config: str, save_ckpt: bool) -> List[torch.Tensor]:
+    from ssmgen.backends import triton_backend
+
+    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                     chunk_len)
+    cfg = triton_backend.ScanConfig.from_dict(json.loads(config))
+    out, last, ckpt = triton_backend.forward(call, cfg, save_ckpt)
+    return [out, _empty(u.float()) if last is None else last, ckpt]
+
+
+@scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_len, config,
+      save_ckpt):
+    b, d, L = u.shape
+    N = A.shape[1]
+    K = (2,) if A.is_complex() else ()
+    last = (u.new_empty((b, d, N), dtype=A.dtype) if return_last_state
+            else u.new_empty(0, dtype=torch.float32))
+    nch = -(-L // chunk_len)
+    ckpt = u.new_empty((b, d, nch, N) + K if save_ckpt else (1,), dtype=torch.float32)
+    return [torch.empty_like(u, memory_format=torch.contiguous_format), last, ckpt]
+
+
+@torch.library.custom_op("ssmgen::scan_bwd", mutates_args=())
+def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+             delta_bias: Optional[torch.Tensor], delta_softplus: bool, chunk_len: int,
+             config: str, ckpt: torch.Tensor, dout: torch.Tensor) -> List[torch.Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' own shapes and
+    dtypes; an absent optional input gets an empty tensor."""
+    from ssmgen.backends import triton_backend
+
+    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False, chunk_len)
+    cfg = triton_backend.ScanConfig.from_dict(json.loads(config))
+    g = triton_backend.backward(call, cfg, ckpt, dout)
+    cplx = call.spec.complex_A
+
+    def as_input(grad, x):
+        if grad is None:
+            return _empty(u)
+        if cplx and x.is_complex():
+            grad = torch.view_as_complex(grad.reshape(x.shape + (2,)))
+        return grad.reshape(x.shape).to(x.dtype)
+
+    return [as_input(g["du"], u), as_input(g["ddelta"], delta), as_input(g["dA"], A),
+            as_input(g["dB"], B), as_input(g["dC"], C),
+            as_input(g["dD"], D) if D is not None else _empty(u),
+            as_input(g["dz"], z) if z is not None else _empty(u),
+            as_input(g["ddbias"], delta_bias) if delta_bias is not None else _empty(u)]
+
+
+@scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_len, config, ckpt, dout):
+    like = [u, delta, A, B, C, D, z, delta_bias]
+    return [torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None
+            else u.new_empty(0) for x in like]
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Saves the inputs and the chunk checkpoints (never per-timestep states)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                chunk_len, config):
+        save = torch.is_grad_enabled() or any(
+            isinstance(x, torch.Tensor) and x.requires_grad
+            for x in (u, delta, A, B, C, D, z, delta_bias))
+        out, last, ckpt = torch.ops.ssmgen.scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                    delta_softplus, return_last_state,
+                                                    chunk_len, config, save)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+        ctx.flags = (delta_softplus, chunk_len, config)
+        ctx.mark_non_differentiable(last)  # the final state's gradient is future work
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        softplus, chunk_len, config = ctx.flags
+        g = torch.ops.ssmgen.scan_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, chunk_len,
+                                      config, ckpt, dout)
+        du, ddelta, dA, dB, dC, dD, dz, ddb = g
+        return (du, ddelta, dA, dB, dC, dD if D is not None else None,
+                dz if z is not None else None, ddb if delta_bias is not None else None,
+                None, None, None, None)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, *, backend=None, config=None):
+    """Drop-in for mamba-ssm's selective_scan_fn (same arguments, shapes and returns).
+
+    u, delta, z: (batch, dim, L); A: (dim, N) float32 or complex64; B, C: (dim, N),
+    (batch, N, L) or (batch, groups, N, L) (complex A: complex tensors, or mamba's interleaved
+    real form (..., 2L)); D, delta_bias: (dim,) float32. Returns out, or (out, last_state).
+
+    backend: "triton", "reference" or None (Triton on CUDA tensors or under TRITON_INTERPRET=1,
+    else the reference). config: a dict of KernelConfig fields (both kernels), or
+    {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None takes the default.
+    """
+    chunk_len, cfg = _split_config(config)
+    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                     chunk_len)  # every check happens here, before anything is rendered
+    name = pick_backend(backend, call.u.device)
+    if name == "reference":
+        res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                 return_last_state)
+        if not return_last_state:
+            return res.to(u.dtype)
+        return res[0].to(u.dtype), res[1].to(A.dtype)
+    cfg = _resolve(call, cfg)
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      return_last_state, call.spec.chunk_len, _config_json(cfg))
+    return (out, last) if return_last_state else out

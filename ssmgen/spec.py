@@ -1,0 +1,131 @@
+"""ScanSpec: the one place a selective-scan variant is described.
+
+Backends render kernels from it, the tuner and the cache key on it; nobody re-derives a variant
+from tensors except `ScanSpec.from_inputs`, which is the single door from a call to a spec.
+
+Key stability: `key()` lists fields in a fixed order and writes a field only when it differs from
+its default. A field added later with a default therefore leaves every existing key unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+
+MAX_D_STATE = 256
+DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+BC_LAYOUTS = ("constant", "variable")
+KEY_VERSION = "ss1"
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """One selective-scan variant.
+
+    d_state:          N, any integer 1..MAX_D_STATE.
+    dtype:            dtype of u, delta, z, out and of variable B/C ("float32", "float16", "bfloat16").
+    complex_A:        A complex (state, B, C complex) instead of real.
+    B_layout/C_layout: "constant" = (dim, N) fp32/complex64; "variable" = (batch, groups, N, L).
+    has_D, has_z, has_delta_bias, delta_softplus, return_last_state: the options of selective_scan_fn.
+    chunk_len:        timesteps between state checkpoints saved for backward (power of two, 16..4096).
+    """
+
+    d_state: int
+    dtype: str = "float32"
+    complex_A: bool = False
+    B_layout: str = "variable"
+    C_layout: str = "variable"
+    has_D: bool = False
+    has_z: bool = False
+    has_delta_bias: bool = False
+    delta_softplus: bool = False
+    return_last_state: bool = False
+    chunk_len: int = 256
+    # Room for the fields that come next (initial_state, varlen, reverse, scalar A per head,
+    # decode step): add them here with a default, and key() stays the same for old specs.
+
+    def __post_init__(self):
+        _validate(self)
+
+    # -- identity -------------------------------------------------------------------------
+    def key(self) -> str:
+        """Canonical string, stable across processes and Python versions (no hash())."""
+        parts = [KEY_VERSION, f"n{self.d_state}", DTYPE_SHORT[self.dtype]]
+        for f in fields(self):
+            if f.name in ("d_state", "dtype"):
+                continue
+            v = getattr(self, f.name)
+            if v != f.default:
+                parts.append(f"{f.name}={_fmt(v)}")
+        return "-".join(parts)
+
+    def short_name(self) -> str:
+        """Readable tag for kernel names: every field, always in the same order."""
+        bits = [f"n{self.d_state}", DTYPE_SHORT[self.dtype], "cplx" if self.complex_A else "real",
+                "B" + self.B_layout[0], "C" + self.C_layout[0]]
+        for flag, tag in (("has_D", "D"), ("has_z", "z"), ("has_delta_bias", "db"),
+                          ("delta_softplus", "sp"), ("return_last_state", "last")):
+            if getattr(self, flag):
+                bits.append(tag)
+        bits.append(f"c{self.chunk_len}")
+        return "_".join(bits)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ScanSpec":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"ScanSpec.from_json: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "ScanSpec":
+        return dataclasses.replace(self, **changes)
+
+    # -- derived facts the backends read ----------------------------------------------------
+    @property
+    def is_variable_B(self) -> bool:
+        return self.B_layout == "variable"
+
+    @property
+    def is_variable_C(self) -> bool:
+        return self.C_layout == "variable"
+
+    @classmethod
+    def from_inputs(cls, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                    delta_softplus=False, return_last_state=False, chunk_len=None) -> "ScanSpec":
+        """The spec of a `selective_scan` call (validates the tensors too)."""
+        from .inputs import normalize  # local: inputs imports spec
+
+        return normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                         return_last_state, chunk_len=chunk_len).spec
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def _validate(s: ScanSpec) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(f"ScanSpec: {msg}")
+
+    if not isinstance(s.d_state, int) or isinstance(s.d_state, bool):
+        raise TypeError(f"ScanSpec: d_state must be an int, got {type(s.d_state).__name__}")
+    need(1 <= s.d_state <= MAX_D_STATE, f"d_state must be in 1..{MAX_D_STATE}, got {s.d_state}")
+    need(s.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {s.dtype!r}")
+    need(s.B_layout in BC_LAYOUTS, f"B_layout must be one of {BC_LAYOUTS}, got {s.B_layout!r}")
+    need(s.C_layout in BC_LAYOUTS, f"C_layout must be one of {BC_LAYOUTS}, got {s.C_layout!r}")
+    for name in ("complex_A", "has_D", "has_z", "has_delta_bias", "delta_softplus",
+                 "return_last_state"):
+        if not isinstance(getattr(s, name), bool):
+            raise TypeError(f"ScanSpec: {name} must be a bool, got {getattr(s, name)!r}")
+    c = s.chunk_len
+    need(isinstance(c, int) and not isinstance(c, bool) and 16 <= c <= 4096 and c & (c - 1) == 0,
+         f"chunk_len must be a power of two in 16..4096, got {c!r}")
