@@ -8,6 +8,7 @@ used both for the rendered signature and for the launch, so the two cannot drift
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -181,6 +182,14 @@ def _launch(spec, cfg, kind, args: dict, grid):
     fn[grid](*[args[n] for n in names], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
+def _new(shape, dtype, device):
+    """Uninitialized output buffer; NaN-filled under SSMGEN_POISON=1 (tests), so an element a
+    kernel fails to write shows up as NaN instead of passing by luck."""
+    if os.environ.get("SSMGEN_POISON") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def n_chunks(spec: ScanSpec, L: int) -> int:
     return triton.cdiv(L, spec.chunk_len)
 
@@ -191,9 +200,9 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
     K = (2,) if spec.complex_A else ()
     nch = n_chunks(spec, L)
-    out = torch.empty(b, d, L, dtype=call.u.dtype, device=dev)
-    ckpt = torch.empty((b, d, nch, N) + K if save_ckpt else (1,), dtype=torch.float32, device=dev)
-    last = torch.empty((b, d, N) + K, dtype=torch.float32, device=dev) if spec.return_last_state else None
+    out = _new((b, d, L), call.u.dtype, dev)
+    ckpt = _new((b, d, nch, N) + K if save_ckpt else (1,), torch.float32, dev)
+    last = _new((b, d, N) + K, torch.float32, dev) if spec.return_last_state else None
     args = _common_args(call, "fwd", cfg.fwd)
     args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=nch, SAVE_CKPT=save_ckpt)
     grid = (triton.cdiv(d, cfg.fwd.block_d), b)
@@ -209,21 +218,21 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
     K = (2,) if spec.complex_A else ()
     f32 = dict(dtype=torch.float32, device=dev)
+    io = dict(dtype=call.u.dtype, device=dev)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     grid = (triton.cdiv(d, k.block_d), b)
     bpc = spec.chunk_len // k.block_l
     NP = padded_state(spec)
-    scratch = torch.empty((b, grid[0] * k.block_d, bpc, NP) + K if bpc > 1 else (1,), **f32)
-    g = dict(du=torch.empty(b, d, L, dtype=call.u.dtype, device=dev),
-             ddelta=torch.empty(b, d, L, dtype=call.u.dtype, device=dev),
-             dz=torch.empty(b, d, L, dtype=call.u.dtype, device=dev) if spec.has_z else None,
-             dA=torch.empty((b, d, N) + K, **f32),
-             dD=torch.empty(b, d, **f32) if spec.has_D else None,
-             ddbias=torch.empty(b, d, **f32) if spec.has_delta_bias else None)
+    scratch = _new((b, grid[0] * k.block_d, bpc, NP) + K if bpc > 1 else (1,), **f32)
+    g = dict(du=_new((b, d, L), **io), ddelta=_new((b, d, L), **io),
+             dz=_new((b, d, L), **io) if spec.has_z else None,
+             dA=_new((b, d, N) + K, **f32),
+             dD=_new((b, d), **f32) if spec.has_D else None,
+             ddbias=_new((b, d), **f32) if spec.has_delta_bias else None)
     for X in ("B", "C"):
         t = getattr(call, X)
         # variable: summed over channels by atomics into fp32; constant: per-batch partials
-        g["d" + X] = torch.zeros(t.shape, **f32) if t.dim() == 4 else torch.empty((b, d, N) + K, **f32)
+        g["d" + X] = torch.zeros(t.shape, **f32) if t.dim() == 4 else _new((b, d, N) + K, **f32)
     args = _common_args(call, "bwd", k)
     args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch, n_chunks=n_chunks(spec, L),
                 s_gb=dout.stride(0), s_gd=dout.stride(1),

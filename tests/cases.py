@@ -1,0 +1,96 @@
+"""Hypothesis strategies over the whole IR space, and random inputs as suite.json draws them."""
+import torch
+from hypothesis import strategies as st
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@st.composite
+def scan_cases(draw, big: bool = False):
+    """A call of selective_scan: sizes, input forms, options and kernel config."""
+    c = {}
+    c["dtype"] = draw(st.sampled_from(DTYPES))
+    c["complex"] = draw(st.booleans())
+    c["N"] = draw(st.sampled_from([1, 3, 16, 17, 64, 128, 256] if big else [1, 2, 3, 5, 8]))
+    c["chunk_len"] = draw(st.sampled_from([16, 64, 256] if big else [16, 32]))
+    ch = c["chunk_len"]
+    # L below, equal to, a multiple of, and not a multiple of chunk_len
+    c["L"] = draw(st.one_of(st.integers(1, ch - 1), st.just(ch), st.just(2 * ch),
+                            st.integers(ch + 1, (4 if big else 2) * ch + ch // 2)))
+    c["batch"] = draw(st.integers(1, 3 if big else 2))
+    c["dim"] = draw(st.integers(1, 48 if big else 6))
+    bls = [b for b in ([8, 16, 32, 64] if big else [2, 4, 8, 16]) if b <= ch]
+    c["fwd"] = dict(block_l=draw(st.sampled_from(bls)), block_d=draw(st.sampled_from([1, 2, 4])))
+    c["bwd"] = dict(block_l=draw(st.sampled_from(bls)), block_d=draw(st.sampled_from([1, 2, 4])))
+    divisors = [g for g in range(1, c["dim"] + 1) if c["dim"] % g == 0]
+    for X in ("B", "C"):
+        form = draw(st.sampled_from(["constant", "var3", "var4"]))
+        c[X] = form
+        c[X + "_groups"] = draw(st.sampled_from(divisors)) if form == "var4" else 1
+        # complex variable B/C: a complex64 tensor (fp32 only) or mamba's interleaved real form
+        c[X + "_complex_tensor"] = (c["complex"] and c["dtype"] == torch.float32
+                                    and form != "constant" and draw(st.booleans()))
+    for flag in ("D", "z", "delta_bias", "delta_softplus", "return_last_state", "noncontig"):
+        c[flag] = draw(st.booleans())
+    return c
+
+
+def _strided(shape, dtype, device, noncontig, gen, fill):
+    """A tensor of `shape`; non-contiguous forms exercise both copying (last stride != 1) and
+    passing strides through (a slice along the second dim)."""
+    if not noncontig:
+        return fill(torch.empty(shape, dtype=dtype, device=device), gen)
+    if len(shape) >= 3 and shape[-1] > 1 and len(shape) % 2:
+        big = fill(torch.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=dtype, device=device), gen)
+        return big.transpose(-1, -2)
+    padded = (shape[0], shape[1] + 2) + tuple(shape[2:]) if len(shape) >= 2 else shape
+    big = fill(torch.empty(padded, dtype=dtype, device=device), gen)
+    return big[:, 1:shape[1] + 1] if len(shape) >= 2 else big
+
+
+def _normal(t, gen):
+    if t.is_complex():
+        return t.copy_(torch.randn(t.shape, dtype=t.dtype, generator=gen).to(t.device))
+    return t.copy_(torch.randn(t.shape, generator=gen).to(t.device))
+
+
+def _uniform(scale):
+    def fill(t, gen):
+        return t.copy_((scale * torch.rand(t.shape, generator=gen)).to(t.device))
+    return fill
+
+
+def make_inputs(c: dict, device, seed: int):
+    """Fresh random inputs (never zeros), drawn as suite.json says."""
+    gen = torch.Generator().manual_seed(seed)
+    b, d, L, N, dt = c["batch"], c["dim"], c["L"], c["N"], c["dtype"]
+    nc = c["noncontig"]
+    u = _strided((b, d, L), dt, device, nc, gen, _normal)
+    delta = _strided((b, d, L), dt, device, nc, gen, _uniform(0.5))
+    if c["complex"]:
+        A = torch.complex(-0.5 * torch.rand(d, N, generator=gen),
+                          torch.randn(d, N, generator=gen)).to(device)
+    else:
+        A = (-0.5 * torch.rand(d, N, generator=gen)).to(device)
+    bc = {}
+    for X in ("B", "C"):
+        form, g = c[X], c[X + "_groups"]
+        if form == "constant":
+            shape, xdt = (d, N), (torch.complex64 if c["complex"] else torch.float32)
+        else:
+            shape = (b, N, L) if form == "var3" else (b, g, N, L)
+            xdt = dt
+            if c["complex"]:
+                if c[X + "_complex_tensor"]:
+                    xdt = torch.complex64
+                else:
+                    shape = shape[:-1] + (2 * L,)
+        bc[X] = _strided(shape, xdt, device, nc, gen, _normal)
+    D = torch.randn(d, generator=gen).to(device) if c["D"] else None
+    z = _strided((b, d, L), dt, device, nc, gen, _normal) if c["z"] else None
+    dbias = (0.1 * torch.rand(d, generator=gen)).to(device) if c["delta_bias"] else None
+    return [u, delta, A, bc["B"], bc["C"], D, z, dbias]
+
+
+def config_of(c: dict) -> dict:
+    return {"chunk_len": c["chunk_len"], "fwd": c["fwd"], "bwd": c["bwd"]}

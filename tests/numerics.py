@@ -1,0 +1,43 @@
+"""Comparison against the float64 reference, with tolerances per dtype.
+
+Both sides see the same inputs (the reference upcasts them exactly), so the error comes from
+fp32 arithmetic in the kernel (scan order, exp2, atomics) and from rounding the results to the
+input dtype. Tolerances follow from that:
+
+| dtype    | rel. norm  | elementwise |g - r| <=          | why                                     |
+| float32  | 1e-4       | 1e-4 * max|r| + 1e-3 * |r|     | fp32 accumulation over L: ~1e-6 seen    |
+| float16  | 2e-3       | 2e-3 * max|r| + 4e-3 * |r|     | fp16 rounding of outputs: 2^-11 = 5e-4  |
+| bfloat16 | 1e-2       | 1e-2 * max|r| + 1.6e-2 * |r|   | bf16 rounding of outputs: 2^-8 = 3.9e-3 |
+
+Gradients of fp32 parameters (dA, dD, d delta_bias, constant dB/dC) are fp32 sums and get the
+same bound as the input dtype, since they sum terms derived from rounded inputs' gradients.
+A NaN or Inf anywhere fails. Relative norm: ||g - r|| / ||r||.
+"""
+import torch
+
+TOL = {  # dtype: (rel_norm, atol_frac_of_max, rtol)
+    torch.float32: (1e-4, 1e-4, 1e-3),
+    torch.float16: (2e-3, 2e-3, 4e-3),
+    torch.bfloat16: (1e-2, 1e-2, 1.6e-2),
+}
+
+
+def assert_close(name: str, got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype):
+    got = got.detach().cpu()
+    ref = ref.detach().cpu()
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    g = got.to(torch.complex128 if got.is_complex() or ref.is_complex() else torch.float64)
+    r = ref.to(g.dtype)
+    assert torch.isfinite(g).all(), f"{name}: non-finite values in the kernel's result"
+    assert torch.isfinite(r).all(), f"{name}: non-finite values in the reference"
+    rel_norm, atol_frac, rtol = TOL[dtype]
+    err = (g - r).abs()
+    scale = r.abs().max().item() if r.numel() else 0.0
+    rel = (err.norm() / r.norm()).item() if r.norm() > 0 else err.norm().item()
+    assert rel <= rel_norm or err.max().item() <= 1e-12, (
+        f"{name}: ||g-r||/||r|| = {rel:.3e} > {rel_norm:.1e} ({dtype})")
+    bound = atol_frac * scale + rtol * r.abs() + 1e-12
+    bad = err > bound
+    assert not bad.any(), (f"{name}: {int(bad.sum())} of {err.numel()} elements out of bounds; worst "
+                           f"err {err.max().item():.3e} (scale {scale:.3e}, {dtype})")
+    return rel
