@@ -75,16 +75,22 @@ def padded_state(spec: ScanSpec) -> int:
 
 
 def default_config(spec: ScanSpec) -> ScanConfig:
-    """Heuristic used when no tuned record exists: tiles of about 2048 (fwd) and 1024 (bwd)
-    fp32 elements, so a thread keeps 8-16 values per live tile at 4 warps."""
+    """Heuristic used when no tuned record exists. The kernels keep about ten [BLOCK_D, NP,
+    BLOCK_L] fp32 tiles live (backward about twice as many, complex twice again), so the tile
+    is sized to a per-thread element budget that fits 255 registers without spilling."""
     NP = padded_state(spec)
 
-    def pick(target):
-        bl = min(spec.chunk_len, 32 if NP <= 64 else 16)
-        bd = max(1, min(16, target // (NP * bl)))
-        return KernelConfig(block_d=bd, block_l=bl, num_warps=4)
+    def pick(per_thread):
+        bl, warps = min(spec.chunk_len, 32 if NP <= 32 else 16), 4
+        while NP * bl > per_thread * 32 * warps and warps < 8:
+            warps *= 2
+        while NP * bl > per_thread * 32 * warps and bl > 8:
+            bl //= 2
+        bd = max(1, min(16, per_thread * 32 * warps // (NP * bl)))
+        return KernelConfig(block_d=bd, block_l=bl, num_warps=warps)
 
-    return ScanConfig(pick(2048), pick(1024))
+    c = 2 if spec.complex_A else 1
+    return ScanConfig(pick(16 // c), pick(8 // c))
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -138,6 +144,7 @@ def render_source(spec: ScanSpec, cfg: KernelConfig, kind: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def kernel(spec: ScanSpec, cfg: KernelConfig, kind: str):
+    """The @triton.jit function for (spec, config, kind), rendered and imported once."""
     cfg.check(spec)
     name = kernel_name(spec, cfg, kind)
     mod = render.load_module("triton", name, render_source(spec, cfg, kind))

@@ -1,5 +1,9 @@
 """Ahead-of-time compilation of rendered Triton kernels for a GPU architecture, without a GPU.
 
+Run it in a process without TRITON_INTERPRET=1: Triton decides at import time whether its own
+library functions are interpreted, so one process cannot both interpret and compile.
+`python -m ssmgen.aot` compiles the covering set of variants and prints the resource table.
+
 `compile_kernel` runs Triton's full pipeline (TTIR -> TTGIR -> LLVM -> PTX -> cubin with the
 ptxas Triton ships) for GPUTarget("cuda", cc, 32), and reads registers, spills and shared memory
 from the cubin with the cuobjdump Triton ships. Tests use it to prove every template variant
@@ -7,6 +11,7 @@ compiles for sm_80 and sm_90 on a CPU-only machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -79,6 +84,9 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
 
     from ssmgen.backends.triton_backend import kernel, kernel_name
 
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
+                           "(run `python -m ssmgen.aot` in a subprocess)")
     fn = kernel(spec, cfg, kind)
     sig, constexprs = _signature(spec, kind)
     t0 = time.perf_counter()
@@ -92,3 +100,84 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
                          spill_bytes=use.get("LOCAL", 0) + use.get("STACK", 0),
                          shared_bytes=compiled.metadata.shared, seconds=seconds,
                          ptx_lines=compiled.asm["ptx"].count("\n"))
+
+
+def covering_specs() -> list:
+    """Specs that together take every branch of the templates: each option on and off, every
+    B/C layout pair, real and complex A, every dtype, d_state from 1 to the maximum."""
+    rows = [
+        # d_state, dtype, complex, B, C, D, z, bias, softplus, last
+        (16, "bfloat16", False, "variable", "variable", True, True, True, True, True),
+        (16, "float32", False, "constant", "constant", False, False, False, False, False),
+        (1, "float16", False, "variable", "constant", True, False, True, False, True),
+        (5, "float32", False, "constant", "variable", False, True, False, True, False),
+        (64, "bfloat16", False, "variable", "variable", True, True, False, True, False),
+        (256, "float16", False, "variable", "variable", False, False, True, False, True),
+        (16, "float32", True, "variable", "variable", True, True, True, True, True),
+        (16, "bfloat16", True, "constant", "variable", False, True, False, False, True),
+        (3, "float16", True, "variable", "constant", True, False, True, True, False),
+        (128, "float32", True, "constant", "constant", False, False, False, False, False),
+    ]
+    names = ("d_state", "dtype", "complex_A", "B_layout", "C_layout", "has_D", "has_z",
+             "has_delta_bias", "delta_softplus", "return_last_state")
+    return [ScanSpec(**dict(zip(names, r))) for r in rows]
+
+
+def _job(args):
+    spec_json, kind, arch = args
+    from ssmgen.backends.triton_backend import default_config
+
+    spec = ScanSpec.from_json(spec_json)
+    cfg = getattr(default_config(spec), kind)
+    try:
+        return dataclasses.asdict(compile_kernel(spec, cfg, kind, arch)), None
+    except Exception as e:  # reported per kernel; the caller decides what fails
+        return {"name": f"{kind} {spec.short_name()} sm_{arch}"}, f"{type(e).__name__}: {e}"
+
+
+def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None):
+    """Compiles every (spec, kind, arch) with the default config in a process pool.
+    Returns (reports, errors)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    work = [(s.to_json(), k, a) for s in specs for k in kinds for a in archs]
+    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(_job, work))
+    reports = [CompileReport(**r) for r, err in results if err is None]
+    errors = [(r["name"], err) for r, err in results if err is not None]
+    return reports, errors
+
+
+def format_table(reports) -> str:
+    lines = [f"| kernel | sm | regs | spill B | smem B | compile s |", "|---|---|---|---|---|---|"]
+    for r in sorted(reports, key=lambda r: (r.name, r.arch)):
+        lines.append(f"| {r.name} | {r.arch} | {r.registers} | {r.spill_bytes} | "
+                     f"{r.shared_bytes} | {r.seconds:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m ssmgen.aot",
+                                description="Compile every template variant for sm_80/sm_90.")
+    p.add_argument("--arch", default="80,90", help="comma-separated compute capabilities")
+    p.add_argument("--json", help="write the reports to this file")
+    p.add_argument("--jobs", type=int, default=None)
+    a = p.parse_args(argv)
+    archs = tuple(int(x) for x in a.arch.split(","))
+    reports, errors = compile_all(covering_specs(), archs, jobs=a.jobs)
+    print(format_table(reports))
+    for name, err in errors:
+        print(f"FAILED {name}: {err}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"reports": [dataclasses.asdict(r) for r in reports], "errors": errors}, f,
+                      indent=1)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

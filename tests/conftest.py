@@ -30,3 +30,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "interp" in item.keywords and HAS_CUDA:
             item.add_marker(skip_interp)
+
+
+def pytest_terminal_summary(terminalreporter):
+    try:
+        from test_aot_compile import REPORTS
+    except ImportError:
+        return
+    if not REPORTS:
+        return
+    tr = terminalreporter
+    tr.section("ahead-of-time compile: registers / spills per kernel")
+    tr.write_line(f"{'kernel':<80} {'sm':>3} {'regs':>5} {'spill B':>8} {'smem B':>7} {'s':>5}")
+    for r in sorted(REPORTS, key=lambda r: (r.name, r.arch)):
+        tr.write_line(f"{r.name:<80} {r.arch:>3} {r.registers:>5} {r.spill_bytes:>8} "
+                      f"{r.shared_bytes:>7} {r.seconds:>5.1f}")
