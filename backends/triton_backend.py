@@ -65,6 +65,18 @@ class ScanConfig:
     def as_dict(self) -> dict:
         return {"fwd": asdict(self.fwd), "bwd": asdict(self.bwd)}
 
+    def encode(self) -> str:
+        """Compact string passed through the custom ops (plain f-strings: torch.compile traces
+        this, and it cannot trace json)."""
+        f, b = self.fwd, self.bwd
+        return (f"{f.block_d},{f.block_l},{f.num_warps},{f.num_stages};"
+                f"{b.block_d},{b.block_l},{b.num_warps},{b.num_stages}")
+
+    @classmethod
+    def decode(cls, text: str) -> "ScanConfig":
+        fwd, bwd = (KernelConfig(*map(int, part.split(","))) for part in text.split(";"))
+        return cls(fwd, bwd)
+
 
 def default_config_fields() -> dict:
     return asdict(KernelConfig())

@@ -6,7 +6,6 @@ autograd Function saves the inputs and the chunk checkpoints only; backward reco
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import List, Optional
 
@@ -58,10 +57,6 @@ def _resolve(call: Call, config):
     return cfg
 
 
-def _config_json(cfg) -> str:
-    return json.dumps(cfg.as_dict(), sort_keys=True)
-
-
 def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(0)
 
@@ -76,7 +71,7 @@ def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len)
-    cfg = triton_backend.ScanConfig.from_dict(json.loads(config))
+    cfg = triton_backend.ScanConfig.decode(config)
     out, last, ckpt = triton_backend.forward(call, cfg, save_ckpt)
     return [out, _empty(u.float()) if last is None else last, ckpt]
 
@@ -104,7 +99,7 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     from ssmgen.backends import triton_backend
 
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False, chunk_len)
-    cfg = triton_backend.ScanConfig.from_dict(json.loads(config))
+    cfg = triton_backend.ScanConfig.decode(config)
     g = triton_backend.backward(call, cfg, ckpt, dout)
     cplx = call.spec.complex_A
 
@@ -182,5 +177,5 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return res[0].to(u.dtype), res[1].to(A.dtype)
     cfg = _resolve(call, cfg)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                      return_last_state, call.spec.chunk_len, _config_json(cfg))
+                                      return_last_state, call.spec.chunk_len, cfg.encode())
     return (out, last) if return_last_state else out

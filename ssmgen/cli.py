@@ -1,0 +1,191 @@
+"""Command line: `ssmgen demo | render | aot` (also `python -m ssmgen ...`).
+
+demo, on a machine without a GPU: renders a few variants, compiles them to PTX/cubin for sm_90
+and reports registers and spills, then runs them through Triton's interpreter and checks output
+and every gradient against the float64 reference. On a GPU it checks on CUDA tensors and times
+forward and forward+backward against the reference.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+DEMO_SPECS = [  # (d_state, dtype, complex_A, B_layout, C_layout)
+    (16, "float32", False, "variable", "variable"),
+    (5, "bfloat16", False, "constant", "variable"),
+    (4, "float32", True, "variable", "constant"),
+]
+
+
+def _specs():
+    from ssmgen import ScanSpec
+
+    return [ScanSpec(d_state=n, dtype=dt, complex_A=c, B_layout=b, C_layout=cl, has_D=True,
+                     has_z=True, has_delta_bias=True, delta_softplus=True,
+                     return_last_state=True, chunk_len=16)
+            for n, dt, c, b, cl in DEMO_SPECS]
+
+
+def _inputs(spec, batch, dim, L, device, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dt = getattr(torch, spec.dtype)
+    N = spec.d_state
+
+    def rn(*s, dtype=dt):
+        return torch.randn(*s, generator=g).to(device=device, dtype=dtype)
+
+    u, z = rn(batch, dim, L), rn(batch, dim, L)
+    delta = (0.5 * torch.rand(batch, dim, L, generator=g)).to(device=device, dtype=dt)
+    A = -0.5 * torch.rand(dim, N, generator=g)
+    if spec.complex_A:
+        A = torch.complex(A, torch.randn(dim, N, generator=g))
+    A = A.to(device)
+    Lbc = 2 * L if spec.complex_A else L
+
+    def bc(layout):
+        if layout == "constant":
+            return rn(dim, N, dtype=torch.complex64 if spec.complex_A else torch.float32)
+        return rn(batch, 1, N, Lbc)
+
+    return [u, delta, A, bc(spec.B_layout), bc(spec.C_layout), rn(dim, dtype=torch.float32), z,
+            (0.1 * torch.rand(dim, generator=g)).to(device)]
+
+
+def check(spec, device, batch=2, dim=8, L=40):
+    """Output, last state and every gradient vs the float64 reference; returns max rel error."""
+    import torch
+
+    import ssmgen
+    from ssmgen.reference import selective_scan_ref
+
+    x = _inputs(spec, batch, dim, L, device)
+    leaves = [t.clone().requires_grad_(True) for t in x]
+    refl = [t.clone().requires_grad_(True) for t in x]
+    cfg = {"chunk_len": spec.chunk_len, "block_l": 8, "block_d": 4}
+    out, last = ssmgen.selective_scan(*leaves, delta_softplus=True, return_last_state=True,
+                                      backend="triton", config=cfg)
+    rout, rlast = selective_scan_ref(*refl, delta_softplus=True, return_last_state=True)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    rgrads = torch.autograd.grad(rout, refl, dout.double())
+
+    def rel(a, b):
+        a = a.detach().to(b.dtype)
+        return ((a - b).abs().norm() / b.abs().norm()).item()
+
+    errs = {"out": rel(out, rout), "last": rel(last, rlast.detach())}
+    names = ["du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias"]
+    errs.update({n: rel(g, r) for n, g, r in zip(names, grads, rgrads)})
+    return errs
+
+
+def demo(args):
+    import torch
+
+    gpu = torch.cuda.is_available()
+    specs = _specs()
+    from ssmgen.backends.triton_backend import default_config, kernel_name, render_source
+
+    print(f"ssmgen demo on {'GPU ' + torch.cuda.get_device_name() if gpu else 'CPU (no GPU)'}")
+    print("\n1. render: templates/triton/*.jinja -> one module per (spec, config)")
+    for s in specs:
+        cfg = default_config(s)
+        for kind in ("fwd", "bwd"):
+            src = render_source(s, getattr(cfg, kind), kind)
+            print(f"   {kernel_name(s, getattr(cfg, kind), kind)}: {src.count(chr(10))} lines")
+    print("\n2. compile for sm_90 without a GPU (Triton -> PTX -> cubin), registers and spills")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("from ssmgen.cli import _specs; from ssmgen.aot import compile_all, format_table; "
+            "r, e = compile_all(_specs(), archs=(90,)); print(format_table(r)); "
+            "[print('FAILED', n, m) for n, m in e]; raise SystemExit(1 if e else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True)
+    print("\n".join("   " + ln for ln in proc.stdout.splitlines()))
+    if proc.returncode:
+        print(proc.stderr[-2000:])
+        return 1
+    where = "CUDA tensors" if gpu else "Triton's CPU interpreter"
+    print(f"\n3. output, last state and every gradient vs the float64 reference ({where})")
+    if not gpu:
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        proc = subprocess.run([sys.executable, "-m", "ssmgen", "_check"], env=env, text=True)
+        if proc.returncode:
+            return proc.returncode
+    else:
+        if _check_all("cuda"):
+            return 1
+        _bench()
+    print("\ndone.")
+    return 0
+
+
+def _check_all(device) -> int:
+    worst_allowed = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-2}
+    failed = 0
+    for s in _specs():
+        t0 = time.perf_counter()
+        errs = check(s, device)
+        worst = max(errs.values())
+        ok = worst <= worst_allowed[s.dtype]
+        failed += not ok
+        print(f"   {s.short_name():<40} worst rel err {worst:.1e} "
+              f"({max(errs, key=errs.get)}) {'ok' if ok else 'FAIL'}  "
+              f"[{time.perf_counter() - t0:.1f} s]")
+    return failed
+
+
+def _bench():
+    import torch
+    from triton.testing import do_bench
+
+    import ssmgen
+    from ssmgen import ScanSpec
+
+    s = ScanSpec(d_state=16, dtype="bfloat16", has_D=True, has_z=True, has_delta_bias=True,
+                 delta_softplus=True)
+    x = _inputs(s, 8, 1536, 2048, "cuda")
+    print("\n4. forward time, batch 8, dim 1536, L 2048, d_state 16, bf16 (median, CUDA events)")
+    with torch.no_grad():
+        t = do_bench(lambda: ssmgen.selective_scan(*x, delta_softplus=True), return_mode="median")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ssmgen.selective_scan(*x, delta_softplus=True, backend="reference")
+        torch.cuda.synchronize()
+        tr = (time.perf_counter() - t0) * 1e3
+    print(f"   ssmgen triton: {t:.3f} ms   float64 PyTorch reference: {tr:.1f} ms")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="ssmgen")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("demo", help="render, compile, check against the reference (and time on a GPU)")
+    r = sub.add_parser("render", help="print the rendered Triton source of a variant")
+    r.add_argument("spec_json", help='e.g. \'{"d_state": 16, "dtype": "bfloat16"}\'')
+    r.add_argument("--kind", choices=["fwd", "bwd"], default="fwd")
+    sub.add_parser("aot", help="compile every template variant for sm_80/sm_90, print resources")
+    sub.add_parser("_check", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.cmd == "demo":
+        return demo(a)
+    if a.cmd == "_check":
+        return 1 if _check_all("cpu") else 0
+    if a.cmd == "render":
+        from ssmgen import ScanSpec
+        from ssmgen.backends.triton_backend import default_config, render_source
+
+        s = ScanSpec.from_json(a.spec_json)
+        print(render_source(s, getattr(default_config(s), a.kind), a.kind))
+        return 0
+    if a.cmd == "aot":
+        from ssmgen.aot import main as aot_main
+
+        return aot_main([])
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
