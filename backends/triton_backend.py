@@ -87,22 +87,16 @@ def padded_state(spec: ScanSpec) -> int:
 
 
 def default_config(spec: ScanSpec) -> ScanConfig:
-    """Heuristic used when no tuned record exists. The kernels keep about ten [BLOCK_D, NP,
-    BLOCK_L] fp32 tiles live (backward about twice as many, complex twice again), so the tile
-    is sized to a per-thread element budget that fits 255 registers without spilling."""
+    """Heuristic used when no tuned record exists, from a sweep on the H100
+    (benchmarks/results/*/sweep_v0): the scan axis should stay inside one warp (2 warps, L-block
+    of 64 at d_state <= 32: 0.78 ms forward vs 1.48 at 4 warps and 2.55 at 8 on m1_130m), and
+    the tile should hold about 2048 fp32 elements per 64 threads (1024 for complex A)."""
     NP = padded_state(spec)
-
-    def pick(per_thread):
-        bl, warps = min(spec.chunk_len, 32 if NP <= 32 else 16), 4
-        while NP * bl > per_thread * 32 * warps and warps < 8:
-            warps *= 2
-        while NP * bl > per_thread * 32 * warps and bl > 8:
-            bl //= 2
-        bd = max(1, min(16, per_thread * 32 * warps // (NP * bl)))
-        return KernelConfig(block_d=bd, block_l=bl, num_warps=warps)
-
-    c = 2 if spec.complex_A else 1
-    return ScanConfig(pick(16 // c), pick(8 // c))
+    bl = min(spec.chunk_len, 64 if NP <= 32 else 32)
+    warps = 2 if NP * bl <= 2048 else min(8, NP * bl // 1024)
+    budget = (1024 if spec.complex_A else 2048) * (warps // 2)
+    k = KernelConfig(block_d=max(1, min(16, budget // (NP * bl))), block_l=bl, num_warps=warps)
+    return ScanConfig(k, k)
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -6,11 +6,12 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 @st.composite
-def scan_cases(draw, big: bool = False):
-    """A call of selective_scan: sizes, input forms, options and kernel config."""
+def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
+    """A call of selective_scan: sizes, input forms, options and kernel config (dtype and the
+    A form drawn too unless given)."""
     c = {}
-    c["dtype"] = draw(st.sampled_from(DTYPES))
-    c["complex"] = draw(st.booleans())
+    c["dtype"] = draw(st.sampled_from(DTYPES)) if dtype is None else dtype
+    c["complex"] = draw(st.booleans()) if cplx is None else cplx
     c["N"] = draw(st.sampled_from([1, 3, 16, 17, 64, 128, 256] if big else [1, 2, 3, 5, 8]))
     c["chunk_len"] = draw(st.sampled_from([16, 64, 256] if big else [16, 32]))
     ch = c["chunk_len"]

@@ -55,9 +55,15 @@ def test_matches_reference_interpreter(c, seed_):
 
 
 @pytest.mark.gpu
-@given(c=scan_cases(big=True), seed_=st.integers(0, 2**31 - 1))
-def test_matches_reference_cuda(c, seed_):
-    check_case(c, "cuda", seed_)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cplx", [False, True])
+def test_matches_reference_cuda(dtype, cplx):
+    # split by dtype and A form so that progress shows (each example compiles new kernels)
+    @given(c=scan_cases(big=True, dtype=dtype, cplx=cplx), seed_=st.integers(0, 2**31 - 1))
+    def prop(c, seed_):
+        check_case(c, "cuda", seed_)
+
+    prop()
 
 
 @pytest.mark.gpu
