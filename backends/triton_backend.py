@@ -22,6 +22,9 @@ TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja"
              "triton/common.py.jinja")
 
 
+MAX_TILE_PER_THREAD = 64
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """Tile shape of one kernel: BLOCK_D channels x all states x BLOCK_L timesteps."""
@@ -42,6 +45,14 @@ class KernelConfig:
         if self.block_l > spec.chunk_len or self.block_l < 2:
             raise ValueError(f"config.block_l must be in 2..chunk_len={spec.chunk_len}, "
                              f"got {self.block_l}")
+        per_thread = (self.block_d * padded_state(spec) * self.block_l * (2 if spec.complex_A else 1)
+                      // (32 * self.num_warps))
+        if per_thread > MAX_TILE_PER_THREAD:
+            # such tiles spill everything and take minutes to compile: refuse them up front
+            raise ValueError(
+                f"config: tile block_d*d_state*block_l = {self.block_d}*{padded_state(spec)}*"
+                f"{self.block_l} is {per_thread} fp32 values per thread at num_warps="
+                f"{self.num_warps}; at most {MAX_TILE_PER_THREAD} (smaller blocks or more warps)")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,6 @@ if [ -n "$PEER_SRC" ]; then
   (python3 benchmarks/build_peer.py "$PEER_SRC" /tmp/peerbuild > "$OUT/peer_build.log" 2>&1; echo "peer build rc=$?" >> "$OUT/peer_build.log") &
   PEER_PID=$!
 fi
-SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-40} timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -q -x -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
+SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-40} timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -v -x -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 [ -n "${PEER_PID:-}" ] && wait $PEER_PID; tail -3 "$OUT/peer_build.log" 2>/dev/null
 PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/core_bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -25

@@ -21,8 +21,9 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
     c["batch"] = draw(st.integers(1, 3 if big else 2))
     c["dim"] = draw(st.integers(1, 48 if big else 6))
     bls = [b for b in ([8, 16, 32, 64] if big else [2, 4, 8, 16]) if b <= ch]
-    c["fwd"] = dict(block_l=draw(st.sampled_from(bls)), block_d=draw(st.sampled_from([1, 2, 4])))
-    c["bwd"] = dict(block_l=draw(st.sampled_from(bls)), block_d=draw(st.sampled_from([1, 2, 4])))
+    for kind in ("fwd", "bwd"):
+        c[kind] = _kernel_config(draw(st.sampled_from(bls)), draw(st.sampled_from([1, 2, 4])),
+                                 c["N"], c["complex"])
     divisors = [g for g in range(1, c["dim"] + 1) if c["dim"] % g == 0]
     for X in ("B", "C"):
         form = draw(st.sampled_from(["constant", "var3", "var4"]))
@@ -34,6 +35,19 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
     for flag in ("D", "z", "delta_bias", "delta_softplus", "return_last_state", "noncontig"):
         c[flag] = draw(st.booleans())
     return c
+
+
+def _kernel_config(block_l, block_d, N, cplx):
+    """Shrinks the drawn tile to at most 4096 fp32 values and picks warps for ~32 per thread
+    (larger tiles are refused by KernelConfig.check: they spill and compile for minutes)."""
+    NP = max(2, 1 << (N - 1).bit_length())
+    k = 2 if cplx else 1
+    while block_d * NP * block_l * k > 4096 and block_d > 1:
+        block_d //= 2
+    while block_d * NP * block_l * k > 4096 and block_l > 2:
+        block_l //= 2
+    warps = min(8, max(1, block_d * NP * block_l * k // 1024))
+    return dict(block_l=block_l, block_d=block_d, num_warps=1 << (warps.bit_length() - 1))
 
 
 def _strided(shape, dtype, device, noncontig, gen, fill):

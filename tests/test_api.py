@@ -85,6 +85,9 @@ def test_bad_config_and_backend(no_launch):
         ssmgen.selective_scan(**a, backend="triton", config={"chunk_len": 16, "block_l": 32})
     with pytest.raises(ValueError, match="chunk_len"):
         ssmgen.selective_scan(**a, backend="triton", config={"chunk_len": 48})
+    with pytest.raises(ValueError, match="fp32 values per thread"):
+        ssmgen.selective_scan(**a, backend="triton",
+                              config={"block_d": 16, "block_l": 256, "num_warps": 1})
     with pytest.raises(TypeError, match="config must be"):
         ssmgen.selective_scan(**a, backend="triton", config=[4])
 
