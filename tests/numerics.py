@@ -12,12 +12,15 @@ input dtype. Tolerances follow from that:
 Gradients of fp32 parameters (dA, dD, d delta_bias, constant dB/dC) are fp32 sums and get the
 same bound as the input dtype, since they sum terms derived from rounded inputs' gradients.
 A NaN or Inf anywhere fails. Relative norm: ||g - r|| / ||r||. The scale of the absolute term
-is max|r| but at least FLOOR: a gradient that is exactly zero in float64 (dA when L = 1, say)
-comes out as fp32 rounding noise (~1e-10), which is correct.
+is max|r| but at least FLOOR (and the norm is divided by at least FLOOR): a gradient that is
+exactly zero in float64 (dA when L = 1, a sum of terms g*(x_t - B_t dt_t u_t) that cancel
+exactly) comes out as fp32 rounding noise of the terms (~1e-7 each once the compiler fuses the
+subtraction into an FMA), which is correct; against FLOOR = 1e-2 that noise is judged at the
+fp32 tolerance. Typical gradients here have norms of 1 to 1e3, far above the floor.
 """
 import torch
 
-FLOOR = 1e-3
+FLOOR = 1e-2
 
 TOL = {  # dtype: (rel_norm, atol_frac_of_max, rtol)
     torch.float32: (1e-4, 1e-4, 1e-3),
