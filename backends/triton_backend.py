@@ -73,9 +73,6 @@ class ScanConfig:
         k = KernelConfig(**{**default_config_fields(), **d})
         return cls(k, k)
 
-    def as_dict(self) -> dict:
-        return {"fwd": asdict(self.fwd), "bwd": asdict(self.bwd)}
-
     def encode(self) -> str:
         """Compact string passed through the custom ops (plain f-strings: torch.compile traces
         this, and it cannot trace json)."""
@@ -111,8 +108,14 @@ def default_config(spec: ScanSpec) -> ScanConfig:
 
 
 # -- rendering -----------------------------------------------------------------------------
-def kernel_args(spec: ScanSpec, kind: str) -> list:
-    """The rendered kernel's parameters, in order (shared by template and launcher)."""
+_IO_PTRS = {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
+            "dz_ptr"}
+_TRITON_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def kernel_params(spec: ScanSpec, kind: str) -> list:
+    """(name, Triton signature type) of the rendered kernel's parameters, in order. The one list
+    behind the rendered signature, the launcher and ahead-of-time compilation."""
     a = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dbias_ptr", spec.has_delta_bias)) if on]
@@ -131,12 +134,23 @@ def kernel_args(spec: ScanSpec, kind: str) -> list:
             a += [f"ng_{X}"] if kind == "bwd" else []
     if kind == "bwd":
         a += ["s_gb", "s_gd"]
-    for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
-        if var:
-            a.append(f"{X}_UNIFORM: tl.constexpr")
-    if kind == "fwd":
-        a.append("SAVE_CKPT: tl.constexpr")
-    return a
+    constexprs = [f"{X}_UNIFORM" for X, var in (("B", spec.is_variable_B),
+                                                 ("C", spec.is_variable_C)) if var]
+    constexprs += ["SAVE_CKPT"] if kind == "fwd" else []
+    io = "*" + _TRITON_DTYPE[spec.dtype]
+    variable = {"B_ptr": spec.is_variable_B, "C_ptr": spec.is_variable_C}
+
+    def typ(n):
+        if not n.endswith("_ptr"):
+            return "i32"
+        return io if n in _IO_PTRS or variable.get(n) else "*fp32"
+
+    return [(n, typ(n)) for n in a] + [(n, "constexpr") for n in constexprs]
+
+
+def kernel_args(spec: ScanSpec, kind: str) -> list:
+    """The rendered signature's parameters."""
+    return [n + (": tl.constexpr" if t == "constexpr" else "") for n, t in kernel_params(spec, kind)]
 
 
 def kernel_name(spec: ScanSpec, cfg: KernelConfig, kind: str) -> str:
@@ -169,7 +183,7 @@ def kernel(spec: ScanSpec, cfg: KernelConfig, kind: str):
 
 
 # -- launching -----------------------------------------------------------------------------
-def _bc_launch_args(call: Call, X: str, kind: str, block_d: int, grads=None) -> dict:
+def _bc_launch_args(call: Call, X: str, kind: str, block_d: int) -> dict:
     t = getattr(call, X)
     if t.dim() == 2:
         return {}
@@ -200,7 +214,7 @@ def _common_args(call: Call, kind: str, cfg: KernelConfig) -> dict:
 
 def _launch(spec, cfg, kind, args: dict, grid):
     fn = kernel(spec, cfg, kind)
-    names = [n.split(":")[0] for n in kernel_args(spec, kind)]
+    names = [n for n, _ in kernel_params(spec, kind)]
     missing = [n for n in names if n not in args]
     assert not missing, f"launcher lacks kernel arguments {missing}"
     fn[grid](*[args[n] for n in names], num_warps=cfg.num_warps, num_stages=cfg.num_stages)

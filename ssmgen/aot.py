@@ -21,9 +21,6 @@ from dataclasses import dataclass
 
 from .spec import ScanSpec
 
-_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-
-
 @dataclass
 class CompileReport:
     name: str
@@ -33,28 +30,6 @@ class CompileReport:
     shared_bytes: int
     seconds: float
     ptx_lines: int
-
-
-def _signature(spec: ScanSpec, kind: str):
-    from ssmgen.backends.triton_backend import kernel_args
-
-    io = _PTR[spec.dtype]
-    io_names = {"u_ptr", "delta_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr", "ddelta_ptr",
-                "dz_ptr"}
-    sig, constexprs = {}, {}
-    for arg in kernel_args(spec, kind):
-        name = arg.split(":")[0]
-        if arg.endswith("tl.constexpr"):
-            sig[name] = "constexpr"
-            constexprs[name] = True
-        elif name in ("B_ptr", "C_ptr"):
-            variable = spec.is_variable_B if name == "B_ptr" else spec.is_variable_C
-            sig[name] = io if variable else "*fp32"
-        elif name.endswith("_ptr"):
-            sig[name] = io if name in io_names else "*fp32"
-        else:
-            sig[name] = "i32"
-    return sig, constexprs
 
 
 def _cuobjdump() -> str:
@@ -82,13 +57,15 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ssmgen.backends.triton_backend import kernel, kernel_name
+    from ssmgen.backends.triton_backend import kernel, kernel_name, kernel_params
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
                            "(run `python -m ssmgen.aot` in a subprocess)")
     fn = kernel(spec, cfg, kind)
-    sig, constexprs = _signature(spec, kind)
+    params = kernel_params(spec, kind)
+    sig = dict(params)
+    constexprs = {n: True for n, t in params if t == "constexpr"}  # uniform groups, checkpoints
     t0 = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                               target=GPUTarget("cuda", arch, 32),

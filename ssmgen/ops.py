@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import torch
 
-from .inputs import Call, normalize
+from .inputs import normalize
 from .reference import selective_scan_ref
 
 BACKENDS = ("triton", "reference")
@@ -34,27 +34,24 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
     return "reference"
 
 
-def _split_config(config):
-    """Public `config`: None, a ScanConfig, or a dict; "chunk_len" in a dict goes to the spec."""
-    from ssmgen.backends.triton_backend import ScanConfig
-
-    if config is None or isinstance(config, ScanConfig):
-        return None, config
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
-    config = dict(config)
-    return config.pop("chunk_len", None), (ScanConfig.from_dict(config) if config else None)
-
-
-def _resolve(call: Call, config):
+def _resolve_config(config, call_args):
+    """Public `config` -> (validated Call, ScanConfig). None: the heuristic default; a dict of
+    KernelConfig fields (both kernels) or {"fwd": {...}, "bwd": {...}}, where "chunk_len" goes to
+    the spec; or a ScanConfig."""
     from ssmgen.backends.triton_backend import ScanConfig, default_config
 
-    cfg = default_config(call.spec) if config is None else config
-    if not isinstance(cfg, ScanConfig):
-        cfg = ScanConfig.from_dict(cfg)
+    chunk_len, cfg = None, config
+    if isinstance(config, dict):
+        config = dict(config)
+        chunk_len = config.pop("chunk_len", None)
+        cfg = ScanConfig.from_dict(config) if config else None
+    elif config is not None and not isinstance(config, ScanConfig):
+        raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
+    call = normalize(*call_args, chunk_len=chunk_len)  # every input check, before any rendering
+    cfg = cfg or default_config(call.spec)
     cfg.fwd.check(call.spec)
     cfg.bwd.check(call.spec)
-    return cfg
+    return call, cfg
 
 
 def _empty(like: torch.Tensor) -> torch.Tensor:
@@ -165,9 +162,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     else the reference). config: a dict of KernelConfig fields (both kernels), or
     {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None takes the default.
     """
-    chunk_len, cfg = _split_config(config)
-    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                     chunk_len)  # every check happens here, before anything is rendered
+    call, cfg = _resolve_config(config, (u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                         return_last_state))
     name = pick_backend(backend, call.u.device)
     if name == "reference":
         res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
@@ -175,7 +171,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if not return_last_state:
             return res.to(u.dtype)
         return res[0].to(u.dtype), res[1].to(A.dtype)
-    cfg = _resolve(call, cfg)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       return_last_state, call.spec.chunk_len, cfg.encode())
     return (out, last) if return_last_state else out
