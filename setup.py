@@ -19,7 +19,8 @@ setup(
         "ssmgen.autotune_cache": "autotune_cache",
     },
     package_data={
-        "ssmgen.templates": ["triton/*.jinja", "cuda/*.jinja"],
+        "ssmgen": ["suite.json"],
+        "ssmgen.templates": ["triton/*.jinja", "triton/*.json", "cuda/*.jinja", "cuda/*.json"],
         "ssmgen.autotune_cache": ["*.json"],
     },
     include_package_data=True,

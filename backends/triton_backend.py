@@ -8,6 +8,8 @@ used both for the rendered signature and for the launch, so the two cannot drift
 from __future__ import annotations
 
 import functools
+import itertools
+import json
 import os
 from dataclasses import asdict, dataclass
 
@@ -20,6 +22,7 @@ from ssmgen.spec import ScanSpec
 
 TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja",
              "triton/common.py.jinja")
+SPACE = "triton/space.json"
 
 
 MAX_TILE_PER_THREAD = 64
@@ -45,13 +48,12 @@ class KernelConfig:
         if self.block_l > spec.chunk_len or self.block_l < 2:
             raise ValueError(f"config.block_l must be in 2..chunk_len={spec.chunk_len}, "
                              f"got {self.block_l}")
-        per_thread = (self.block_d * padded_state(spec) * self.block_l * (2 if spec.complex_A else 1)
-                      // (32 * self.num_warps))
-        if per_thread > MAX_TILE_PER_THREAD:
+        values = per_thread(spec, self)
+        if values > MAX_TILE_PER_THREAD:
             # such tiles spill everything and take minutes to compile: refuse them up front
             raise ValueError(
                 f"config: tile block_d*d_state*block_l = {self.block_d}*{padded_state(spec)}*"
-                f"{self.block_l} is {per_thread} fp32 values per thread at num_warps="
+                f"{self.block_l} is {values} fp32 values per thread at num_warps="
                 f"{self.num_warps}; at most {MAX_TILE_PER_THREAD} (smaller blocks or more warps)")
 
 
@@ -72,6 +74,9 @@ class ScanConfig:
                        KernelConfig(**{**base, **d.get("bwd", {})}))
         k = KernelConfig(**{**default_config_fields(), **d})
         return cls(k, k)
+
+    def to_dict(self) -> dict:
+        return {"fwd": asdict(self.fwd), "bwd": asdict(self.bwd)}
 
     def encode(self) -> str:
         """Compact string passed through the custom ops (plain f-strings: torch.compile traces
@@ -105,6 +110,39 @@ def default_config(spec: ScanSpec) -> ScanConfig:
     budget = (1024 if spec.complex_A else 2048) * (warps // 2)
     k = KernelConfig(block_d=max(1, min(16, budget // (NP * bl))), block_l=bl, num_warps=warps)
     return ScanConfig(k, k)
+
+
+def per_thread(spec: ScanSpec, k: KernelConfig) -> int:
+    """fp32 values of one [BLOCK_D, NP, BLOCK_L] tile per thread: the register-pressure proxy."""
+    return (k.block_d * padded_state(spec) * k.block_l * (2 if spec.complex_A else 1)
+            // (32 * k.num_warps))
+
+
+def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
+    """The search space of space.json pruned for this spec and size: {"fwd": [KernelConfig],
+    "bwd": [(chunk_len, KernelConfig)]}. Rules: the tile holds per_thread_min..max fp32 values
+    per thread (below wastes warps on masked lanes, above spills and compiles for minutes);
+    block_l <= chunk_len; no channel block wider than the padded dim; a chunk no longer than the
+    padded sequence."""
+    sp = json.loads(render.environment().loader.get_source(render.environment(), SPACE)[0])
+    lo, hi = sp["per_thread_min"], sp["per_thread_max"]
+    max_bd = triton.next_power_of_2(dim)
+    max_chunk = max(min(sp["chunk_len"]), triton.next_power_of_2(seqlen))
+
+    def grid(kind, chunk):
+        g = sp[kind]
+        out = []
+        for bd, bl, w, st in itertools.product(g["block_d"], g["block_l"], g["num_warps"],
+                                               g["num_stages"]):
+            k = KernelConfig(bd, bl, w, st)
+            if bd <= max_bd and bl <= chunk and lo <= per_thread(spec, k) <= hi:
+                out.append(k)
+        return out
+
+    fwd = grid("fwd", spec.chunk_len)
+    bwd = [(c, k) for c in sp["chunk_len"] if c <= max_chunk
+           for k in grid("bwd", c)]
+    return {"fwd": fwd, "bwd": bwd}
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Suite shapes on a GPU: ssmgen's Triton backend side by side with mamba-ssm's CUDA kernel (when
 its extension `selective_scan_cuda` is importable) and the PyTorch reference, in one process.
 
-Usage: python benchmarks/core_bench.py [--suite benchmarks/suite.json] [--out DIR]
+Usage: python benchmarks/core_bench.py [--suite FILE] [--out DIR]
 Times are medians of triton.testing.do_bench (CUDA events) on random inputs drawn as the suite
 file says, all options on. Writes results.json and results.md to --out and prints the table.
 """
@@ -17,32 +17,7 @@ from triton.testing import do_bench
 
 import ssmgen
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DT = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def make_inputs(s, device="cuda", seed=0):
-    g = torch.Generator(device=device).manual_seed(seed)
-    b, d, L, N, G = s["batch"], s["dim"], s["seqlen"], s["d_state"], s["groups"]
-    dt = DT[s["dtype"]]
-
-    def randn(*shape, dtype=dt):
-        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
-
-    def rand(*shape, dtype=dt):
-        return torch.rand(*shape, generator=g, device=device, dtype=torch.float32).to(dtype)
-
-    cplx = s["A"] == "complex"
-    u, z = randn(b, d, L), randn(b, d, L)
-    delta = 0.5 * rand(b, d, L)
-    A = -0.5 * rand(d, N, dtype=torch.float32)
-    if cplx:
-        A = torch.complex(A, randn(d, N, dtype=torch.float32))
-    Lbc = 2 * L if cplx else L  # complex: mamba's interleaved real form
-    B, C = randn(b, G, N, Lbc), randn(b, G, N, Lbc)
-    D = randn(d, dtype=torch.float32)
-    delta_bias = 0.1 * rand(d, dtype=torch.float32)
-    return [u, delta, A, B, C, D, z, delta_bias]
+from ssmgen.suite import make_inputs, scan_shapes
 
 
 def peer_module():
@@ -107,11 +82,11 @@ def reference_time(s):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--suite", default=os.path.join(HERE, "suite.json"))
+    p.add_argument("--suite", default=None, help="suite file (default: the one ssmgen ships)")
     p.add_argument("--out", default=".")
     p.add_argument("--only", default=None, help="comma-separated shape names")
     a = p.parse_args()
-    suite = json.load(open(a.suite))["selective_scan"]
+    suite = scan_shapes(a.suite)
     if a.only:
         suite = [s for s in suite if s["name"] in a.only.split(",")]
     peer = peer_module()

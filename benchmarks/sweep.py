@@ -14,7 +14,7 @@ from triton.testing import do_bench
 from ssmgen.backends import triton_backend as tb
 from ssmgen.inputs import normalize
 
-from core_bench import HERE, make_inputs
+from ssmgen.suite import make_inputs, scan_shapes
 
 
 def time_config(x, dout, chunk_len, kcfg, kind):
@@ -34,8 +34,7 @@ def main():
     p.add_argument("--shape", default="m1_130m_bf16")
     p.add_argument("--out", default=".")
     a = p.parse_args()
-    s = next(r for r in json.load(open(os.path.join(HERE, "suite.json")))["selective_scan"]
-             if r["name"] == a.shape)
+    s = next(r for r in scan_shapes() if r["name"] == a.shape)
     x = make_inputs(s)
     dout = torch.randn_like(x[0])
     rows = []

@@ -159,6 +159,89 @@ def _bench():
     print(f"   ssmgen triton: {t:.3f} ms   float64 PyTorch reference: {tr:.1f} ms")
 
 
+def _progress(done, total, text):
+    width = 30
+    fill = int(width * done / max(total, 1))
+    sys.stderr.write(f"\r   [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {text:<48}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def tune_cmd(a) -> int:
+    import torch
+
+    from ssmgen import autotune, suite
+
+    if not torch.cuda.is_available():
+        print("ssmgen tune measures kernels on a CUDA GPU; none is visible here", file=sys.stderr)
+        return 2
+    shapes = suite.scan_shapes(a.suite)
+    if a.shapes:
+        want = set(a.shapes.split(","))
+        unknown = want - {s["name"] for s in shapes}
+        if unknown:
+            print(f"unknown shapes {sorted(unknown)}", file=sys.stderr)
+            return 2
+        shapes = [s for s in shapes if s["name"] in want]
+    t0 = time.perf_counter()
+    rows = []
+    for i, s in enumerate(shapes):
+        left = None if a.budget_s is None else max(1.0, a.budget_s - (time.perf_counter() - t0))
+        per_shape = None if left is None else left / (len(shapes) - i)
+        print(f"{s['name']}: tuning ({per_shape and f'{per_shape:.0f} s budget' or 'no budget'})")
+        for backend in a.backends.split(","):
+            rec = autotune.tune(suite.make_inputs(s), True, backend, max_fwd=a.max_fwd,
+                                max_bwd=a.max_bwd, budget_s=per_shape, progress=_progress)
+            rows.append((s["name"], backend, rec))
+    print(f"\ntuned {len(rows)} shapes in {time.perf_counter() - t0:.0f} s "
+          f"(records in {__import__('ssmgen.tunecache').tunecache.user_file()})")
+    print("| shape | backend | chunk | fwd config | fwd ms (default) | bwd config | bwd ms (default) "
+          "| fwd+bwd speedup vs default |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, backend, r in rows:
+        c, d = r["config"], r["default"]
+        tag = lambda k: f"d{k['block_d']}_l{k['block_l']}_w{k['num_warps']}"  # noqa: E731
+        fb, db = r["fwd_ms"] + r["bwd_ms"], (d["fwd_ms"] or float("nan")) + (d["bwd_ms"] or float("nan"))
+        print(f"| {name} | {backend} | {c['chunk_len']} | {tag(c['fwd'])} | {r['fwd_ms']:.3f} "
+              f"({d['fwd_ms'] or float('nan'):.3f}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
+              f"({d['bwd_ms'] or float('nan'):.3f}) | {db / fb:.2f}x |")
+    return 0
+
+
+def cache_cmd(a) -> int:
+    import json as _json
+
+    from ssmgen import tunecache
+
+    if a.action == "ls":
+        for r in tunecache.all_records():
+            b = r["bucket"]
+            print(f"{r['device']['name']:<28} {r['backend']:<7} {r['spec_key']:<56} "
+                  f"L<={b['seqlen']:<6} rows<={b['rows']:<7} {r['config']}")
+        return 0
+    if a.action == "show":
+        hits = [r for r in tunecache.all_records() if a.arg and a.arg in r["spec_key"]]
+        print(_json.dumps(hits, indent=1))
+        return 0 if hits else 1
+    if a.action == "export":
+        ok = tunecache.write_records(tunecache.read_file(tunecache.user_file()), a.arg,
+                                     replace_all=True)
+        return 0 if ok else 1
+    if a.action in ("import", "merge"):
+        recs = []
+        for f in a.files:
+            recs = tunecache.merge(recs, tunecache.read_file(f))
+        return 0 if tunecache.write_records(recs) else 1
+    if a.action == "clear":
+        f = tunecache.user_file()
+        if f.exists():
+            f.unlink()
+        print(f"cleared {f}")
+        return 0
+    return 2
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="ssmgen")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -168,9 +251,28 @@ def main(argv=None):
     r.add_argument("--kind", choices=["fwd", "bwd"], default="fwd")
     sub.add_parser("aot", help="compile every template variant for sm_80/sm_90, print resources")
     sub.add_parser("_check", help=argparse.SUPPRESS)
+    t = sub.add_parser("tune", help="tune suite shapes on this GPU into the user cache")
+    t.add_argument("--suite", default=None, help="suite file (default: the one ssmgen ships)")
+    t.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
+    t.add_argument("--backends", default="triton")
+    t.add_argument("--budget-s", type=float, default=None, help="time budget for the whole run")
+    t.add_argument("--max-fwd", type=int, default=12, help="forward candidates per shape")
+    t.add_argument("--max-bwd", type=int, default=16, help="backward candidates per shape")
+    c = sub.add_parser("cache", help="ls | show KEY | export FILE | import FILE.. | merge FILE.. "
+                                     "| clear")
+    c.add_argument("action", choices=["ls", "show", "export", "import", "merge", "clear"])
+    c.add_argument("files", nargs="*", help="KEY for show, FILE for export, FILEs for "
+                                             "import/merge")
     a = p.parse_args(argv)
     if a.cmd == "demo":
         return demo(a)
+    if a.cmd == "tune":
+        return tune_cmd(a)
+    if a.cmd == "cache":
+        a.arg = a.files[0] if a.files else None
+        if a.action in ("show", "export", "import", "merge") and not a.files:
+            p.error(f"cache {a.action} needs an argument")
+        return cache_cmd(a)
     if a.cmd == "_check":
         return 1 if _check_all("cpu") else 0
     if a.cmd == "render":

@@ -35,9 +35,11 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
 
 
 def _resolve_config(config, call_args):
-    """Public `config` -> (validated Call, ScanConfig). None: the heuristic default; a dict of
+    """Public `config` -> (validated Call, ScanConfig). None: the tuned record for this GPU,
+    spec and shape bucket (see ssmgen.autotune.choose), else the heuristic default; a dict of
     KernelConfig fields (both kernels) or {"fwd": {...}, "bwd": {...}}, where "chunk_len" goes to
     the spec; or a ScanConfig."""
+    from ssmgen import autotune
     from ssmgen.backends.triton_backend import ScanConfig, default_config
 
     chunk_len, cfg = None, config
@@ -48,6 +50,15 @@ def _resolve_config(config, call_args):
     elif config is not None and not isinstance(config, ScanConfig):
         raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
     call = normalize(*call_args, chunk_len=chunk_len)  # every input check, before any rendering
+    if cfg is None and chunk_len is None:
+        try:
+            chunk, cfg, _ = autotune.choose(call)
+        except autotune.NeedsTuning:
+            rec = autotune.tune(call_args[:8], call_args[8])
+            chunk, cfg = rec["config"]["chunk_len"], ScanConfig.from_dict(
+                {k: v for k, v in rec["config"].items() if k != "chunk_len"})
+        if chunk != call.spec.chunk_len:
+            call = normalize(*call_args, chunk_len=chunk)
     cfg = cfg or default_config(call.spec)
     cfg.fwd.check(call.spec)
     cfg.bwd.check(call.spec)

@@ -11,7 +11,7 @@ from hypothesis import given, seed, strategies as st
 import ssmgen
 from ssmgen.reference import selective_scan_ref
 from cases import config_of, make_inputs, scan_cases
-from numerics import assert_close
+from ssmgen.numerics import assert_close
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 

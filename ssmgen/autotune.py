@@ -1,0 +1,263 @@
+"""The autotuner: candidates from a backend's search space, each checked against the float64
+reference on a proxy problem before it is timed, timings by a replaceable timer.
+
+Nothing is tuned implicitly unless SSMGEN_AUTOTUNE=1 or `tune(...)` is called. `choose` is what a
+call uses: the cached record (exact, else nearest bucket) or the backend's heuristic default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import os
+import time
+
+import torch
+
+from . import backends, render, tunecache
+from .inputs import DEFAULT_CHUNK_LEN, Call, normalize
+from .numerics import assert_close
+from .reference import selective_scan_ref
+
+L2_FLUSH_BYTES = 256 * 2**20
+
+
+def tuning_key(spec) -> str:
+    """The spec's key with chunk_len left out: the tuner chooses chunk_len."""
+    return spec.replace(chunk_len=DEFAULT_CHUNK_LEN).key()
+
+
+@functools.lru_cache(maxsize=None)
+def template_hash(backend: str) -> str:
+    return render.template_hash(*backends.get(backend).TEMPLATES)
+
+
+def cuda_event_timer(fn, warmup: int = 3, reps: int = 25) -> float:
+    """Median ms over reps, CUDA events around each call, L2 flushed before each (a 256 MB
+    write), so small shapes are not timed out of the cache."""
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _order(spec, cands, per_thread, default):
+    """Most promising first (so a time budget or a cap keeps the likely winners): the default,
+    then by distance of the tile from 32 values per thread, then fewer warps."""
+    def score(k):
+        return (k != default, abs(math.log2(max(per_thread(spec, k), 1) / 32)), k.num_warps,
+                -k.block_l, k.block_d)
+    return sorted(cands, key=score)
+
+
+class _Proxy:
+    """Batch 1, the full dim, a sequence long enough to cross every candidate chunk boundary:
+    the candidate's output and every gradient must match the float64 reference here."""
+
+    def __init__(self, inputs, delta_softplus, max_chunk):
+        u = inputs[0]
+        L = min(u.shape[-1], 2 * max_chunk + 37)
+        cplx = inputs[2].is_complex()
+
+        def cut(t, name):
+            if t is None:
+                return None
+            if name in ("u", "delta", "z"):
+                return t[:1, :, :L]
+            if name in ("B", "C") and t.dim() >= 3:
+                Lx = 2 * L if cplx and not t.is_complex() else L
+                return t[:1, ..., :Lx]
+            return t
+
+        names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+        self.x = [cut(t, n) for t, n in zip(inputs, names)]
+        self.kw = dict(delta_softplus=delta_softplus, return_last_state=True)
+        with torch.enable_grad():
+            self._reference(u)
+
+    def _reference(self, u):
+        leaves = self._leaves()
+        out, last = selective_scan_ref(*leaves, **self.kw)
+        g = torch.Generator(device=u.device).manual_seed(7)
+        self.dout = torch.randn(out.shape, generator=g, device=u.device).to(u.dtype)
+        present = [t for t in leaves if t is not None]
+        self.ref = (out.detach(), last.detach(),
+                    torch.autograd.grad(out, present, self.dout.double()))
+        self.dtype = u.dtype
+
+    def _leaves(self):
+        return [t.detach().clone().requires_grad_(True) if t is not None else None
+                for t in self.x]
+
+    @torch.enable_grad()
+    def check(self, backend: str, config: dict):
+        import ssmgen
+
+        leaves = self._leaves()
+        out, last = ssmgen.selective_scan(*leaves, **self.kw, backend=backend, config=config)
+        present = [t for t in leaves if t is not None]
+        grads = torch.autograd.grad(out, present, self.dout)
+        assert_close("out", out, self.ref[0], self.dtype)
+        assert_close("last_state", last, self.ref[1], self.dtype)
+        for i, (g, r) in enumerate(zip(grads, self.ref[2])):
+            assert_close(f"grad {i}", g, r, self.dtype)
+
+
+def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
+    """The candidates tune() measures, in order: forward KernelConfigs and backward
+    (chunk_len, KernelConfig) pairs; the default config comes first in both."""
+    default = mod.default_config(spec)
+    cands = mod.candidates(spec, dim, seqlen)
+    fwd = [default.fwd] + [k for k in _order(spec, cands["fwd"], mod.per_thread, default.fwd)
+                           if k != default.fwd]
+    # per chunk length, most promising first; interleaved so that a cap keeps some of each
+    chunks = sorted({c for c, _ in cands["bwd"]}, key=lambda c: (c != spec.chunk_len, c))
+    per_chunk = [[(c, k) for k in _order(spec, [k for cc, k in cands["bwd"] if cc == c],
+                                         mod.per_thread, default.bwd)] for c in chunks]
+    bwd = [pair for rank in itertools.zip_longest(*per_chunk) for pair in rank if pair]
+    bwd = [(spec.chunk_len, default.bwd)] + [p for p in bwd if p != (spec.chunk_len, default.bwd)]
+    return fwd[:max_fwd], bwd[:max_bwd]
+
+
+def tune(inputs, delta_softplus=True, backend: str = "triton", *, timer=None, max_fwd=12,
+         max_bwd=16, budget_s=None, device=None, save=True, progress=None) -> dict:
+    """Tunes one problem (the tensors of a call); returns the record (saved unless save=False).
+
+    timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
+    (default: the current CUDA device). progress(done, total, text) is called per candidate."""
+    mod = backends.get(backend)
+    timer = timer or cuda_event_timer
+    t_start = time.perf_counter()
+    call = normalize(*inputs, delta_softplus=delta_softplus)
+    spec = call.spec
+    default = mod.default_config(spec)
+    fwd, bwd = plan(mod, spec, call.dim, call.seqlen, max_fwd, max_bwd)
+    proxy = _Proxy(inputs, delta_softplus, max(c for c, _ in bwd))
+    dout = torch.randn_like(call.u)
+    total, done, rows = len(fwd) + len(bwd), 0, []
+
+    def over_budget():
+        return budget_s is not None and time.perf_counter() - t_start > budget_s
+
+    def run(kind, chunk, k, cfg_dict, make_fn):
+        nonlocal done
+        row = {"kind": kind, "chunk_len": chunk, "config": dataclasses.asdict(k), "ms": None,
+               "error": None}
+        if over_budget():
+            row["error"] = "skipped: time budget spent"
+        else:
+            try:
+                proxy.check(backend, cfg_dict)  # a fast wrong kernel never wins
+                row["ms"] = timer(make_fn())
+            except Exception as e:  # compile error, launch failure or wrong numbers
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        rows.append(row)
+        done += 1
+        if progress:
+            progress(done, total, f"{kind} c{chunk} {k.tag()}"
+                     + (f" {row['ms']:.3f} ms" if row["ms"] is not None else " invalid"))
+        return row
+
+    cfg_cls = type(default)
+    for k in fwd:
+        cfg = cfg_cls(k, default.bwd)
+        run("fwd", spec.chunk_len, k, {"chunk_len": spec.chunk_len, **cfg.to_dict()},
+            lambda: functools.partial(mod.forward, call, cfg, False))
+    for chunk, k in bwd:
+        c_call = normalize(*inputs, delta_softplus=delta_softplus, chunk_len=chunk)
+        fk = mod.default_config(c_call.spec).fwd
+        cfg = cfg_cls(fk, k)
+
+        def make(c_call=c_call, cfg=cfg):
+            _, _, ckpt = mod.forward(c_call, cfg, True)
+            return functools.partial(mod.backward, c_call, cfg, ckpt, dout)
+
+        run("bwd", chunk, k, {"chunk_len": chunk, **cfg.to_dict()}, make)
+    rec = _record(backend, spec, call, rows, default, device, time.perf_counter() - t_start)
+    if save:
+        tunecache.write_records([rec])
+    return rec
+
+
+def _record(backend, spec, call: Call, rows, default, device, seconds) -> dict:
+    from . import device as dev
+
+    ok = [r for r in rows if r["ms"] is not None]
+    best_b = min((r for r in ok if r["kind"] == "bwd"), key=lambda r: r["ms"], default=None)
+    chunk = best_b["chunk_len"] if best_b else spec.chunk_len
+    fits = [r for r in ok if r["kind"] == "fwd" and r["config"]["block_l"] <= chunk]
+    best_f = min(fits, key=lambda r: r["ms"], default=None)
+    if best_f is None or best_b is None:
+        raise RuntimeError(f"autotune: no valid candidate for {spec.key()}; errors: "
+                           f"{sorted({r['error'] for r in rows if r['error']})[:3]}")
+
+    def default_ms(kind):
+        k = dataclasses.asdict(getattr(default, kind))
+        hit = [r for r in ok if r["kind"] == kind and r["config"] == k
+               and r["chunk_len"] == spec.chunk_len]
+        return hit[0]["ms"] if hit else None
+
+    return {
+        "backend": backend, "template_hash": template_hash(backend), "spec_key": tuning_key(spec),
+        "spec": spec.replace(chunk_len=chunk).to_json(),
+        "bucket": tunecache.bucket(call.batch, call.dim, call.seqlen),
+        "shape": {"batch": call.batch, "dim": call.dim, "seqlen": call.seqlen},
+        "device": device or dev.info(), "versions": dev.versions(),
+        "date": time.strftime("%Y-%m-%d"), "tune_seconds": round(seconds, 1),
+        "config": {"chunk_len": chunk, "fwd": best_f["config"], "bwd": best_b["config"]},
+        "fwd_ms": best_f["ms"], "bwd_ms": best_b["ms"],
+        "default": {"config": {"chunk_len": spec.chunk_len, **default.to_dict()},
+                    "fwd_ms": default_ms("fwd"), "bwd_ms": default_ms("bwd")},
+        "candidates": rows,
+    }
+
+
+def choose(call: Call, backend: str = "triton"):
+    """The config a call runs with when none is given: (chunk_len, backend config, how).
+    how: "exact" / "nearest" (a cached record) or "default" (the backend's heuristic). Only
+    CUDA tensors consult the cache. Under SSMGEN_AUTOTUNE=1 a missing exact record raises
+    NeedsTuning (the caller tunes with the call's tensors)."""
+    mod = backends.get(backend)
+    if call.u.device.type != "cuda":
+        return call.spec.chunk_len, mod.default_config(call.spec), "default"
+    found = _cached_choice(backend, call.spec.to_json(), call.u.device.index or 0, call.batch,
+                           call.dim, call.seqlen)
+    how, chunk, encoded = found.split("|")
+    if how != "exact" and os.environ.get("SSMGEN_AUTOTUNE") == "1":
+        raise NeedsTuning()
+    cfg_cls = type(mod.default_config(call.spec))
+    return int(chunk), cfg_cls.decode(encoded), how
+
+
+@torch.compiler.assume_constant_result
+def _cached_choice(backend: str, spec_json: str, device_index: int, batch: int, dim: int,
+                   seqlen: int) -> str:
+    """"how|chunk_len|encoded config" (a string, so torch.compile can treat the lookup, which
+    reads files, as a constant of the traced call)."""
+    from . import device as dev
+    from .spec import ScanSpec
+
+    mod = backends.get(backend)
+    spec = ScanSpec.from_json(spec_json)
+    rec, how = tunecache.lookup(dev.info(device_index)["name"], backend, template_hash(backend),
+                                tuning_key(spec), tunecache.bucket(batch, dim, seqlen))
+    if rec is None:
+        return f"default|{spec.chunk_len}|{mod.default_config(spec).encode()}"
+    cfg = dict(rec["config"])
+    chunk = cfg.pop("chunk_len")
+    return f"{how}|{chunk}|{type(mod.default_config(spec)).from_dict(cfg).encode()}"
+
+
+class NeedsTuning(Exception):
+    """Raised by choose under SSMGEN_AUTOTUNE=1 when no exact record exists (ops tunes then)."""

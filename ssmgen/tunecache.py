@@ -1,0 +1,168 @@
+"""Persistent tuning records: shipped read-only files plus the user's cache file.
+
+A record is one tuned (GPU, backend, template hash, spec, shape bucket). Lookup order: the exact
+record, then the same GPU, backend, template and spec at the nearest bucket, else nothing (the
+caller falls back to the backend's documented heuristic). Given the files, the choice is
+deterministic.
+
+Files hold {"format": FORMAT, "records": [...]}. Writes take an exclusive lock, re-read, merge
+and replace the file atomically, so concurrent writers never corrupt it or lose each other's
+records. A corrupt or foreign-format file gives one warning and is ignored (and, when written
+to, moved aside rather than overwritten). A template change invalidates only the records with
+the old template hash: they stay in the file, unused.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.resources
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from . import render
+
+FORMAT = 1
+KEY_FIELDS = ("backend", "template_hash", "spec_key")
+
+
+def user_file() -> Path:
+    return render.cache_dir() / "autotune" / "records.json"
+
+
+def shipped_files() -> list:
+    root = importlib.resources.files("ssmgen.autotune_cache")
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def bucket(batch: int, dim: int, seqlen: int) -> dict:
+    """Coarse shape class: powers of two of seqlen and of batch*dim (rows of the scan)."""
+    p2 = lambda n: 1 << max(0, (int(n) - 1).bit_length())  # noqa: E731
+    return {"seqlen": p2(seqlen), "rows": p2(batch * dim)}
+
+
+def record_id(r: dict) -> tuple:
+    return (r["device"]["name"],) + tuple(r[k] for k in KEY_FIELDS) + (
+        r["bucket"]["seqlen"], r["bucket"]["rows"])
+
+
+def _valid(r) -> bool:
+    try:
+        record_id(r)
+        return isinstance(r["config"], dict)
+    except (KeyError, TypeError):
+        return False
+
+
+def read_file(path: Path) -> list:
+    """Records of one file; [] with a warning if it is corrupt or of another format."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        warnings.warn(f"ssmgen: cannot read tuning cache {path}: {e}; ignoring it")
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        warnings.warn(f"ssmgen: tuning cache {path} is corrupt ({e}); ignoring it")
+        return []
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+        warnings.warn(f"ssmgen: tuning cache {path} has format {fmt!r}, this ssmgen reads "
+                      f"{FORMAT}; ignoring it")
+        return []
+    recs = data.get("records", [])
+    good = [r for r in recs if _valid(r)]
+    if len(good) != len(recs):
+        warnings.warn(f"ssmgen: {len(recs) - len(good)} malformed records in {path} ignored")
+    return good
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def merge(old: list, new: list) -> list:
+    """new replaces old records with the same id; order: old ids first, then added ones."""
+    by_id = {record_id(r): r for r in old}
+    by_id.update({record_id(r): r for r in new})
+    return list(by_id.values())
+
+
+def write_records(records: list, path: Path | None = None, replace_all: bool = False) -> bool:
+    """Merges records into the file (or replaces its content); False with a warning if the
+    file cannot be written (the program goes on with what it has)."""
+    path = Path(path or user_file())
+    try:
+        with _locked(path):
+            old = [] if replace_all else _read_for_write(path)
+            text = json.dumps({"format": FORMAT, "records": merge(old, records)}, indent=1,
+                              sort_keys=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".records_", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"ssmgen: cannot write tuning cache {path}: {e}; results kept in memory")
+        return False
+    _cache.clear()
+    return True
+
+
+def _read_for_write(path: Path) -> list:
+    if not path.exists():
+        return []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recs = read_file(path)
+    if caught and not recs:  # unreadable: keep its bytes aside instead of overwriting them
+        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        os.replace(path, aside)
+        warnings.warn(f"ssmgen: {caught[0].message}; moved it to {aside}")
+    return recs
+
+
+_cache: dict = {}
+
+
+def all_records() -> list:
+    """Shipped records, then the user's (which win on the same id); re-read when files change."""
+    files = shipped_files() + [user_file()]
+    stamp = tuple((str(f), f.stat().st_mtime_ns if f.exists() else 0) for f in files)
+    if _cache.get("stamp") != stamp:
+        recs = []
+        for f in files:
+            recs = merge(recs, read_file(f))
+        _cache.update(stamp=stamp, records=recs)
+    return _cache["records"]
+
+
+def lookup(device: str, backend: str, template_hash: str, spec_key: str, bkt: dict,
+           records: list | None = None):
+    """(record, "exact" | "nearest") or (None, "default")."""
+    recs = [r for r in (all_records() if records is None else records)
+            if r["device"]["name"] == device and r["backend"] == backend
+            and r["template_hash"] == template_hash and r["spec_key"] == spec_key]
+    if not recs:
+        return None, "default"
+
+    def distance(r):
+        b = r["bucket"]
+        return (abs(math.log2(b["seqlen"]) - math.log2(bkt["seqlen"]))
+                + abs(math.log2(b["rows"]) - math.log2(bkt["rows"])), b["seqlen"], b["rows"])
+
+    best = min(recs, key=distance)
+    return best, ("exact" if distance(best)[0] == 0 else "nearest")
