@@ -21,12 +21,18 @@ import jinja2
 
 
 def cache_dir() -> Path:
-    """SSMGEN_CACHE_DIR, else $XDG_CACHE_HOME/ssmgen, else ~/.cache/ssmgen."""
+    """SSMGEN_CACHE_DIR, else the platform's user cache folder (platformdirs, where installed),
+    else $XDG_CACHE_HOME/ssmgen or ~/.cache/ssmgen."""
     root = os.environ.get("SSMGEN_CACHE_DIR")
-    if not root:
+    if root:
+        return Path(root)
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("ssmgen", appauthor=False))
+    except ImportError:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "ssmgen")
-    return Path(root)
+        return Path(base) / "ssmgen"
 
 
 @functools.lru_cache(maxsize=None)

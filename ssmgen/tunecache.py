@@ -35,6 +35,9 @@ def user_file() -> Path:
 
 
 def shipped_files() -> list:
+    """The read-only records that ship in autotune_cache/ (none under SSMGEN_SHIPPED_CACHE=0)."""
+    if os.environ.get("SSMGEN_SHIPPED_CACHE", "1") == "0":
+        return []
     root = importlib.resources.files("ssmgen.autotune_cache")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
 

@@ -24,6 +24,7 @@ SHAPE = {"batch": 1, "dim": 4, "seqlen": 40, "d_state": 2, "groups": 1, "dtype":
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("SSMGEN_POISON", "1")
+    monkeypatch.setenv("SSMGEN_SHIPPED_CACHE", "0")  # only what each test writes
     tunecache._cache.clear()
     return tmp_path / "cache"
 
@@ -238,3 +239,19 @@ def test_cli_cache_export_import_merge_clear(tmp_path, cache_dir):
     assert {r["spec_key"] for r in json.loads(out.read_text())["records"]} == {"ka", "kb"}
     assert run("clear").returncode == 0
     assert run("ls").stdout == ""
+
+
+def test_shipped_records_load_and_are_found(monkeypatch):
+    monkeypatch.setenv("SSMGEN_SHIPPED_CACHE", "1")
+    tunecache._cache.clear()
+    files = tunecache.shipped_files()
+    assert any(f.name == "nvidia_h100_80gb_hbm3.json" for f in files)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a shipped file must parse without a warning
+        recs = tunecache.all_records()
+    h100 = [r for r in recs if r["device"]["name"] == "NVIDIA H100 80GB HBM3"]
+    assert len(h100) >= 7
+    r = h100[0]
+    hit, how = tunecache.lookup(r["device"]["name"], "triton", r["template_hash"],
+                                r["spec_key"], r["bucket"])
+    assert how == "exact" and hit["config"] == r["config"]
