@@ -266,6 +266,16 @@ def _new(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension, which holds the batch
+
+
+def check_launch(call: Call) -> None:
+    """Limits of this backend's launch that input validation does not know about."""
+    if call.batch > MAX_GRID_Y:
+        raise ValueError(f"u: batch={call.batch} exceeds the Triton backend's limit of "
+                         f"{MAX_GRID_Y} batch rows per call (CUDA's grid y limit); split the batch")
+
+
 def n_chunks(spec: ScanSpec, L: int) -> int:
     return triton.cdiv(L, spec.chunk_len)
 

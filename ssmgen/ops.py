@@ -182,6 +182,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if not return_last_state:
             return res.to(u.dtype)
         return res[0].to(u.dtype), res[1].to(A.dtype)
+    from ssmgen.backends.triton_backend import check_launch
+
+    check_launch(call)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       return_last_state, call.spec.chunk_len, cfg.encode())
     return (out, last) if return_last_state else out

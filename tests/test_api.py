@@ -68,6 +68,14 @@ def test_bad_input_is_named_before_launch(no_launch, arg, mutate, exc, words):
         ssmgen.selective_scan(**a, delta_softplus=True, backend="triton")
 
 
+def test_batch_past_the_grid_limit_is_refused(no_launch):
+    a = good(b=1)
+    big = {k: (v.expand(70000, *v.shape[1:]) if k in ("u", "delta", "z", "B", "C") else v)
+           for k, v in a.items()}  # expanded views: no memory
+    with pytest.raises(ValueError, match="batch=70000 exceeds"):
+        ssmgen.selective_scan(**big, backend="triton")
+
+
 def test_complex_tensor_with_half_u_points_to_interleaved(no_launch):
     a = good(dtype=torch.bfloat16, cplx=True)
     a["B"] = torch.randn(2, 2, 3, 6, dtype=torch.complex64)
