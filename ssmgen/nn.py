@@ -188,6 +188,12 @@ class MambaLM(nn.Module):
         self.backbone = Backbone(vocab_size, d_model, n_layer, **mixer_kwargs)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.backbone.embedding.weight
+        # mamba-ssm's _init_weights: small embeddings (the head is tied to them), and each
+        # block's output projection scaled down by sqrt(n_layer) (prenorm residual rescale)
+        nn.init.normal_(self.backbone.embedding.weight, std=0.02)
+        with torch.no_grad():
+            for layer in self.backbone.layers:
+                layer.mixer.out_proj.weight /= math.sqrt(n_layer)
 
     def forward(self, ids, inference_params=None):
         return self.lm_head(self.backbone(ids, inference_params))
