@@ -30,30 +30,12 @@ def _specs():
 
 
 def _inputs(spec, batch, dim, L, device, seed=0):
-    import torch
+    from ssmgen import suite
 
-    g = torch.Generator().manual_seed(seed)
-    dt = getattr(torch, spec.dtype)
-    N = spec.d_state
-
-    def rn(*s, dtype=dt):
-        return torch.randn(*s, generator=g).to(device=device, dtype=dtype)
-
-    u, z = rn(batch, dim, L), rn(batch, dim, L)
-    delta = (0.5 * torch.rand(batch, dim, L, generator=g)).to(device=device, dtype=dt)
-    A = -0.5 * torch.rand(dim, N, generator=g)
-    if spec.complex_A:
-        A = torch.complex(A, torch.randn(dim, N, generator=g))
-    A = A.to(device)
-    Lbc = 2 * L if spec.complex_A else L
-
-    def bc(layout):
-        if layout == "constant":
-            return rn(dim, N, dtype=torch.complex64 if spec.complex_A else torch.float32)
-        return rn(batch, 1, N, Lbc)
-
-    return [u, delta, A, bc(spec.B_layout), bc(spec.C_layout), rn(dim, dtype=torch.float32), z,
-            (0.1 * torch.rand(dim, generator=g)).to(device)]
+    shape = {"batch": batch, "dim": dim, "seqlen": L, "d_state": spec.d_state, "groups": 1,
+             "dtype": spec.dtype, "A": "complex" if spec.complex_A else "real",
+             "B_layout": spec.B_layout, "C_layout": spec.C_layout}
+    return suite.make_inputs(shape, device=device, seed=seed)
 
 
 def check(spec, device, batch=2, dim=8, L=40):

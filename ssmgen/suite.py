@@ -24,7 +24,8 @@ def scan_shapes(path: str | None = None) -> list:
 
 
 def make_inputs(shape: dict, device="cuda", seed: int = 0, batch=None, dim=None, seqlen=None):
-    """[u, delta, A, B, C, D, z, delta_bias] for a suite shape (sizes may be overridden)."""
+    """[u, delta, A, B, C, D, z, delta_bias] for a suite shape (sizes may be overridden; the
+    optional keys B_layout / C_layout = "constant" give (dim, N) B / C)."""
     import torch
 
     g = torch.Generator(device=device).manual_seed(seed)
@@ -35,6 +36,8 @@ def make_inputs(shape: dict, device="cuda", seed: int = 0, batch=None, dim=None,
     dt = getattr(torch, DTYPES[shape["dtype"]])
 
     def randn(*s, dtype=dt):
+        if dtype.is_complex:  # both parts random
+            return torch.randn(*s, generator=g, device=device, dtype=dtype)
         return torch.randn(*s, generator=g, device=device).to(dtype)
 
     def rand(*s, dtype=dt):
@@ -47,7 +50,13 @@ def make_inputs(shape: dict, device="cuda", seed: int = 0, batch=None, dim=None,
     if cplx:
         A = torch.complex(A, randn(d, N, dtype=torch.float32))
     Lbc = 2 * L if cplx else L
-    B, C = randn(b, G, N, Lbc), randn(b, G, N, Lbc)
+
+    def bc(layout):  # "variable" (the suite's) or "constant" (dim, N) like A
+        if layout == "constant":
+            return randn(d, N, dtype=torch.complex64 if cplx else torch.float32)
+        return randn(b, G, N, Lbc)
+
+    B, C = bc(shape.get("B_layout", "variable")), bc(shape.get("C_layout", "variable"))
     D = randn(d, dtype=torch.float32)
     delta_bias = 0.1 * rand(d, dtype=torch.float32)
     return [u, delta, A, B, C, D, z, delta_bias]
