@@ -138,9 +138,9 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                 chunk_len, config):
-        save = torch.is_grad_enabled() or any(
-            isinstance(x, torch.Tensor) and x.requires_grad
-            for x in (u, delta, A, B, C, D, z, delta_bias))
+        # checkpoints only when a backward can follow (grad mode is off inside forward itself)
+        save = any(isinstance(x, torch.Tensor) and x.requires_grad
+                   for x in (u, delta, A, B, C, D, z, delta_bias))
         out, last, ckpt = torch.ops.ssmgen.scan_fwd(u, delta, A, B, C, D, z, delta_bias,
                                                     delta_softplus, return_last_state,
                                                     chunk_len, config, save)
