@@ -274,6 +274,15 @@ def check_launch(call: Call) -> None:
     if call.batch > MAX_GRID_Y:
         raise ValueError(f"u: batch={call.batch} exceeds the Triton backend's limit of "
                          f"{MAX_GRID_Y} batch rows per call (CUDA's grid y limit); split the batch")
+    # The kernels form batch and channel offsets in int64, but the offset of an element inside
+    # one batch row of a variable B/C (group, state, time) in int32: refuse what would wrap.
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        if t.dim() == 4:
+            extent = sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) + 2
+            if extent >= 2**31:
+                raise ValueError(f"{X}: one batch row spans {extent} elements; the Triton kernels "
+                                 f"index within a row in 32 bits (at most 2**31 - 1)")
 
 
 def n_chunks(spec: ScanSpec, L: int) -> int:
