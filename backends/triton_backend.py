@@ -2,8 +2,8 @@
 the result from the cache directory, and launches it on tensors prepared by ssmgen.inputs.
 
 Everything the templates branch on comes from the ScanSpec (via `context`); the config carries
-only tile shapes and warps. The kernel's argument list is built here once (`kernel_args`) and
-used both for the rendered signature and for the launch, so the two cannot drift apart.
+only tile shapes and warps. The kernel's parameter list is built here once (`kernel_params`) and
+used for the rendered signature, the launch and ahead-of-time compilation, so they cannot drift.
 """
 from __future__ import annotations
 
@@ -65,6 +65,14 @@ class ScanConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ScanConfig":
         """{"fwd": {...}, "bwd": {...}} or one flat dict of KernelConfig fields for both."""
+        try:
+            return cls._from_dict(d)
+        except TypeError as e:  # an unknown field name
+            fields = sorted(default_config_fields())
+            raise TypeError(f"config: {e}; kernel fields are {fields} (and chunk_len)") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "ScanConfig":
         if "fwd" in d or "bwd" in d:
             unknown = set(d) - {"fwd", "bwd"}
             if unknown:

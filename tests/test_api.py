@@ -109,6 +109,8 @@ def test_bad_config_and_backend(no_launch):
     with pytest.raises(ValueError, match="fp32 values per thread"):
         ssmgen.selective_scan(**a, backend="triton",
                               config={"block_d": 16, "block_l": 256, "num_warps": 1})
+    with pytest.raises(TypeError, match="config: .*block_size"):
+        ssmgen.selective_scan(**a, backend="triton", config={"block_size": 4})
     with pytest.raises(TypeError, match="config must be"):
         ssmgen.selective_scan(**a, backend="triton", config=[4])
 
