@@ -240,6 +240,10 @@ def main(argv=None):
     t.add_argument("--budget-s", type=float, default=None, help="time budget for the whole run")
     t.add_argument("--max-fwd", type=int, default=12, help="forward candidates per shape")
     t.add_argument("--max-bwd", type=int, default=16, help="backward candidates per shape")
+    b = sub.add_parser("bench", help="suite shapes vs importable peers and the measured floor")
+    b.add_argument("--suite", default=None)
+    b.add_argument("--shapes", default=None)
+    b.add_argument("--out", default="benchmarks/results")
     c = sub.add_parser("cache", help="ls | show KEY | export FILE | import FILE.. | merge FILE.. "
                                      "| clear")
     c.add_argument("action", choices=["ls", "show", "export", "import", "merge", "clear"])
@@ -250,6 +254,10 @@ def main(argv=None):
         return demo(a)
     if a.cmd == "tune":
         return tune_cmd(a)
+    if a.cmd == "bench":
+        from ssmgen import bench
+
+        return bench.main(a.suite, a.out, a.shapes)
     if a.cmd == "cache":
         a.arg = a.files[0] if a.files else None
         if a.action in ("show", "export", "import", "merge") and not a.files:

@@ -1,0 +1,198 @@
+"""`ssmgen bench`: the suite's shapes forward and forward+backward, ssmgen next to the peers that
+are importable in the same process, against the physical floor measured in the same run.
+
+Floor (../shared/bench/ANCHORS.md): each input read once and each output written once, over the
+measured device-to-device copy bandwidth; one exp per state element in forward and one more in
+backward (complex A: exp, sin and cos), over the measured exp2 rate; the larger of the two.
+Writes results.json, results.md and results.png under benchmarks/results/<gpu-name>/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+ESIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def floor_ms(s: dict, copy_bw: float, exp_rate: float) -> dict:
+    """Byte and exp floors (ms) of a suite shape, forward and forward+backward."""
+    b, d, L, N, g = s["batch"], s["dim"], s["seqlen"], s["d_state"], s.get("groups", 1)
+    e = ESIZE[s["dtype"]]
+    cplx = s.get("A", "real") == "complex"
+    bc = 2 * b * g * N * L * e * (2 if cplx else 1)  # B and C (complex: re and im)
+    act = b * d * L * e  # one (batch, dim, L) tensor
+    fwd_bytes = 3 * act + bc + act  # u, delta, z, B, C in; out
+    bwd_bytes = fwd_bytes - act + act + 3 * act + bc  # the same inputs + dout; du, ddelta, dz, dB, dC
+    sf = b * d * L * N * (3 if cplx else 1)  # special functions per pass
+    fb = fwd_bytes + bwd_bytes
+    return {"bytes_fwd_ms": fwd_bytes / copy_bw * 1e3, "bytes_fwdbwd_ms": fb / copy_bw * 1e3,
+            "exp_fwd_ms": sf / exp_rate * 1e3, "exp_fwdbwd_ms": 2 * sf / exp_rate * 1e3,
+            "fwd_ms": max(fwd_bytes / copy_bw, sf / exp_rate) * 1e3,
+            "fwdbwd_ms": max(fb / copy_bw, 2 * sf / exp_rate) * 1e3}
+
+
+def measure_copy_bandwidth() -> float:
+    """Bytes read + written per second by a 2 GiB device-to-device copy."""
+    from triton.testing import do_bench
+
+    src = torch.empty(2**29, dtype=torch.float32, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=20, rep=100, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def measure_exp_rate() -> float:
+    """exp2 per second on the special-function units (a register-resident loop, one FMA each)."""
+    import triton
+    import triton.language as tl
+    from triton.testing import do_bench
+
+    @triton.jit
+    def _exp_loop(x_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for _ in range(ITERS):
+            x = tl.exp2(x) * -0.5  # dependent chain per lane, many lanes in flight
+            acc += x
+        tl.store(x_ptr + offs, acc)
+
+    n, iters = 2**22, 256
+    x = torch.rand(n, device="cuda") * -1
+    ms = do_bench(lambda: _exp_loop[(n // 1024,)](x, iters, 1024), warmup=20, rep=100,
+                  return_mode="median")
+    return n * iters / (ms * 1e-3)
+
+
+def _peak_mb(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def run_shape(s: dict, peer, warmup=10, rep=100) -> dict:
+    from triton.testing import do_bench
+
+    import ssmgen
+    from ssmgen.suite import make_inputs
+
+    x = make_inputs(s)
+    dout = torch.randn_like(x[0])
+    bench = lambda f: do_bench(f, warmup=warmup, rep=rep, return_mode="median")  # noqa: E731
+    row = {"name": s["name"]}
+    with torch.no_grad():
+        row["ssmgen_fwd_ms"] = bench(lambda: ssmgen.selective_scan(*x, delta_softplus=True))
+    leaves = [t.detach().requires_grad_(True) for t in x]
+
+    def fb():
+        torch.autograd.backward(ssmgen.selective_scan(*leaves, delta_softplus=True), dout)
+
+    fb()
+    row["ssmgen_fwdbwd_ms"] = bench(fb)
+    row["ssmgen_peak_mb"] = _peak_mb(fb)
+    if peer is not None:
+        row["peer_fwd_ms"] = bench(lambda: peer.fwd(*x, True))
+
+        def pfb():
+            o, xs, _ = peer.fwd(*x, True)
+            peer.bwd(*x, dout, xs, o, None, True, False)
+
+        row["peer_fwdbwd_ms"] = bench(pfb)
+        row["peer_peak_mb"] = _peak_mb(pfb)
+    return row
+
+
+def _peer():
+    try:
+        import selective_scan_cuda
+
+        return selective_scan_cuda
+    except ImportError:
+        return None
+
+
+def main(suite_path=None, out_root="benchmarks/results", shapes=None) -> int:
+    from ssmgen import suite
+    from ssmgen import __version__
+    from ssmgen import device as dev
+
+    if not torch.cuda.is_available():
+        print("ssmgen bench needs a CUDA GPU")
+        return 2
+    sh = suite.scan_shapes(suite_path)
+    if shapes:
+        sh = [s for s in sh if s["name"] in shapes.split(",")]
+    copy_bw, exp_rate = measure_copy_bandwidth(), measure_exp_rate()
+    peer = _peer()
+    rows = []
+    for s in sh:
+        r = run_shape(s, peer)
+        r["floor"] = floor_ms(s, copy_bw, exp_rate)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    info = dev.info()
+    meta = {"device": info, "ssmgen": __version__, "torch": torch.__version__,
+            "copy_TBps": copy_bw / 1e12, "exp2_Tps": exp_rate / 1e12,
+            "peer": "mamba-ssm selective_scan_cuda" if peer else None,
+            "date": time.strftime("%Y-%m-%d")}
+    out = os.path.join(out_root, info["name"].replace(" ", "_"))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    text = table(meta, rows)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    plot(rows, os.path.join(out, "results.png"))
+    print(text)
+    return 0
+
+
+def table(meta, rows) -> str:
+    lines = [f"# {meta['device']['name']}: copy {meta['copy_TBps']:.2f} TB/s, exp2 "
+             f"{meta['exp2_Tps']:.2f} T/s (measured in this run), {meta['date']}", "",
+             "| shape | ssmgen fwd | peer fwd | floor fwd | peer/ssmgen | floor/ssmgen | ssmgen f+b "
+             "| peer f+b | floor f+b | peer/ssmgen | floor/ssmgen | peak MB ssmgen / peer |",
+             "|---" * 12 + "|"]
+    for r in rows:
+        f = r["floor"]
+        pf, pb = r.get("peer_fwd_ms"), r.get("peer_fwdbwd_ms")
+        n = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        q = lambda a, b: "-" if a is None else f"{a / b:.2f}"  # noqa: E731
+        lines.append(
+            f"| {r['name']} | {r['ssmgen_fwd_ms']:.3f} | {n(pf)} | {f['fwd_ms']:.3f} | "
+            f"{q(pf, r['ssmgen_fwd_ms'])} | {f['fwd_ms'] / r['ssmgen_fwd_ms']:.2f} | "
+            f"{r['ssmgen_fwdbwd_ms']:.3f} | {n(pb)} | {f['fwdbwd_ms']:.3f} | "
+            f"{q(pb, r['ssmgen_fwdbwd_ms'])} | {f['fwdbwd_ms'] / r['ssmgen_fwdbwd_ms']:.2f} | "
+            f"{r['ssmgen_peak_mb']:.0f} / {n(r.get('peer_peak_mb'))} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, kind in zip(axes, ("fwd", "fwdbwd")):
+        xs = range(len(rows))
+        w = 0.38
+        ax.bar([i - w / 2 for i in xs], [r[f"ssmgen_{kind}_ms"] for r in rows], w, label="ssmgen")
+        if all(f"peer_{kind}_ms" in r for r in rows):
+            ax.bar([i + w / 2 for i in xs], [r[f"peer_{kind}_ms"] for r in rows], w,
+                   label="mamba-ssm")
+        ax.scatter(list(xs), [r["floor"][f"{kind}_ms"] for r in rows], color="k", marker="_",
+                   s=400, label="floor", zorder=3)
+        ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=30, ha="right")
+        ax.set_ylabel("ms")
+        ax.set_yscale("log")
+        ax.set_title("forward" if kind == "fwd" else "forward + backward")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
