@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.resources
 import json
 import math
@@ -38,6 +39,11 @@ def shipped_files() -> list:
     """The read-only records that ship in autotune_cache/ (none under SSMGEN_SHIPPED_CACHE=0)."""
     if os.environ.get("SSMGEN_SHIPPED_CACHE", "1") == "0":
         return []
+    return _shipped()
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped() -> list:  # package data does not change while the process runs
     root = importlib.resources.files("ssmgen.autotune_cache")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".json"))
 
