@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install, build the peer in the background, run the gpu-marked tests, then the
-# suite benchmark side by side with the peer. Results go to $OUT (and are committed by hand
+# suite benchmark (ssmgen bench) side by side with the peer. Results go to $OUT (and are committed by hand
 # under benchmarks/results/<gpu>/).
 # Carry: .whl (pytest/hypothesis wheels for the device's Python) and .peer (mamba-ssm sdist).
 set -u
@@ -18,4 +18,4 @@ if [ -n "$PEER_SRC" ]; then
 fi
 SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-40} timeout ${TEST_TIMEOUT:-330} python3 -m pytest -m gpu -v -x -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.log" | tail -40
 [ -n "${PEER_PID:-}" ] && wait $PEER_PID; tail -3 "$OUT/peer_build.log" 2>/dev/null
-PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/core_bench.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -25
+PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_TIMEOUT:-200} python3 -m ssmgen bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -25

@@ -87,6 +87,7 @@ def run_shape(s: dict, peer, warmup=10, rep=100) -> dict:
     bench = lambda f: do_bench(f, warmup=warmup, rep=rep, return_mode="median")  # noqa: E731
     row = {"name": s["name"]}
     with torch.no_grad():
+        out = ssmgen.selective_scan(*x, delta_softplus=True)
         row["ssmgen_fwd_ms"] = bench(lambda: ssmgen.selective_scan(*x, delta_softplus=True))
     leaves = [t.detach().requires_grad_(True) for t in x]
 
@@ -97,6 +98,9 @@ def run_shape(s: dict, peer, warmup=10, rep=100) -> dict:
     row["ssmgen_fwdbwd_ms"] = bench(fb)
     row["ssmgen_peak_mb"] = _peak_mb(fb)
     if peer is not None:
+        pout = peer.fwd(*x, True)[2]  # out with the z gate
+        row["out_rel_diff_vs_peer"] = ((out.float() - pout.float()).norm()
+                                       / pout.float().norm()).item()
         row["peer_fwd_ms"] = bench(lambda: peer.fwd(*x, True))
 
         def pfb():

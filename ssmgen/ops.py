@@ -14,7 +14,9 @@ import torch
 from .inputs import normalize
 from .reference import selective_scan_ref
 
-BACKENDS = ("triton", "reference")
+from .backends import NAMES as KERNEL_BACKENDS
+
+BACKENDS = KERNEL_BACKENDS + ("reference",)
 
 
 def _interpreting() -> bool:
@@ -34,31 +36,37 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
     return "reference"
 
 
-def _resolve_config(config, call_args):
-    """Public `config` -> (validated Call, ScanConfig). None: the tuned record for this GPU,
-    spec and shape bucket (see ssmgen.autotune.choose), else the heuristic default; a dict of
-    KernelConfig fields (both kernels) or {"fwd": {...}, "bwd": {...}}, where "chunk_len" goes to
-    the spec; or a ScanConfig."""
+def _split_config(config):
+    """Public `config` -> (chunk_len or None, ScanConfig or None): a dict of KernelConfig fields
+    (both kernels) or {"fwd": {...}, "bwd": {...}}, where "chunk_len" goes to the spec; or a
+    ScanConfig; or None."""
+    from ssmgen.backends.triton_backend import ScanConfig
+
+    if config is None or isinstance(config, ScanConfig):
+        return None, config
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
+    config = dict(config)
+    chunk_len = config.pop("chunk_len", None)
+    return chunk_len, (ScanConfig.from_dict(config) if config else None)
+
+
+def _kernel_config(call, cfg, chunk_len, args):
+    """The config a kernel call runs with (and the call, re-normalized if the tuned record
+    chose another chunk_len). None: the tuned record for this GPU, spec and shape bucket (see
+    ssmgen.autotune.choose), else the heuristic default."""
     from ssmgen import autotune
     from ssmgen.backends.triton_backend import ScanConfig, default_config
 
-    chunk_len, cfg = None, config
-    if isinstance(config, dict):
-        config = dict(config)
-        chunk_len = config.pop("chunk_len", None)
-        cfg = ScanConfig.from_dict(config) if config else None
-    elif config is not None and not isinstance(config, ScanConfig):
-        raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
-    call = normalize(*call_args, chunk_len=chunk_len)  # every input check, before any rendering
-    if cfg is None and chunk_len is None:
+    if cfg is None and chunk_len is None:  # neither kernel config nor chunk_len given
         try:
             chunk, cfg, _ = autotune.choose(call)
         except autotune.NeedsTuning:
-            rec = autotune.tune(call_args[:8], call_args[8])
+            rec = autotune.tune(args[:8], args[8])
             chunk, cfg = rec["config"]["chunk_len"], ScanConfig.from_dict(
                 {k: v for k, v in rec["config"].items() if k != "chunk_len"})
         if chunk != call.spec.chunk_len:
-            call = normalize(*call_args, chunk_len=chunk)
+            call = normalize(*args, chunk_len=chunk)
     cfg = cfg or default_config(call.spec)
     cfg.fwd.check(call.spec)
     cfg.bwd.check(call.spec)
@@ -173,10 +181,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     else the reference). config: a dict of KernelConfig fields (both kernels), or
     {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None takes the default.
     """
-    call, cfg = _resolve_config(config, (u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                         return_last_state))
-    name = pick_backend(backend, call.u.device)
-    if name == "reference":
+    chunk_len, cfg = _split_config(config)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    call = normalize(*args, chunk_len=chunk_len)  # every input check, before any rendering
+    if pick_backend(backend, call.u.device) == "reference":
         res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                  return_last_state)
         if not return_last_state:
@@ -184,6 +192,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return res[0].to(u.dtype), res[1].to(A.dtype)
     from ssmgen.backends.triton_backend import check_launch
 
+    call, cfg = _kernel_config(call, cfg, chunk_len, args)
     check_launch(call)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                       return_last_state, call.spec.chunk_len, cfg.encode())
