@@ -175,7 +175,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, timer=None, ma
         run("fwd", spec.chunk_len, k, {"chunk_len": spec.chunk_len, **cfg.to_dict()},
             lambda: functools.partial(mod.forward, call, cfg, False))
     for chunk, k in bwd:
-        c_call = normalize(*inputs, delta_softplus=delta_softplus, chunk_len=chunk)
+        c_call = call.with_chunk_len(chunk)
         fk = mod.default_config(c_call.spec).fwd
         cfg = cfg_cls(fk, k)
 

@@ -10,6 +10,7 @@ and what was expected. The canonical forms are what kernels read:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,6 +44,12 @@ class Call:
     C_squeezed: bool
     B_was_complex: bool  # complex tensor given (not interleaved real): gradient is complex too
     C_was_complex: bool
+
+    def with_chunk_len(self, chunk_len: int) -> "Call":
+        """The same call with another checkpoint interval (no re-validation of the tensors)."""
+        if chunk_len == self.spec.chunk_len:
+            return self
+        return dataclasses.replace(self, spec=self.spec.replace(chunk_len=chunk_len))
 
 
 def _last_contig(x: torch.Tensor) -> torch.Tensor:

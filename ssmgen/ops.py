@@ -51,8 +51,8 @@ def _split_config(config):
     return chunk_len, (ScanConfig.from_dict(config) if config else None)
 
 
-def _kernel_config(call, cfg, chunk_len, args):
-    """The config a kernel call runs with (and the call, re-normalized if the tuned record
+def _kernel_config(call, cfg, chunk_len, args):  # args: the call's own, for tune-on-miss
+    """The config a kernel call runs with (and the call, with the chunk_len the tuned record
     chose another chunk_len). None: the tuned record for this GPU, spec and shape bucket (see
     ssmgen.autotune.choose), else the heuristic default."""
     from ssmgen import autotune
@@ -65,8 +65,7 @@ def _kernel_config(call, cfg, chunk_len, args):
             rec = autotune.tune(args[:8], args[8])
             chunk, cfg = rec["config"]["chunk_len"], ScanConfig.from_dict(
                 {k: v for k, v in rec["config"].items() if k != "chunk_len"})
-        if chunk != call.spec.chunk_len:
-            call = normalize(*args, chunk_len=chunk)
+        call = call.with_chunk_len(chunk)
     cfg = cfg or default_config(call.spec)
     cfg.fwd.check(call.spec)
     cfg.bwd.check(call.spec)
