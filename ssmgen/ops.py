@@ -52,7 +52,8 @@ def _split_config(config):
 
 
 def _kernel_config(call, cfg, chunk_len, args):  # args: the call's own, for tune-on-miss
-    """The config a kernel call runs with, and the call carrying the chunk_len it chose. None: the tuned record for this GPU, spec and shape bucket (see
+    """The config a kernel call runs with, and the call carrying the chunk_len it chose.
+    No config given: the tuned record for this GPU, spec and shape bucket (see
     ssmgen.autotune.choose), else the heuristic default."""
     from ssmgen import autotune
     from ssmgen.backends.triton_backend import ScanConfig, default_config
