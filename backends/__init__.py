@@ -5,8 +5,8 @@
 table, so a new backend is one more entry here."""
 import importlib
 
-NAMES = ("triton",)
-_MODULES = {"triton": "ssmgen.backends.triton_backend"}
+NAMES = ("triton", "cuda")
+_MODULES = {"triton": "ssmgen.backends.triton_backend", "cuda": "ssmgen.backends.cuda_backend"}
 
 
 def get(name: str):

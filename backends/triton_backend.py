@@ -11,7 +11,7 @@ import functools
 import itertools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -19,6 +19,8 @@ import triton
 from ssmgen import render
 from ssmgen.inputs import Call
 from ssmgen.spec import ScanSpec
+
+from .config import ScanConfigBase
 
 TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja",
              "triton/common.py.jinja")
@@ -58,49 +60,8 @@ class KernelConfig:
 
 
 @dataclass(frozen=True)
-class ScanConfig:
-    fwd: KernelConfig = KernelConfig()
-    bwd: KernelConfig = KernelConfig()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScanConfig":
-        """{"fwd": {...}, "bwd": {...}} or one flat dict of KernelConfig fields for both."""
-        try:
-            return cls._from_dict(d)
-        except TypeError as e:  # an unknown field name
-            fields = sorted(default_config_fields())
-            raise TypeError(f"config: {e}; kernel fields are {fields} (and chunk_len)") from None
-
-    @classmethod
-    def _from_dict(cls, d: dict) -> "ScanConfig":
-        if "fwd" in d or "bwd" in d:
-            unknown = set(d) - {"fwd", "bwd"}
-            if unknown:
-                raise ValueError(f"config: unknown keys {sorted(unknown)}")
-            base = default_config_fields()
-            return cls(KernelConfig(**{**base, **d.get("fwd", {})}),
-                       KernelConfig(**{**base, **d.get("bwd", {})}))
-        k = KernelConfig(**{**default_config_fields(), **d})
-        return cls(k, k)
-
-    def to_dict(self) -> dict:
-        return {"fwd": asdict(self.fwd), "bwd": asdict(self.bwd)}
-
-    def encode(self) -> str:
-        """Compact string passed through the custom ops (plain f-strings: torch.compile traces
-        this, and it cannot trace json)."""
-        f, b = self.fwd, self.bwd
-        return (f"{f.block_d},{f.block_l},{f.num_warps},{f.num_stages};"
-                f"{b.block_d},{b.block_l},{b.num_warps},{b.num_stages}")
-
-    @classmethod
-    def decode(cls, text: str) -> "ScanConfig":
-        fwd, bwd = (KernelConfig(*map(int, part.split(","))) for part in text.split(";"))
-        return cls(fwd, bwd)
-
-
-def default_config_fields() -> dict:
-    return asdict(KernelConfig())
+class ScanConfig(ScanConfigBase):
+    KERNEL = KernelConfig
 
 
 def padded_state(spec: ScanSpec) -> int:

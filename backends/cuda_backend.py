@@ -1,0 +1,369 @@
+"""CUDA backend: renders templates/cuda/{fwd,bwd}.cu.jinja for a (spec, config) pair, compiles
+them with NVRTC at run time (backends/cuda_runtime.py) and launches them on tensors prepared by
+ssmgen.inputs.
+
+Design (see the templates' headers): each thread owns K states of one channel and walks the
+sequence sequentially (one exp2 and a few FMAs per state and step, no scan tree); LPC lanes
+share a channel, CPB = threads / LPC channels share a block and its shared-memory tiles of
+TL steps. The backward recomputes states from chunk checkpoints (kept every TB steps in shared
+memory) and walks each TB-step sub-tile in reverse with the decays and states in registers.
+Everything the templates branch on comes from the ScanSpec; the config is four integers.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ssmgen import render
+from ssmgen.inputs import Call
+from ssmgen.spec import ScanSpec
+
+from . import cuda_runtime
+from .config import ScanConfigBase
+
+TEMPLATES = ("cuda/fwd.cu.jinja", "cuda/bwd.cu.jinja", "cuda/macros.cuh.jinja",
+             "cuda/common.cuh.jinja")
+SMEM_LIMIT = 227 * 1024   # opt-in shared memory per block on sm_80 / sm_90
+MAX_HISTORY = 96          # fp32 registers of decays + states a backward sub-tile may keep
+DEFAULT_CHUNK = 128       # checkpoint interval when neither the user nor a record gives one
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """threads per block; lpc lanes per channel (K = ceil(d_state / lpc) states per thread);
+    tl steps per shared-memory tile; tb steps per backward sub-tile (forward ignores it)."""
+
+    threads: int = 128
+    lpc: int = 4
+    tl: int = 32
+    tb: int = 8
+
+    def tag(self) -> str:
+        return f"t{self.threads}_p{self.lpc}_l{self.tl}_b{self.tb}"
+
+    @property
+    def num_warps(self) -> int:
+        return self.threads // 32
+
+    @property
+    def block_l(self) -> int:  # what the tuner compares with chunk_len
+        return self.tl
+
+    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
+        for name, lo, hi in (("threads", 32, 1024), ("lpc", 1, 32), ("tl", 4, 512),
+                             ("tb", 1, 64)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
+                raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+        if self.lpc > self.threads:
+            raise ValueError(f"config.lpc={self.lpc} exceeds threads={self.threads}")
+        if self.tl > spec.chunk_len:
+            raise ValueError(f"config.tl={self.tl} must be <= chunk_len={spec.chunk_len}")
+        if kind == "bwd":
+            if self.tb > self.tl:
+                raise ValueError(f"config.tb={self.tb} must be <= tl={self.tl}")
+            hist = (2 * self.tb + 1) * states_per_thread(spec, self) * kc(spec)
+            if hist > MAX_HISTORY:
+                raise ValueError(f"config: a backward sub-tile keeps (2*tb+1)*K = {hist} fp32 "
+                                 f"registers per thread (K={states_per_thread(spec, self)} states"
+                                 f"{', complex' if spec.complex_A else ''}); at most "
+                                 f"{MAX_HISTORY}: lower tb or lpc*K")
+        need = smem_bytes(spec, self, kind)
+        if need > SMEM_LIMIT:
+            raise ValueError(f"config: the {kind} kernel needs {need} bytes of shared memory per "
+                             f"block, more than {SMEM_LIMIT} (fewer threads, smaller tl/tb, or "
+                             f"a shorter chunk_len)")
+
+
+@dataclass(frozen=True)
+class ScanConfig(ScanConfigBase):
+    KERNEL = KernelConfig
+
+
+def kc(spec: ScanSpec) -> int:
+    return 2 if spec.complex_A else 1
+
+
+def states_per_thread(spec: ScanSpec, k: KernelConfig) -> int:
+    return -(-spec.d_state // k.lpc)
+
+
+def per_thread(spec: ScanSpec, k: KernelConfig) -> int:
+    """fp32 state values per thread (the tuner's ordering proxy)."""
+    return states_per_thread(spec, k) * kc(spec) * 8
+
+
+def _lpc_for(spec: ScanSpec, K: int) -> int:
+    lpc = 1
+    while lpc < 32 and -(-spec.d_state // lpc) > K:
+        lpc *= 2
+    return lpc
+
+
+def default_config(spec: ScanSpec) -> ScanConfig:
+    """About four states per thread (two for complex A in backward), 128 threads, tiles of 32
+    steps, backward sub-tiles of 8 (4 for complex). Not yet measured against alternatives:
+    `ssmgen tune --backend cuda` does that per GPU."""
+    fwd = KernelConfig(threads=128, lpc=_lpc_for(spec, 4), tl=min(32, spec.chunk_len), tb=8)
+    Kb = 2 if spec.complex_A else 4
+    bwd = KernelConfig(threads=128, lpc=_lpc_for(spec, Kb), tl=min(32, spec.chunk_len),
+                       tb=min(8, spec.chunk_len))
+    return ScanConfig(fwd, bwd)
+
+
+def default_chunk_len(spec: ScanSpec) -> int:
+    return DEFAULT_CHUNK
+
+
+def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
+    """Pruned search space: {"fwd": [KernelConfig], "bwd": [(chunk_len, KernelConfig)]}."""
+    def ok(k, s, kind):
+        try:
+            k.check(s, kind)
+        except ValueError:
+            return False
+        return k.lpc <= max(1, 1 << max(0, math.ceil(math.log2(spec.d_state))))
+
+    fwd = [k for t, K, tl in itertools.product((64, 128, 256), (2, 4, 8), (16, 32, 64))
+           if ok(k := KernelConfig(t, _lpc_for(spec, K), tl, 8), spec, "fwd")]
+    fwd = list(dict.fromkeys(fwd))
+    bwd = []
+    for chunk in (64, 128, 256):
+        if chunk > max(64, 1 << max(0, (seqlen - 1).bit_length())):
+            continue
+        s = spec.replace(chunk_len=chunk)
+        for t, K, tl, tb in itertools.product((64, 128, 256), (2, 4, 8), (16, 32), (4, 8, 16)):
+            k = KernelConfig(t, _lpc_for(spec, K), tl, tb)
+            if ok(k, s, "bwd") and (chunk, k) not in bwd:
+                bwd.append((chunk, k))
+    return {"fwd": fwd, "bwd": bwd}
+
+
+# -- rendering -----------------------------------------------------------------------------
+def geometry(spec: ScanSpec, k: KernelConfig) -> dict:
+    K = states_per_thread(spec, k)
+    return dict(K=K, NP=K * k.lpc, LPC=k.lpc, CPB=k.threads // k.lpc, THREADS=k.threads,
+                TL=k.tl, TB=k.tb)
+
+
+def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
+    """Offsets (in floats, 16-byte aligned) of the shared-memory arrays and the total bytes."""
+    g = geometry(spec, k)
+    parts = ("r", "i") if spec.complex_A else ("r",)
+    chan = g["CPB"] * (g["TL"] + 1)
+    arrays = [("S_DT", chan), ("S_DTU", chan), ("S_U", chan)]
+    if kind == "fwd":
+        arrays += [("S_Z", chan)] if spec.has_z else []
+        arrays += [("S_Y", chan)]
+    else:
+        arrays += [("S_DY", chan)] + ([("S_DZF", chan)] if spec.has_z else [])
+        arrays += ([("S_SIG", chan)] if spec.delta_softplus else [])
+        arrays += [("S_Y", chan), ("S_S1", chan), ("S_S2", chan)]
+    for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
+        if var:
+            arrays += [(f"S_{X}{p}", g["TL"] * g["NP"]) for p in parts]
+    if kind == "bwd":
+        arrays += [(f"S_HS{p}", spec.chunk_len // g["TB"] * g["THREADS"] * g["K"]) for p in parts]
+        for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
+            if var:
+                arrays += [(f"S_D{X}P{p}", g["TB"] * g["CPB"] * g["NP"]) for p in parts]
+    offsets, off = {}, 0
+    for name, size in arrays:
+        offsets[name] = off
+        off += -(-size // 4) * 4
+    return offsets, off * 4
+
+
+def smem_bytes(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
+    return smem_layout(spec, k, kind)[1]
+
+
+def kernel_params(spec: ScanSpec, kind: str) -> list:
+    """(C declaration, name) of the rendered kernel's parameters, in order: the one list behind
+    the rendered signature and the launcher."""
+    io, f32 = "io_t", "float"
+
+    def bc(X):
+        return io if getattr(spec, f"is_variable_{X}") else f32
+
+    ins = [(io, "u"), (io, "delta"), (f32, "A"), (bc("B"), "B"), (bc("C"), "C")]
+    ins += [(t, n) for t, n, on in ((f32, "D", spec.has_D), (io, "z", spec.has_z),
+                                    (f32, "dbias", spec.has_delta_bias)) if on]
+    p = [(f"const {t}* __restrict__", n) for t, n in ins]
+    if kind == "fwd":
+        outs = [(io, "out"), (f32, "ckpt")] + ([(f32, "last")] if spec.return_last_state else [])
+        p += [(f"{t}* __restrict__", n) for t, n in outs]
+    else:
+        p += [("const float* __restrict__", "ckpt"), ("const io_t* __restrict__", "dout")]
+        outs = [(io, "du"), (io, "ddelta")] + ([(io, "dz")] if spec.has_z else [])
+        outs += [(f32, "dB"), (f32, "dC"), (f32, "dA")]
+        outs += [(f32, n) for n, on in (("dD", spec.has_D), ("ddbias", spec.has_delta_bias)) if on]
+        p += [(f"{t}* __restrict__", n) for t, n in outs]
+    ints = ["dim", "L", "n_chunks", "dseg", "bps", "s_ub", "s_ud", "s_db", "s_dd"]
+    ints += ["s_zb", "s_zd"] if spec.has_z else []
+    for X in ("B", "C"):
+        if getattr(spec, f"is_variable_{X}"):
+            ints += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
+            ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n"] if kind == "bwd" else []
+    ints += ["save_ckpt"] if kind == "fwd" else ["s_gb", "s_gd"]
+    return p + [("const long long", n) for n in ints]
+
+
+_IO = {"float32": "float", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def kernel_name(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
+    return f"ssmgen_cuda_{kind}_{spec.short_name()}__{k.tag()}"
+
+
+def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
+    offsets, _ = smem_layout(spec, k, kind)
+    return dict(
+        spec_key=spec.key(), config_desc=repr(k), kernel_name=kernel_name(spec, k, kind),
+        params=[f"{t} {n}" for t, n in kernel_params(spec, kind)], N=spec.d_state,
+        CHUNK=spec.chunk_len, io=_IO[spec.dtype], complex_A=spec.complex_A,
+        variable={"B": spec.is_variable_B, "C": spec.is_variable_C}, has_D=spec.has_D,
+        has_z=spec.has_z, has_delta_bias=spec.has_delta_bias,
+        delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
+        smem=offsets, **geometry(spec, k))
+
+
+def render_source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
+    return render.render(f"cuda/{kind}.cu.jinja", **context(spec, k, kind))
+
+
+@functools.lru_cache(maxsize=None)
+def _source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
+    k.check(spec, kind)
+    return render_source(spec, k, kind)
+
+
+# -- launching -----------------------------------------------------------------------------
+def _new(shape, dtype, device):
+    from .triton_backend import _new as new
+
+    return new(shape, dtype, device)
+
+
+MAX_GRID_Y = 65535
+
+
+def check_launch(call: Call) -> None:
+    if call.batch > MAX_GRID_Y:
+        raise ValueError(f"u: batch={call.batch} exceeds the CUDA backend's limit of {MAX_GRID_Y} "
+                         f"batch rows per call (CUDA's grid y limit); split the batch")
+
+
+def _segments(call: Call, k: KernelConfig) -> tuple[int, int, int]:
+    """(dseg, blocks per segment, grid x): a block's channels share one B group and one C group,
+    so blocks tile segments of gcd(channels per B group, channels per C group) channels."""
+    dpg = [call.dim // getattr(call, f"groups_{X}") if getattr(call, X).dim() == 4 else call.dim
+           for X in ("B", "C")]
+    dseg = math.gcd(*dpg)
+    cpb = k.threads // k.lpc
+    bps = -(-dseg // cpb)
+    return dseg, bps, call.dim // dseg * bps
+
+
+def _int_args(call: Call, k: KernelConfig, kind: str, nch: int, extra: dict) -> dict:
+    dseg, bps, _ = _segments(call, k)
+    a = dict(dim=call.dim, L=call.seqlen, n_chunks=nch, dseg=dseg, bps=bps,
+             s_ub=call.u.stride(0), s_ud=call.u.stride(1), s_db=call.delta.stride(0),
+             s_dd=call.delta.stride(1))
+    if call.z is not None:
+        a.update(s_zb=call.z.stride(0), s_zd=call.z.stride(1))
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        if t.dim() == 4:
+            a.update({f"dpg_{X}": call.dim // getattr(call, f"groups_{X}"), f"s_{X}b": t.stride(0),
+                      f"s_{X}g": t.stride(1), f"s_{X}n": t.stride(2)})
+    a.update(extra)
+    return a
+
+
+def _as_real(t):
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, ints: dict) -> None:
+    spec = call.spec
+    src = _source(spec, k, kind)
+    name = kernel_name(spec, k, kind)
+    dev = call.u.device.index or 0
+    smem = smem_bytes(spec, k, kind)
+    fn = cuda_runtime.function(name, src, dev, smem)
+    args = []
+    for _, n in kernel_params(spec, kind):
+        if n in tensors:
+            t = tensors[n]
+            args.append(t.data_ptr())
+        else:
+            args.append(int(ints[n]))
+    _, _, gx = _segments(call, k)
+    cuda_runtime.launch(fn, (gx, call.batch), k.threads, smem, args, dev)
+
+
+def _inputs(call: Call) -> dict:
+    return dict(u=call.u, delta=call.delta, A=_as_real(call.A), B=_as_real(call.B),
+                C=_as_real(call.C), D=call.D, z=call.z, dbias=call.delta_bias)
+
+
+def n_chunks(spec: ScanSpec, L: int) -> int:
+    return -(-L // spec.chunk_len)
+
+
+def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
+    """Returns (out, last_state or None, checkpoints (batch, dim, n_chunks, N[, 2]) fp32)."""
+    spec, dev = call.spec, call.u.device
+    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    KX = (2,) if spec.complex_A else ()
+    nch = n_chunks(spec, L)
+    out = _new((b, d, L), call.u.dtype, dev)
+    ckpt = _new((b, d, nch, N) + KX if save_ckpt else (1,), torch.float32, dev)
+    last = _new((b, d, N) + KX, torch.float32, dev) if spec.return_last_state else None
+    t = _inputs(call)
+    t.update(out=out, ckpt=ckpt, last=last)
+    _run(call, cfg.fwd, "fwd", t, _int_args(call, cfg.fwd, "fwd", nch,
+                                            {"save_ckpt": int(save_ckpt)}))
+    if last is not None and spec.complex_A:
+        last = torch.view_as_complex(last)
+    return out, last, ckpt
+
+
+def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
+    """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
+    spec, dev, k = call.spec, call.u.device, cfg.bwd
+    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    KX = (2,) if spec.complex_A else ()
+    f32 = dict(dtype=torch.float32, device=dev)
+    io = dict(dtype=call.u.dtype, device=dev)
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    g = dict(du=_new((b, d, L), **io), ddelta=_new((b, d, L), **io),
+             dz=_new((b, d, L), **io) if spec.has_z else None,
+             dA=_new((b, d, N) + KX, **f32),
+             dD=_new((b, d), **f32) if spec.has_D else None,
+             ddbias=_new((b, d), **f32) if spec.has_delta_bias else None)
+    extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        # variable: summed over channels by atomics into fp32; constant: per-batch partials
+        if t.dim() == 4:
+            g["d" + X] = torch.zeros(t.shape, **f32)
+            extra.update({f"ds_{X}b": g["d" + X].stride(0), f"ds_{X}g": g["d" + X].stride(1),
+                          f"ds_{X}n": g["d" + X].stride(2)})
+        else:
+            g["d" + X] = _new((b, d, N) + KX, **f32)
+    t = _inputs(call)
+    t.update(ckpt=ckpt, dout=dout, **{n: v for n, v in g.items() if v is not None})
+    _run(call, k, "bwd", t, _int_args(call, k, "bwd", n_chunks(spec, L), extra))
+    for n in ("dA", "dD", "ddbias"):
+        if g[n] is not None:
+            g[n] = g[n].sum(0)
+    for X in ("B", "C"):
+        if getattr(call, X).dim() == 2:
+            g["d" + X] = g["d" + X].sum(0)
+    return g

@@ -1,0 +1,173 @@
+"""CUDA runtime of the CUDA backend: compile a rendered source to a cubin, cache it on disk, load
+it and launch it on PyTorch's current stream.
+
+Compilation: NVRTC (through CuPy's binding) when it loads, else the toolkit's nvcc; both compile
+for the device's own architecture (sm_90 on Hopper). Cubins are cached under
+cache_dir()/cuda/ by a hash of source, options, architecture and compiler version, written
+atomically, so a variant compiles once per machine. A compile error raises CudaCompileError
+with the compiler's messages, which name the rendered source file (kept in the cache) and line.
+Loading and launching go through CuPy (RawModule on the cubin, launched inside an
+ExternalStream wrapping torch's current stream).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ssmgen import render
+
+OPTIONS = ("-std=c++17", "-lineinfo")
+
+
+class CudaCompileError(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _nvrtc():
+    """CuPy's NVRTC binding, or None where it does not load (no CuPy, no libnvrtc)."""
+    if os.environ.get("SSMGEN_NVRTC", "1") == "0":
+        return None
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:  # ImportError, or the library itself is missing
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def nvcc_path() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "bin", "nvcc")):
+            return os.path.join(root, "bin", "nvcc")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version() -> str:
+    nv = _nvrtc()
+    if nv is not None:
+        return "nvrtc-%d.%d" % tuple(nv.getVersion())
+    if nvcc_path():
+        out = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout
+        return "nvcc-" + out.strip().splitlines()[-1].split()[-1]
+    raise CudaCompileError("no CUDA compiler: neither NVRTC (via CuPy) nor nvcc was found; "
+                           "install cupy-cuda13x or put the CUDA toolkit's nvcc on PATH")
+
+
+def compiler() -> str:
+    return "nvrtc" if _nvrtc() is not None else "nvcc"
+
+
+def _compile_nvrtc(source: str, src_path: Path, arch: int, extra=()) -> bytes:
+    nv = _nvrtc()
+    prog = nv.createProgram(source, str(src_path), [], [])
+    try:
+        opts = [f"--gpu-architecture=sm_{arch}", *OPTIONS, *extra]
+        try:
+            nv.compileProgram(prog, opts)
+        except nv.NVRTCError:
+            raise CudaCompileError(f"NVRTC failed on {src_path}:\n{nv.getProgramLog(prog)}") from None
+        return bytes(nv.getCUBIN(prog))
+    finally:
+        nv.destroyProgram(prog)
+
+
+def _compile_nvcc(src_path: Path, arch: int, extra=(), verbose=False) -> tuple[bytes, str]:
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise CudaCompileError("nvcc not found (and NVRTC unavailable)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "k.cubin"
+        cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", *OPTIONS, *extra, "-o", str(out), str(src_path)]
+        if verbose:
+            cmd.insert(1, "-Xptxas=-v")
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CudaCompileError(f"nvcc failed on {src_path}:\n{r.stderr}")
+        return out.read_bytes(), r.stderr
+
+
+def cubin_path(name: str, source: str, arch: int) -> Path:
+    h = hashlib.sha256("\0".join([source, " ".join(OPTIONS), str(arch), compiler_version()])
+                       .encode()).hexdigest()[:16]
+    return render.cache_dir() / "cuda" / f"{name}_sm{arch}_{h}.cubin"
+
+
+def compile_cubin(name: str, source: str, arch: int) -> Path:
+    """The cached cubin for (source, arch), compiling it first if needed."""
+    path = cubin_path(name, source, arch)
+    if path.exists():
+        return path
+    src_path = render.write_source("cuda", name, source, suffix=".cu")
+    data = (_compile_nvrtc(source, src_path, arch) if _nvrtc() is not None
+            else _compile_nvcc(src_path, arch)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".cubin")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def resource_usage(name: str, source: str, arch: int) -> dict:
+    """ptxas's report (registers, spill bytes, stack, shared memory) via nvcc -Xptxas -v."""
+    import re
+
+    src_path = render.write_source("cuda", name, source, suffix=".cu")
+    _, log = _compile_nvcc(src_path, arch, verbose=True)
+    use = {"registers": None, "spill_stores": 0, "spill_loads": 0, "stack": 0}
+    m = re.search(r"Used (\d+) registers", log)
+    if m:
+        use["registers"] = int(m.group(1))
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if m:
+        use["stack"], use["spill_stores"], use["spill_loads"] = map(int, m.groups())
+    return use
+
+
+# -- loading and launching (CUDA devices only) ------------------------------------------------
+_functions: dict = {}
+_streams: dict = {}
+
+
+def function(name: str, source: str, device_index: int, smem_bytes: int):
+    """The loaded kernel for this device, with its dynamic shared-memory limit raised."""
+    key = (name, source, device_index)
+    fn = _functions.get(key)
+    if fn is None:
+        import cupy
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(device_index)
+        path = compile_cubin(name, source, major * 10 + minor)
+        with cupy.cuda.Device(device_index):
+            fn = cupy.RawModule(path=str(path)).get_function(name)
+            if smem_bytes > 48 * 1024:
+                fn.max_dynamic_shared_size_bytes = smem_bytes
+        _functions[key] = fn
+    return fn
+
+
+def launch(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:
+    """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order."""
+    import cupy
+    import numpy as np
+    import torch
+
+    handle = torch.cuda.current_stream(device_index).cuda_stream
+    stream = _streams.get(handle)
+    if stream is None:
+        stream = _streams[handle] = cupy.cuda.ExternalStream(handle, device_index)
+    with cupy.cuda.Device(device_index), stream:
+        fn(grid, (threads,), [np.int64(a) for a in args], shared_mem=smem_bytes)
