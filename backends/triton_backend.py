@@ -42,7 +42,7 @@ class KernelConfig:
     def tag(self) -> str:
         return f"d{self.block_d}_l{self.block_l}_w{self.num_warps}_s{self.num_stages}"
 
-    def check(self, spec: ScanSpec) -> None:
+    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
         for name in ("block_d", "block_l", "num_warps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
@@ -79,6 +79,10 @@ def default_config(spec: ScanSpec) -> ScanConfig:
     budget = (1024 if spec.complex_A else 2048) * (warps // 2)
     k = KernelConfig(block_d=max(1, min(16, budget // (NP * bl))), block_l=bl, num_warps=warps)
     return ScanConfig(k, k)
+
+
+def default_chunk_len(spec: ScanSpec) -> int:
+    return spec.chunk_len
 
 
 def per_thread(spec: ScanSpec, k: KernelConfig) -> int:

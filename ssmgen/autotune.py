@@ -57,7 +57,7 @@ def _order(spec, cands, per_thread, default):
     then by distance of the tile from 32 values per thread, then fewer warps."""
     def score(k):
         return (k != default, abs(math.log2(max(per_thread(spec, k), 1) / 32)), k.num_warps,
-                -k.block_l, k.block_d)
+                -k.block_l, dataclasses.astuple(k))
     return sorted(cands, key=score)
 
 
@@ -196,7 +196,8 @@ def _record(backend, spec, call: Call, rows, default, device, seconds) -> dict:
     ok = [r for r in rows if r["ms"] is not None]
     best_b = min((r for r in ok if r["kind"] == "bwd"), key=lambda r: r["ms"], default=None)
     chunk = best_b["chunk_len"] if best_b else spec.chunk_len
-    fits = [r for r in ok if r["kind"] == "fwd" and r["config"]["block_l"] <= chunk]
+    kcls = type(default.fwd)
+    fits = [r for r in ok if r["kind"] == "fwd" and kcls(**r["config"]).block_l <= chunk]
     best_f = min(fits, key=lambda r: r["ms"], default=None)
     if best_f is None or best_b is None:
         raise RuntimeError(f"autotune: no valid candidate for {spec.key()}; errors: "
@@ -230,7 +231,8 @@ def choose(call: Call, backend: str = "triton"):
     NeedsTuning (the caller tunes with the call's tensors)."""
     mod = backends.get(backend)
     if call.u.device.type != "cuda":
-        return call.spec.chunk_len, mod.default_config(call.spec), "default"
+        chunk = mod.default_chunk_len(call.spec)
+        return chunk, mod.default_config(call.spec.replace(chunk_len=chunk)), "default"
     found = _cached_choice(backend, call.spec.to_json(), call.u.device.index or 0, call.batch,
                            call.dim, call.seqlen)
     how, chunk, encoded = found.split("|")
@@ -253,7 +255,8 @@ def _cached_choice(backend: str, spec_json: str, device_index: int, batch: int, 
     rec, how = tunecache.lookup(dev.info(device_index)["name"], backend, template_hash(backend),
                                 tuning_key(spec), tunecache.bucket(batch, dim, seqlen))
     if rec is None:
-        return f"default|{spec.chunk_len}|{mod.default_config(spec).encode()}"
+        chunk = mod.default_chunk_len(spec)
+        return f"default|{chunk}|{mod.default_config(spec.replace(chunk_len=chunk)).encode()}"
     cfg = dict(rec["config"])
     chunk = cfg.pop("chunk_len")
     return f"{how}|{chunk}|{type(mod.default_config(spec)).from_dict(cfg).encode()}"

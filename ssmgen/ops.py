@@ -30,6 +30,8 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
         if backend == "triton" and device.type != "cuda" and not _interpreting():
             raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set "
                              "before ssmgen runs a kernel to use Triton's CPU interpreter")
+        if backend == "cuda" and device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
         return backend
     if device.type == "cuda" or _interpreting():
         return "triton"
@@ -37,38 +39,51 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
 
 
 def _split_config(config):
-    """Public `config` -> (chunk_len or None, ScanConfig or None): a dict of KernelConfig fields
+    """Public `config` -> (chunk_len or None, the rest or None): a dict of kernel config fields
     (both kernels) or {"fwd": {...}, "bwd": {...}}, where "chunk_len" goes to the spec; or a
-    ScanConfig; or None."""
-    from ssmgen.backends.triton_backend import ScanConfig
+    backend's ScanConfig; or None."""
+    from ssmgen.backends.config import ScanConfigBase
 
-    if config is None or isinstance(config, ScanConfig):
+    if config is None or isinstance(config, ScanConfigBase):
         return None, config
     if not isinstance(config, dict):
         raise TypeError(f"config must be None, a dict or a ScanConfig, got {type(config).__name__}")
     config = dict(config)
     chunk_len = config.pop("chunk_len", None)
-    return chunk_len, (ScanConfig.from_dict(config) if config else None)
+    return chunk_len, (config or None)
 
 
-def _kernel_config(call, cfg, chunk_len, args):  # args: the call's own, for tune-on-miss
+def _backend_config(mod, cfg):
+    """A dict or ScanConfig -> the backend's ScanConfig (or None)."""
+    if cfg is None or isinstance(cfg, mod.ScanConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return mod.ScanConfig.from_dict(cfg)
+    raise TypeError(f"config is a {type(cfg).__module__}.{type(cfg).__name__}, not this "
+                    f"backend's ScanConfig ({mod.__name__})")
+
+
+def _kernel_config(backend, call, cfg, chunk_len, args):  # args: the call's own, for tune-on-miss
     """The config a kernel call runs with, and the call carrying the chunk_len it chose.
     No config given: the tuned record for this GPU, spec and shape bucket (see
-    ssmgen.autotune.choose), else the heuristic default."""
-    from ssmgen import autotune
-    from ssmgen.backends.triton_backend import ScanConfig, default_config
+    ssmgen.autotune.choose), else the backend's heuristic default."""
+    from ssmgen import autotune, backends
 
+    mod = backends.get(backend)
+    cfg = _backend_config(mod, cfg)
     if cfg is None and chunk_len is None:  # neither kernel config nor chunk_len given
         try:
-            chunk, cfg, _ = autotune.choose(call)
+            chunk, cfg, _ = autotune.choose(call, backend)
         except autotune.NeedsTuning:
-            rec = autotune.tune(args[:8], args[8])
-            chunk, cfg = rec["config"]["chunk_len"], ScanConfig.from_dict(
+            rec = autotune.tune(args[:8], args[8], backend)
+            chunk, cfg = rec["config"]["chunk_len"], mod.ScanConfig.from_dict(
                 {k: v for k, v in rec["config"].items() if k != "chunk_len"})
         call = call.with_chunk_len(chunk)
-    cfg = cfg or default_config(call.spec)
-    cfg.fwd.check(call.spec)
-    cfg.bwd.check(call.spec)
+    elif chunk_len is None:
+        call = call.with_chunk_len(mod.default_chunk_len(call.spec))
+    cfg = cfg or mod.default_config(call.spec)
+    cfg.fwd.check(call.spec, "fwd")
+    cfg.bwd.check(call.spec, "bwd")
     return call, cfg
 
 
@@ -77,17 +92,24 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 
 
 # -- custom ops ------------------------------------------------------------------------------
+def _decode(config: str):
+    """"backend:encoded config" -> (backend module, ScanConfig)."""
+    from ssmgen import backends
+
+    name, enc = config.split(":", 1)
+    mod = backends.get(name)
+    return mod, mod.ScanConfig.decode(enc)
+
+
 @torch.library.custom_op("ssmgen::scan_fwd", mutates_args=())
 def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
              delta_bias: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
              chunk_len: int, config: str, save_ckpt: bool) -> List[torch.Tensor]:
-    from ssmgen.backends import triton_backend
-
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len)
-    cfg = triton_backend.ScanConfig.decode(config)
-    out, last, ckpt = triton_backend.forward(call, cfg, save_ckpt)
+    mod, cfg = _decode(config)
+    out, last, ckpt = mod.forward(call, cfg, save_ckpt)
     return [out, _empty(u.float()) if last is None else last, ckpt]
 
 
@@ -111,11 +133,9 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
              config: str, ckpt: torch.Tensor, dout: torch.Tensor) -> List[torch.Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' own shapes and
     dtypes; an absent optional input gets an empty tensor."""
-    from ssmgen.backends import triton_backend
-
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False, chunk_len)
-    cfg = triton_backend.ScanConfig.decode(config)
-    g = triton_backend.backward(call, cfg, ckpt, dout)
+    mod, cfg = _decode(config)
+    g = mod.backward(call, cfg, ckpt, dout)
     cplx = call.spec.complex_A
 
     def as_input(grad, x):
@@ -176,9 +196,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (batch, N, L) or (batch, groups, N, L) (complex A: complex tensors, or mamba's interleaved
     real form (..., 2L)); D, delta_bias: (dim,) float32. Returns out, or (out, last_state).
 
-    backend: "triton", "reference" or None (Triton on CUDA tensors or under TRITON_INTERPRET=1,
-    else the reference). config: a dict of KernelConfig fields (both kernels), or
-    {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None takes the default.
+    backend: "triton", "cuda", "reference" or None (Triton on CUDA tensors or under
+    TRITON_INTERPRET=1, else the reference). config: a dict of the backend's kernel config
+    fields (both kernels), or {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None
+    takes the tuned record or the default.
     """
     chunk_len, cfg = _split_config(config)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -189,10 +210,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if not return_last_state:
             return res.to(u.dtype)
         return res[0].to(u.dtype), res[1].to(A.dtype)
-    from ssmgen.backends.triton_backend import check_launch
+    from ssmgen import backends
 
-    call, cfg = _kernel_config(call, cfg, chunk_len, args)
-    check_launch(call)
+    name = pick_backend(backend, call.u.device)
+    call, cfg = _kernel_config(name, call, cfg, chunk_len, args)
+    backends.get(name).check_launch(call)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                      return_last_state, call.spec.chunk_len, cfg.encode())
+                                      return_last_state, call.spec.chunk_len,
+                                      f"{name}:{cfg.encode()}")
     return (out, last) if return_last_state else out
