@@ -59,6 +59,8 @@ class KernelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
                 raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+        if self.tl > self.threads:
+            raise ValueError(f"config.tl={self.tl} must be <= threads={self.threads}")
         if self.lpc > self.threads:
             raise ValueError(f"config.lpc={self.lpc} exceeds threads={self.threads}")
         if self.tl > spec.chunk_len:
@@ -105,13 +107,17 @@ def _lpc_for(spec: ScanSpec, K: int) -> int:
 
 
 def default_config(spec: ScanSpec) -> ScanConfig:
-    """About four states per thread (two for complex A in backward), 128 threads, tiles of 32
-    steps, backward sub-tiles of 8 (4 for complex). Not yet measured against alternatives:
-    `ssmgen tune --backend cuda` does that per GPU."""
-    fwd = KernelConfig(threads=128, lpc=_lpc_for(spec, 4), tl=min(32, spec.chunk_len), tb=8)
-    Kb = 2 if spec.complex_A else 4
-    bwd = KernelConfig(threads=128, lpc=_lpc_for(spec, Kb), tl=min(32, spec.chunk_len),
-                       tb=min(8, spec.chunk_len))
+    """Forward: 4 states per thread up to d_state 32, else 8, and enough threads for 32 channels
+    per block (B/C tiles are shared by a block's channels, so few channels per block re-read
+    them). Backward: 4 states per thread (2 for complex A: its sub-tile keeps twice the
+    registers), sub-tiles of 8 steps (4 complex). Tiles of 32 steps. Shape-specific choices
+    (e.g. more lanes per channel when batch * dim is small) are the tuner's."""
+    lpc = _lpc_for(spec, 4 if spec.d_state <= 32 else 8)
+    tl = min(32, spec.chunk_len)
+    fwd = KernelConfig(threads=min(512, max(128, 32 * lpc)), lpc=lpc, tl=tl, tb=8)
+    lpc_b = _lpc_for(spec, 2 if spec.complex_A else 4)
+    bwd = KernelConfig(threads=min(256, max(128, 16 * lpc_b)), lpc=lpc_b, tl=tl,
+                       tb=min(4 if spec.complex_A else 8, tl))
     return ScanConfig(fwd, bwd)
 
 
@@ -128,7 +134,7 @@ def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
             return False
         return k.lpc <= max(1, 1 << max(0, math.ceil(math.log2(spec.d_state))))
 
-    fwd = [k for t, K, tl in itertools.product((64, 128, 256), (2, 4, 8), (16, 32, 64))
+    fwd = [k for t, K, tl in itertools.product((64, 128, 256, 512), (1, 2, 4, 8), (16, 32, 64))
            if ok(k := KernelConfig(t, _lpc_for(spec, K), tl, 8), spec, "fwd")]
     fwd = list(dict.fromkeys(fwd))
     bwd = []
@@ -136,7 +142,7 @@ def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
         if chunk > max(64, 1 << max(0, (seqlen - 1).bit_length())):
             continue
         s = spec.replace(chunk_len=chunk)
-        for t, K, tl, tb in itertools.product((64, 128, 256), (2, 4, 8), (16, 32), (4, 8, 16)):
+        for t, K, tl, tb in itertools.product((64, 128, 256), (1, 2, 4, 8), (16, 32), (4, 8, 16)):
             k = KernelConfig(t, _lpc_for(spec, K), tl, tb)
             if ok(k, s, "bwd") and (chunk, k) not in bwd:
                 bwd.append((chunk, k))
