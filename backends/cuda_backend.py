@@ -110,19 +110,35 @@ def default_config(spec: ScanSpec) -> ScanConfig:
     """Forward: 4 states per thread up to d_state 32, else 8, and enough threads for 32 channels
     per block (B/C tiles are shared by a block's channels, so few channels per block re-read
     them). Backward: 4 states per thread (2 for complex A: its sub-tile keeps twice the
-    registers), sub-tiles of 8 steps (4 complex). Tiles of 32 steps. Shape-specific choices
-    (e.g. more lanes per channel when batch * dim is small) are the tuner's."""
+    registers), sub-tiles of 8 steps, 16 channels per block where registers and shared memory
+    allow, else the first smaller block / sub-tile that fits. Tiles of 32 steps.
+    Shape-specific choices (more lanes per channel when batch * dim is small) are the tuner's."""
     lpc = _lpc_for(spec, 4 if spec.d_state <= 32 else 8)
     tl = min(32, spec.chunk_len)
     fwd = KernelConfig(threads=min(512, max(128, 32 * lpc)), lpc=lpc, tl=tl, tb=8)
-    lpc_b = _lpc_for(spec, 2 if spec.complex_A else 4)
-    bwd = KernelConfig(threads=min(256, max(128, 16 * lpc_b)), lpc=lpc_b, tl=tl,
-                       tb=min(4 if spec.complex_A else 8, tl))
-    return ScanConfig(fwd, bwd)
+    return ScanConfig(fwd, _default_bwd(spec) or KernelConfig(threads=64, lpc=lpc, tl=tl, tb=1))
+
+
+def _default_bwd(spec: ScanSpec):
+    lpc = _lpc_for(spec, 2 if spec.complex_A else 4)
+    tl = min(32, spec.chunk_len)
+    for threads in sorted({min(256, max(128, 16 * lpc)), 128, 64}, reverse=True):
+        for tb in (8, 4, 2, 1):
+            k = KernelConfig(threads=max(threads, lpc, tl), lpc=lpc, tl=tl, tb=min(tb, tl))
+            try:
+                k.check(spec, "bwd")
+                return k
+            except ValueError:
+                continue
+    return None
 
 
 def default_chunk_len(spec: ScanSpec) -> int:
-    return DEFAULT_CHUNK
+    """128, or the longest shorter interval whose default backward fits in shared memory."""
+    for chunk in (DEFAULT_CHUNK, 64, 32, 16):
+        if _default_bwd(spec.replace(chunk_len=chunk)) is not None:
+            return chunk
+    return 16
 
 
 def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
@@ -156,6 +172,7 @@ def geometry(spec: ScanSpec, k: KernelConfig) -> dict:
                 TL=k.tl, TB=k.tb)
 
 
+@functools.lru_cache(maxsize=None)
 def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     """Offsets (in floats, 16-byte aligned) of the shared-memory arrays and the total bytes."""
     g = geometry(spec, k)
@@ -188,7 +205,8 @@ def smem_bytes(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
     return smem_layout(spec, k, kind)[1]
 
 
-def kernel_params(spec: ScanSpec, kind: str) -> list:
+@functools.lru_cache(maxsize=None)
+def kernel_params(spec: ScanSpec, kind: str) -> tuple:
     """(C declaration, name) of the rendered kernel's parameters, in order: the one list behind
     the rendered signature and the launcher."""
     io, f32 = "io_t", "float"
@@ -216,7 +234,7 @@ def kernel_params(spec: ScanSpec, kind: str) -> list:
             ints += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
             ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n"] if kind == "bwd" else []
     ints += ["save_ckpt"] if kind == "fwd" else ["s_gb", "s_gd"]
-    return p + [("const long long", n) for n in ints]
+    return tuple(p + [("const long long", n) for n in ints])
 
 
 _IO = {"float32": "float", "bfloat16": "bf16", "float16": "fp16"}

@@ -106,6 +106,19 @@ def timing(backends, shapes):
                     torch.autograd.backward(ssmgen.selective_scan(
                         *leaves, delta_softplus=True, backend=be), dout)
                 row[f"{be}_fwdbwd"] = do_bench(fb, warmup=10, rep=100, return_mode="median")
+                # the kernel alone (no Python call path), same config as the call above
+                from ssmgen import autotune, backends
+                from ssmgen.inputs import normalize
+                call = normalize(*x, delta_softplus=True)
+                mod = backends.get(be)
+                chunk, cfg, how = autotune.choose(call, be)
+                call = call.with_chunk_len(chunk)
+                row[f"{be}_cfg"] = f"{how} c{chunk} {cfg.fwd.tag()} / {cfg.bwd.tag()}"
+                row[f"{be}_fwd_kernel"] = do_bench(lambda: mod.forward(call, cfg, False),
+                                                   warmup=10, rep=100, return_mode="median")
+                _, _, ck = mod.forward(call, cfg, True)
+                row[f"{be}_bwd_kernel"] = do_bench(lambda: mod.backward(call, cfg, ck, dout),
+                                                   warmup=10, rep=100, return_mode="median")
             except Exception as e:
                 row[f"{be}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         if peer is not None:

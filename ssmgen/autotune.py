@@ -246,14 +246,28 @@ def choose(call: Call, backend: str = "triton"):
 def _cached_choice(backend: str, spec_json: str, device_index: int, batch: int, dim: int,
                    seqlen: int) -> str:
     """"how|chunk_len|encoded config" (a string, so torch.compile can treat the lookup, which
-    reads files, as a constant of the traced call)."""
+    reads files, as a constant of the traced call); memoized until a cache file changes."""
+    recs = tunecache.all_records()  # re-read only when a cache file changed
+    key = (backend, spec_json, device_index, batch, dim, seqlen)
+    hit = _choices.get(key)
+    if hit is not None and hit[0] is recs:
+        return hit[1]
+    found = _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs)
+    _choices[key] = (recs, found)
+    return found
+
+
+_choices: dict = {}
+
+
+def _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs) -> str:
     from . import device as dev
     from .spec import ScanSpec
 
     mod = backends.get(backend)
     spec = ScanSpec.from_json(spec_json)
     rec, how = tunecache.lookup(dev.info(device_index)["name"], backend, template_hash(backend),
-                                tuning_key(spec), tunecache.bucket(batch, dim, seqlen))
+                                tuning_key(spec), tunecache.bucket(batch, dim, seqlen), recs)
     if rec is None:
         chunk = mod.default_chunk_len(spec)
         return f"default|{chunk}|{mod.default_config(spec.replace(chunk_len=chunk)).encode()}"

@@ -1,0 +1,138 @@
+"""CUDA backend on a machine without a GPU: every template variant renders and compiles for
+sm_80 and sm_90 (the toolkit's nvcc, as NVRTC would at run time) with no local-memory spills at
+the configs the backend picks by default; compile errors name the rendered file and line; the
+cubin cache keys on source and architecture; configs and backend choice are validated.
+The numerics of the compiled kernels are the `gpu` tests' (test_scan_numerics)."""
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import ssmgen
+from ssmgen.aot import covering_specs
+from ssmgen.backends import cuda_backend as cb
+from ssmgen.backends import cuda_runtime as cr
+
+needs_nvcc = pytest.mark.skipif(cr.nvcc_path() is None, reason="nvcc (CUDA toolkit) not found")
+
+
+def _variants():
+    out = []
+    for s in covering_specs():
+        s = s.replace(chunk_len=cb.default_chunk_len(s))
+        cfg = cb.default_config(s)
+        out += [(s, getattr(cfg, kind), kind) for kind in ("fwd", "bwd")]
+    return out
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_variant_compiles_without_spills(arch, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
+
+    def job(v):
+        s, k, kind = v
+        t = time.perf_counter()
+        use = cr.resource_usage(cb.kernel_name(s, k, kind), cb.render_source(s, k, kind), arch)
+        return cb.kernel_name(s, k, kind), use, cb.smem_bytes(s, k, kind), time.perf_counter() - t
+
+    with ThreadPoolExecutor(2) as pool:
+        rows = list(pool.map(job, _variants()))
+    assert len(rows) == 2 * len(covering_specs())
+    lines = [f"| kernel (sm_{arch}) | regs | spill st/ld B | smem B | nvcc s |", "|---|---|---|---|---|"]
+    for name, use, smem, sec in rows:
+        lines.append(f"| {name} | {use['registers']} | {use['spill_stores']}/{use['spill_loads']} "
+                     f"| {smem} | {sec:.1f} |")
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    for name, use, smem, _ in rows:
+        assert use["registers"] is not None and 0 < use["registers"] <= 255, (name, use)
+        assert use["spill_stores"] == 0 and use["spill_loads"] == 0, (name, use)
+        assert smem <= cb.SMEM_LIMIT
+
+
+@needs_nvcc
+def test_compile_error_names_rendered_file_and_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cr, "_nvrtc", lambda: None)  # the nvcc path (no NVRTC on this machine)
+    s = covering_specs()[0].replace(chunk_len=128)
+    k = cb.default_config(s).fwd
+    src = cb.render_source(s, k, "fwd")
+    lines = src.splitlines()
+    bad_line = next(i for i, ln in enumerate(lines) if "float y = 0.f;" in ln) + 1
+    lines[bad_line - 1] += " this_is_not_cuda;"
+    with pytest.raises(cr.CudaCompileError) as e:
+        cr.compile_cubin("broken", "\n".join(lines) + "\n", 90)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and f"({bad_line})" in msg and "this_is_not_cuda" in msg
+
+
+@needs_nvcc
+def test_cubin_cache_keys_on_source_and_arch(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cr, "_nvrtc", lambda: None)
+    s = covering_specs()[0].replace(chunk_len=128)
+    k = cb.default_config(s).fwd
+    name, src = cb.kernel_name(s, k, "fwd"), cb.render_source(s, k, "fwd")
+    p90 = cr.compile_cubin(name, src, 90)
+    assert p90.exists() and p90.read_bytes()[:4] == b"\x7fELF"
+    calls = []
+    monkeypatch.setattr(cr, "_compile_nvcc", lambda *a, **kw: calls.append(a) or (b"", ""))
+    assert cr.compile_cubin(name, src, 90) == p90 and calls == []  # cached: no compiler run
+    assert cr.cubin_path(name, src, 80) != p90
+    assert cr.cubin_path(name, src + "// changed\n", 90) != p90
+
+
+def test_config_checks_name_the_field():
+    s = covering_specs()[0].replace(chunk_len=64)
+    with pytest.raises(ValueError, match="config.tl"):
+        cb.KernelConfig(tl=128).check(s, "fwd")
+    with pytest.raises(ValueError, match="config.threads"):
+        cb.KernelConfig(threads=96).check(s, "fwd")
+    with pytest.raises(ValueError, match="shared memory"):
+        cb.KernelConfig(threads=1024, lpc=1, tl=64, tb=1).check(s.replace(chunk_len=4096), "bwd")
+    with pytest.raises(ValueError, match="registers"):
+        cb.KernelConfig(lpc=1, tb=64, tl=64).check(s.replace(d_state=16), "bwd")
+
+
+def test_every_default_config_is_valid():
+    for s in covering_specs():
+        for chunk in (16, 64, 128, 256):
+            sc = s.replace(chunk_len=chunk)
+            cfg = cb.default_config(sc)
+            cfg.fwd.check(sc, "fwd")
+            cfg.bwd.check(sc, "bwd")
+
+
+def test_candidates_are_valid_and_start_small():
+    s = covering_specs()[0]
+    c = cb.candidates(s, dim=1536, seqlen=2048)
+    assert c["fwd"] and c["bwd"]
+    for k in c["fwd"]:
+        k.check(s, "fwd")
+    for chunk, k in c["bwd"]:
+        k.check(s.replace(chunk_len=chunk), "bwd")
+
+
+def test_backend_cuda_needs_cuda_tensors_and_its_own_config():
+    u = torch.randn(1, 4, 8)
+    A = -torch.rand(4, 2)
+    B = torch.randn(1, 2, 8)
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        ssmgen.selective_scan(u, u.abs(), A, B, B, backend="cuda")
+    from ssmgen.backends import triton_backend
+    from ssmgen.ops import _backend_config
+
+    with pytest.raises(TypeError, match="not this backend's ScanConfig"):
+        _backend_config(cb, triton_backend.default_config(covering_specs()[0]))
+    with pytest.raises(TypeError, match="kernel fields are"):
+        _backend_config(cb, {"block_d": 4})
+    assert _backend_config(cb, {"threads": 64}).fwd.threads == 64
+
+
+def test_config_encoding_round_trips():
+    s = covering_specs()[3]
+    cfg = cb.default_config(s)
+    assert cb.ScanConfig.decode(cfg.encode()) == cfg
+    assert cb.ScanConfig.from_dict(cfg.to_dict()) == cfg
