@@ -3,13 +3,15 @@
 `candidates(spec, sizes, limits)` (its pruned search space), `forward(call, cfg, save_ckpt)` and
 `backward(call, cfg, ckpt, dout)`. The tuner and the cache reach backends only through this
 table, so a new backend is one more entry here."""
-import importlib
-
 NAMES = ("triton", "cuda")
-_MODULES = {"triton": "ssmgen.backends.triton_backend", "cuda": "ssmgen.backends.cuda_backend"}
 
 
 def get(name: str):
-    if name not in _MODULES:
+    # plain imports, not importlib: torch.compile traces through this lookup
+    if name == "triton":
+        from . import triton_backend as mod
+    elif name == "cuda":
+        from . import cuda_backend as mod
+    else:
         raise ValueError(f"unknown backend {name!r}; known: {NAMES}")
-    return importlib.import_module(_MODULES[name])
+    return mod

@@ -20,7 +20,6 @@ class ScanConfigBase:
     @classmethod
     def from_dict(cls, d: dict):
         """{"fwd": {...}, "bwd": {...}} or one flat dict of kernel fields for both."""
-        names = sorted(f.name for f in fields(cls.KERNEL))
         try:
             if "fwd" in d or "bwd" in d:
                 unknown = set(d) - {"fwd", "bwd"}
@@ -30,6 +29,7 @@ class ScanConfigBase:
             k = cls.KERNEL(**d)
             return cls(k, k)
         except TypeError as e:  # an unknown field name
+            names = sorted(f.name for f in fields(cls.KERNEL()))
             raise TypeError(f"config: {e}; kernel fields are {names} (and chunk_len)") from None
 
     def to_dict(self) -> dict:

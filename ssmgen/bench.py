@@ -76,7 +76,9 @@ def _peak_mb(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def run_shape(s: dict, peer, warmup=10, rep=100) -> dict:
+def run_shape(s: dict, peer, backends=("triton", "cuda"), warmup=10, rep=100) -> dict:
+    """Times one suite shape: every ssmgen backend through the public call (its tuned record
+    or default config), then the peer, all on the same random inputs."""
     from triton.testing import do_bench
 
     import ssmgen
@@ -86,21 +88,29 @@ def run_shape(s: dict, peer, warmup=10, rep=100) -> dict:
     dout = torch.randn_like(x[0])
     bench = lambda f: do_bench(f, warmup=warmup, rep=rep, return_mode="median")  # noqa: E731
     row = {"name": s["name"]}
-    with torch.no_grad():
-        out = ssmgen.selective_scan(*x, delta_softplus=True)
-        row["ssmgen_fwd_ms"] = bench(lambda: ssmgen.selective_scan(*x, delta_softplus=True))
-    leaves = [t.detach().requires_grad_(True) for t in x]
+    outs = {}
+    for be in backends:
+        try:
+            with torch.no_grad():
+                outs[be] = ssmgen.selective_scan(*x, delta_softplus=True, backend=be)
+                row[f"{be}_fwd_ms"] = bench(lambda: ssmgen.selective_scan(
+                    *x, delta_softplus=True, backend=be))
+            leaves = [t.detach().requires_grad_(True) for t in x]
 
-    def fb():
-        torch.autograd.backward(ssmgen.selective_scan(*leaves, delta_softplus=True), dout)
+            def fb():
+                torch.autograd.backward(ssmgen.selective_scan(*leaves, delta_softplus=True,
+                                                              backend=be), dout)
 
-    fb()
-    row["ssmgen_fwdbwd_ms"] = bench(fb)
-    row["ssmgen_peak_mb"] = _peak_mb(fb)
+            fb()
+            row[f"{be}_fwdbwd_ms"] = bench(fb)
+            row[f"{be}_peak_mb"] = _peak_mb(fb)
+        except Exception as e:  # reported in the row; the other implementations still run
+            row[f"{be}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     if peer is not None:
         pout = peer.fwd(*x, True)[2]  # out with the z gate
-        row["out_rel_diff_vs_peer"] = ((out.float() - pout.float()).norm()
-                                       / pout.float().norm()).item()
+        for be, out in outs.items():
+            row[f"{be}_out_rel_diff_vs_peer"] = ((out.float() - pout.float()).norm()
+                                                 / pout.float().norm()).item()
         row["peer_fwd_ms"] = bench(lambda: peer.fwd(*x, True))
 
         def pfb():
@@ -121,7 +131,8 @@ def _peer():
         return None
 
 
-def main(suite_path=None, out_root="benchmarks/results", shapes=None) -> int:
+def main(suite_path=None, out_root="benchmarks/results", shapes=None,
+         backends=("triton", "cuda")) -> int:
     from ssmgen import suite
     from ssmgen import __version__
     from ssmgen import device as dev
@@ -136,7 +147,7 @@ def main(suite_path=None, out_root="benchmarks/results", shapes=None) -> int:
     peer = _peer()
     rows = []
     for s in sh:
-        r = run_shape(s, peer)
+        r = run_shape(s, peer, backends)
         r["floor"] = floor_ms(s, copy_bw, exp_rate)
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -157,23 +168,36 @@ def main(suite_path=None, out_root="benchmarks/results", shapes=None) -> int:
     return 0
 
 
+def impls(rows) -> list:
+    """Implementations present in the rows, ssmgen backends first, the peer last."""
+    names = []
+    for r in rows:
+        for k in r:
+            if k.endswith("_fwd_ms") and k[:-7] not in names:
+                names.append(k[:-7])
+    return sorted(names, key=lambda n: (n == "peer", n))
+
+
 def table(meta, rows) -> str:
     lines = [f"# {meta['device']['name']}: copy {meta['copy_TBps']:.2f} TB/s, exp2 "
              f"{meta['exp2_Tps']:.2f} T/s (measured in this run), {meta['date']}", "",
-             "| shape | ssmgen fwd | peer fwd | floor fwd | peer/ssmgen | floor/ssmgen | ssmgen f+b "
-             "| peer f+b | floor f+b | peer/ssmgen | floor/ssmgen | peak MB ssmgen / peer |",
-             "|---" * 12 + "|"]
+             "| shape | impl | fwd ms | floor fwd | peer/impl | floor/impl | f+b ms | floor f+b "
+             "| peer/impl | floor/impl | peak MB |",
+             "|---" * 11 + "|"]
+    n = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    q = lambda a, b: "-" if a is None or b is None else f"{a / b:.2f}"  # noqa: E731
     for r in rows:
         f = r["floor"]
-        pf, pb = r.get("peer_fwd_ms"), r.get("peer_fwdbwd_ms")
-        n = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        q = lambda a, b: "-" if a is None else f"{a / b:.2f}"  # noqa: E731
-        lines.append(
-            f"| {r['name']} | {r['ssmgen_fwd_ms']:.3f} | {n(pf)} | {f['fwd_ms']:.3f} | "
-            f"{q(pf, r['ssmgen_fwd_ms'])} | {f['fwd_ms'] / r['ssmgen_fwd_ms']:.2f} | "
-            f"{r['ssmgen_fwdbwd_ms']:.3f} | {n(pb)} | {f['fwdbwd_ms']:.3f} | "
-            f"{q(pb, r['ssmgen_fwdbwd_ms'])} | {f['fwdbwd_ms'] / r['ssmgen_fwdbwd_ms']:.2f} | "
-            f"{r['ssmgen_peak_mb']:.0f} / {n(r.get('peer_peak_mb'))} |")
+        for im in impls(rows):
+            fw, fb = r.get(f"{im}_fwd_ms"), r.get(f"{im}_fwdbwd_ms")
+            if fw is None:
+                continue
+            peak = r.get(f"{im}_peak_mb")
+            lines.append(
+                f"| {r['name']} | {im} | {fw:.3f} | {f['fwd_ms']:.3f} | "
+                f"{q(r.get('peer_fwd_ms'), fw)} | {f['fwd_ms'] / fw:.2f} | {n(fb)} | "
+                f"{f['fwdbwd_ms']:.3f} | {q(r.get('peer_fwdbwd_ms'), fb)} | "
+                f"{q(f['fwdbwd_ms'], fb)} | {'-' if peak is None else f'{peak:.0f}'} |")
     return "\n".join(lines)
 
 
@@ -186,11 +210,12 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, kind in zip(axes, ("fwd", "fwdbwd")):
         xs = range(len(rows))
-        w = 0.38
-        ax.bar([i - w / 2 for i in xs], [r[f"ssmgen_{kind}_ms"] for r in rows], w, label="ssmgen")
-        if all(f"peer_{kind}_ms" in r for r in rows):
-            ax.bar([i + w / 2 for i in xs], [r[f"peer_{kind}_ms"] for r in rows], w,
-                   label="mamba-ssm")
+        names = impls(rows)
+        w = 0.8 / len(names)
+        for j, im in enumerate(names):
+            ax.bar([i - 0.4 + w * (j + 0.5) for i in xs],
+                   [r.get(f"{im}_{kind}_ms") or 0 for r in rows], w,
+                   label="mamba-ssm" if im == "peer" else f"ssmgen {im}")
         ax.scatter(list(xs), [r["floor"][f"{kind}_ms"] for r in rows], color="k", marker="_",
                    s=400, label="floor", zorder=3)
         ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=30, ha="right")

@@ -246,6 +246,7 @@ def main(argv=None):
     b.add_argument("--suite", default=None)
     b.add_argument("--shapes", default=None)
     b.add_argument("--out", default="benchmarks/results")
+    b.add_argument("--backends", default="triton,cuda", help="ssmgen backends to time")
     c = sub.add_parser("cache", help="ls | show KEY | export FILE | import FILE.. | merge FILE.. "
                                      "| clear")
     c.add_argument("action", choices=["ls", "show", "export", "import", "merge", "clear"])
@@ -259,7 +260,7 @@ def main(argv=None):
     if a.cmd == "bench":
         from ssmgen import bench
 
-        return bench.main(a.suite, a.out, a.shapes)
+        return bench.main(a.suite, a.out, a.shapes, tuple(a.backends.split(",")))
     if a.cmd == "cache":
         a.arg = a.files[0] if a.files else None
         if a.action in ("show", "export", "import", "merge") and not a.files:

@@ -6,10 +6,10 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 @st.composite
-def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
+def scan_cases(draw, big: bool = False, dtype=None, cplx=None, backend: str = "triton"):
     """A call of selective_scan: sizes, input forms, options and kernel config (dtype and the
-    A form drawn too unless given)."""
-    c = {}
+    A form drawn too unless given) for the given backend."""
+    c = {"backend": backend}
     c["dtype"] = draw(st.sampled_from(DTYPES)) if dtype is None else dtype
     c["complex"] = draw(st.booleans()) if cplx is None else cplx
     c["N"] = draw(st.sampled_from([1, 3, 16, 17, 64, 128, 256] if big else [1, 2, 3, 5, 8]))
@@ -21,9 +21,16 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
     c["batch"] = draw(st.integers(1, 3 if big else 2))
     c["dim"] = draw(st.integers(1, 48 if big else 6))
     bls = [b for b in ([8, 16, 32, 64] if big else [2, 4, 8, 16]) if b <= ch]
-    for kind in ("fwd", "bwd"):
-        c[kind] = _kernel_config(draw(st.sampled_from(bls)), draw(st.sampled_from([1, 2, 4])),
-                                 c["N"], c["complex"])
+    for kind in ("bwd", "fwd"):  # bwd first: it may shorten chunk_len (CUDA)
+        if backend == "cuda":
+            # a long chunk at a large complex d_state exceeds shared memory: the backend
+            # refuses it by name (tested in test_cuda_backend); draw a shorter one then
+            while (k := _cuda_config(draw, c["N"], c["complex"], c["chunk_len"])) is None:
+                c["chunk_len"] //= 2
+            c[kind] = k
+        else:
+            c[kind] = _kernel_config(draw(st.sampled_from(bls)), draw(st.sampled_from([1, 2, 4])),
+                                     c["N"], c["complex"])
     divisors = [g for g in range(1, c["dim"] + 1) if c["dim"] % g == 0]
     for X in ("B", "C"):
         form = draw(st.sampled_from(["constant", "var3", "var4"]))
@@ -35,6 +42,34 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None):
     for flag in ("D", "z", "delta_bias", "delta_softplus", "return_last_state", "noncontig"):
         c[flag] = draw(st.booleans())
     return c
+
+
+def _cuda_config(draw, N, cplx, chunk):
+    """A CUDA-backend config (threads, lanes per channel, tile, sub-tile), shrunk until the
+    backend accepts it for the worst case of this d_state (all options, variable B/C)."""
+    from ssmgen.backends.cuda_backend import KernelConfig, _lpc_for
+    from ssmgen.spec import ScanSpec
+
+    spec = ScanSpec(d_state=N, complex_A=cplx, chunk_len=chunk, has_D=True, has_z=True,
+                    delta_softplus=True)
+    threads = draw(st.sampled_from([32, 64, 128, 256]))
+    K = draw(st.sampled_from([1, 2, 4, 8]))
+    tl = draw(st.sampled_from([t for t in (4, 8, 16, 32) if t <= min(chunk, threads)]))
+    tb = draw(st.sampled_from([t for t in (1, 2, 4, 8) if t <= tl]))
+    lpc = min(_lpc_for(spec, K), threads)
+    lg = lambda x: x.bit_length()  # noqa: E731
+    combos = [(t, p, l, b) for t in (32, 64, 128, 256) for p in (1, 2, 4, 8, 16, 32)
+              for l in (4, 8, 16, 32) for b in (1, 2, 4, 8)
+              if p <= t and l <= min(chunk, t) and b <= l and p >= lpc // 2]
+    combos.sort(key=lambda x: (abs(lg(x[1]) - lg(lpc)), abs(lg(x[0]) - lg(threads)),
+                               abs(lg(x[3]) - lg(tb)), abs(lg(x[2]) - lg(tl))))
+    for t, p, l, b in combos:
+        try:
+            KernelConfig(t, p, l, b).check(spec, "bwd")
+            return dict(threads=t, lpc=p, tl=l, tb=b)
+        except ValueError:
+            continue
+    return None  # nothing fits this chunk_len (the caller takes a shorter one)
 
 
 def _kernel_config(block_l, block_d, N, cplx):

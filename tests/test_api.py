@@ -99,7 +99,7 @@ def test_complex_tensor_with_half_u_points_to_interleaved(no_launch):
 def test_bad_config_and_backend(no_launch):
     a = good()
     with pytest.raises(ValueError, match="backend must be one of"):
-        ssmgen.selective_scan(**a, backend="cuda")
+        ssmgen.selective_scan(**a, backend="cudnn")
     with pytest.raises(ValueError, match="block_l"):
         ssmgen.selective_scan(**a, backend="triton", config={"block_l": 3})
     with pytest.raises(ValueError, match="block_l must be in 2..chunk_len=16"):
@@ -157,6 +157,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
 def test_custom_ops_pass_opcheck():
     a = good(L=12, N=2)
     cfg = triton_backend.ScanConfig.from_dict({"block_l": 4, "block_d": 2}).encode()
+    cfg = "triton:" + cfg
     args = (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], True,
             True, 16, cfg, True)
     torch.library.opcheck(torch.ops.ssmgen.scan_fwd, args,

@@ -28,11 +28,14 @@ def test_floor_matches_anchors(name):
 def test_report_table_and_plot(tmp_path):
     rows = []
     for s in suite.scan_shapes()[:2]:
-        rows.append({"name": s["name"], "ssmgen_fwd_ms": 1.0, "ssmgen_fwdbwd_ms": 4.0,
-                     "ssmgen_peak_mb": 10.0, "peer_fwd_ms": 2.0, "peer_fwdbwd_ms": 6.0,
+        rows.append({"name": s["name"], "triton_fwd_ms": 1.0, "triton_fwdbwd_ms": 4.0,
+                     "triton_peak_mb": 10.0, "cuda_fwd_ms": 0.5, "cuda_fwdbwd_ms": 3.0,
+                     "cuda_peak_mb": 9.0, "peer_fwd_ms": 2.0, "peer_fwdbwd_ms": 6.0,
                      "peer_peak_mb": 20.0, "floor": bench.floor_ms(s, 3e12, 4e12)})
     meta = {"device": {"name": "FakeGPU"}, "copy_TBps": 3.0, "exp2_Tps": 4.0, "date": "today"}
     text = bench.table(meta, rows)
-    assert "| m1_130m_bf16 | 1.000 | 2.000 |" in text and "| 2.00 |" in text
+    assert "| m1_130m_bf16 | triton | 1.000 |" in text and "| 2.00 |" in text
+    assert "| m1_130m_bf16 | cuda | 0.500 |" in text and "| 4.00 |" in text
+    assert "| m1_130m_bf16 | peer | 2.000 |" in text
     bench.plot(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 10_000

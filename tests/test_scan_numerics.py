@@ -26,7 +26,8 @@ def check_case(c: dict, device: str, seed_: int):
     inputs = make_inputs(c, device, seed_)
     kw = dict(delta_softplus=c["delta_softplus"], return_last_state=c["return_last_state"])
     leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
-    res = ssmgen.selective_scan(*leaves, **kw, backend="triton", config=config_of(c))
+    res = ssmgen.selective_scan(*leaves, **kw, backend=c.get("backend", "triton"),
+                                config=config_of(c))
     ref_leaves = [x.detach().clone().requires_grad_(True) if x is not None else None
                   for x in inputs]
     ref = selective_scan_ref(*ref_leaves, **kw)
@@ -55,11 +56,13 @@ def test_matches_reference_interpreter(c, seed_):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("cplx", [False, True])
-def test_matches_reference_cuda(dtype, cplx):
+def test_matches_reference_cuda(dtype, cplx, backend):
     # split by dtype and A form so that progress shows (each example compiles new kernels)
-    @given(c=scan_cases(big=True, dtype=dtype, cplx=cplx), seed_=st.integers(0, 2**31 - 1))
+    @given(c=scan_cases(big=True, dtype=dtype, cplx=cplx, backend=backend),
+           seed_=st.integers(0, 2**31 - 1))
     def prop(c, seed_):
         check_case(c, "cuda", seed_)
 
@@ -67,12 +70,16 @@ def test_matches_reference_cuda(dtype, cplx):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cplx", [False, True])
-def test_suite_like_shape_cuda(dtype, cplx):
+def test_suite_like_shape_cuda(dtype, cplx, backend):
     """One larger shape per dtype/A form with all options: many chunks and long decays."""
+    kcfg = ({"fwd": {"block_l": 32, "block_d": 4}, "bwd": {"block_l": 32, "block_d": 2}}
+            if backend == "triton" else {"fwd": {"threads": 128, "lpc": 4, "tl": 32},
+                                         "bwd": {"threads": 64, "lpc": 8, "tl": 32, "tb": 4}})
     c = dict(dtype=dtype, complex=cplx, N=16, chunk_len=256, L=1000, batch=2, dim=64,
-             fwd={"block_l": 32, "block_d": 4}, bwd={"block_l": 32, "block_d": 2},
+             backend=backend, **kcfg,
              B="var4", B_groups=1, B_complex_tensor=False, C="var4", C_groups=1,
              C_complex_tensor=False, D=True, z=True, delta_bias=True, delta_softplus=True,
              return_last_state=True, noncontig=False)
