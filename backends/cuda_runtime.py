@@ -104,8 +104,42 @@ def cubin_path(name: str, source: str, arch: int) -> Path:
     return render.cache_dir() / "cuda" / f"{name}_sm{arch}_{h}.cubin"
 
 
+def pack_dirs() -> list:
+    """Cubin packs made by `ssmgen build-ext` (SSMGEN_CUDA_PACK, os.pathsep-separated)."""
+    return [Path(p) for p in os.environ.get("SSMGEN_CUDA_PACK", "").split(os.pathsep) if p]
+
+
+def pack_name(name: str, source: str, arch: int) -> str:
+    """A pack's file name: keyed by the exact source and architecture, not by the compiler, so
+    a deployment without any CUDA compiler finds it."""
+    return f"{name}_sm{arch}_{hashlib.sha256(source.encode()).hexdigest()[:16]}.cubin"
+
+
+def build_pack(kernels, archs, out: Path) -> list:
+    """Compiles (name, source) pairs for every arch into `out` (a cubin pack); returns paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, source in kernels:
+        for arch in archs:
+            dst = out / pack_name(name, source, arch)
+            if not dst.exists():
+                src_path = render.write_source("cuda", name, source, suffix=".cu")
+                data = (_compile_nvrtc(source, src_path, arch) if _nvrtc() is not None
+                        else _compile_nvcc(src_path, arch)[0])
+                fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp_", suffix=".cubin")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, dst)
+            paths.append(dst)
+    return paths
+
+
 def compile_cubin(name: str, source: str, arch: int) -> Path:
-    """The cached cubin for (source, arch), compiling it first if needed."""
+    """The cubin for (source, arch): from a pack, else the cache, else compiled now."""
+    for d in pack_dirs():
+        hit = d / pack_name(name, source, arch)
+        if hit.exists():
+            return hit
     path = cubin_path(name, source, arch)
     if path.exists():
         return path

@@ -90,6 +90,8 @@ def demo(args):
     if proc.returncode:
         print(proc.stderr[-2000:])
         return 1
+    if _cuda_step():
+        return 1
     where = "CUDA tensors" if gpu else "Triton's CPU interpreter"
     print(f"\n3. output, last state and every gradient vs the float64 reference ({where})")
     if not gpu:
@@ -102,6 +104,33 @@ def demo(args):
             return 1
         _bench()
     print("\ndone.")
+    return 0
+
+
+def _cuda_step() -> int:
+    """The CUDA backend's templates rendered and compiled for sm_90 (nvcc's resource report)."""
+    from ssmgen.backends import cuda_backend as cb
+    from ssmgen.backends import cuda_runtime as cr
+
+    print("\n2b. CUDA backend: templates/cuda/*.jinja -> CUDA C++, compiled for sm_90 "
+          "(registers, spills)")
+    if cr.nvcc_path() is None:
+        print("   skipped: no nvcc on this machine (the CUDA backend compiles with NVRTC on GPUs)")
+        return 0
+    for s in _specs():
+        s = s.replace(chunk_len=cb.default_chunk_len(s))
+        cfg = cb.default_config(s)
+        for kind in ("fwd", "bwd"):
+            k = getattr(cfg, kind)
+            t0 = time.perf_counter()
+            try:
+                use = cr.resource_usage(cb.kernel_name(s, k, kind), cb.render_source(s, k, kind), 90)
+            except cr.CudaCompileError as e:
+                print(f"   FAILED {cb.kernel_name(s, k, kind)}:\n{e}")
+                return 1
+            print(f"   {cb.kernel_name(s, k, kind)}: {use['registers']} regs, spills "
+                  f"{use['spill_stores']}/{use['spill_loads']} B, "
+                  f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -155,7 +184,7 @@ def _progress(done, total, text):
 def tune_cmd(a) -> int:
     import torch
 
-    from ssmgen import autotune, suite
+    from ssmgen import autotune, backends, suite
 
     if not torch.cuda.is_available():
         print("ssmgen tune measures kernels on a CUDA GPU; none is visible here", file=sys.stderr)
@@ -185,11 +214,46 @@ def tune_cmd(a) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, backend, r in rows:
         c, d = r["config"], r["default"]
-        tag = lambda k: f"d{k['block_d']}_l{k['block_l']}_w{k['num_warps']}"  # noqa: E731
+        kcls = backends.get(backend).ScanConfig.KERNEL
+        tag = lambda k: kcls(**k).tag()  # noqa: E731
         fb, db = r["fwd_ms"] + r["bwd_ms"], (d["fwd_ms"] or float("nan")) + (d["bwd_ms"] or float("nan"))
         print(f"| {name} | {backend} | {c['chunk_len']} | {tag(c['fwd'])} | {r['fwd_ms']:.3f} "
               f"({d['fwd_ms'] or float('nan'):.3f}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
               f"({d['bwd_ms'] or float('nan'):.3f}) | {db / fb:.2f}x |")
+    return 0
+
+
+def build_ext_cmd(a) -> int:
+    """Renders each listed variant (forward and backward) and compiles it for every arch into a
+    cubin pack; the CUDA backend loads from the pack before it would compile anything."""
+    import json
+    from pathlib import Path
+
+    from ssmgen import ScanSpec
+    from ssmgen.backends import cuda_backend as cb
+    from ssmgen.backends import cuda_runtime
+
+    entries = json.loads(Path(a.specs).read_text())
+    if not isinstance(entries, list):
+        raise SystemExit(f"--specs {a.specs}: expected a JSON list of spec objects")
+    kernels = []
+    for e in entries:
+        e = dict(e)
+        cfg = e.pop("config", None)
+        s = ScanSpec(**e)
+        if "chunk_len" not in e:
+            s = s.replace(chunk_len=cb.default_chunk_len(s))
+        sc = cb.ScanConfig.from_dict(cfg) if cfg else cb.default_config(s)
+        for kind in ("fwd", "bwd"):
+            k = getattr(sc, kind)
+            k.check(s, kind)
+            kernels.append((cb.kernel_name(s, k, kind), cb.render_source(s, k, kind)))
+    archs = [int(x) for x in a.arch.split(",")]
+    t0 = time.perf_counter()
+    paths = cuda_runtime.build_pack(kernels, archs, Path(a.out))
+    print(f"{len(paths)} cubins ({len(kernels)} kernels x sm_{', sm_'.join(map(str, archs))}) in "
+          f"{a.out} ({time.perf_counter() - t0:.1f} s, {cuda_runtime.compiler()}); use with "
+          f"SSMGEN_CUDA_PACK={Path(a.out).resolve()}")
     return 0
 
 
@@ -233,6 +297,14 @@ def main(argv=None):
     r = sub.add_parser("render", help="print the rendered Triton source of a variant")
     r.add_argument("spec_json", help='e.g. \'{"d_state": 16, "dtype": "bfloat16"}\'')
     r.add_argument("--kind", choices=["fwd", "bwd"], default="fwd")
+    r.add_argument("--backend", choices=["triton", "cuda"], default="triton")
+    x = sub.add_parser("build-ext", help="compile CUDA-backend variants ahead of time into a "
+                       "cubin pack (no NVRTC at run time: set SSMGEN_CUDA_PACK=DIR)")
+    x.add_argument("--specs", required=True,
+                   help="JSON file: a list of spec dicts, each optionally with \"config\" "
+                        "({\"fwd\": {...}, \"bwd\": {...}}); chunk_len defaults as at run time")
+    x.add_argument("--arch", default="80,90", help="comma-separated compute capabilities")
+    x.add_argument("--out", default="ssmgen_cuda_pack")
     sub.add_parser("aot", help="compile every template variant for sm_80/sm_90, print resources")
     sub.add_parser("_check", help=argparse.SUPPRESS)
     t = sub.add_parser("tune", help="tune suite shapes on this GPU into the user cache")
@@ -269,12 +341,14 @@ def main(argv=None):
     if a.cmd == "_check":
         return 1 if _check_all("cpu") else 0
     if a.cmd == "render":
-        from ssmgen import ScanSpec
-        from ssmgen.backends.triton_backend import default_config, render_source
+        from ssmgen import ScanSpec, backends
 
+        mod = backends.get(a.backend)
         s = ScanSpec.from_json(a.spec_json)
-        print(render_source(s, getattr(default_config(s), a.kind), a.kind))
+        print(mod.render_source(s, getattr(mod.default_config(s), a.kind), a.kind))
         return 0
+    if a.cmd == "build-ext":
+        return build_ext_cmd(a)
     if a.cmd == "aot":
         from ssmgen.aot import main as aot_main
 

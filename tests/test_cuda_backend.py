@@ -136,3 +136,37 @@ def test_config_encoding_round_trips():
     cfg = cb.default_config(s)
     assert cb.ScanConfig.decode(cfg.encode()) == cfg
     assert cb.ScanConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@needs_nvcc
+def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path / "cache"))
+    specs = tmp_path / "specs.json"
+    specs.write_text(json.dumps([{"d_state": 16, "dtype": "bfloat16", "has_D": True,
+                                  "delta_softplus": True},
+                                 {"d_state": 3, "complex_A": True,
+                                  "config": {"fwd": {"threads": 64, "lpc": 2}}}]))
+    pack = tmp_path / "pack"
+    r = subprocess.run([sys.executable, "-m", "ssmgen", "build-ext", "--specs", str(specs),
+                        "--arch", "90", "--out", str(pack)], capture_output=True, text=True,
+                       env={**__import__("os").environ, "SSMGEN_CACHE_DIR": str(tmp_path / "c")})
+    assert r.returncode == 0, r.stderr
+    assert len(list(pack.glob("*.cubin"))) == 4
+    # a deployment with no compiler at all: the pack answers
+    monkeypatch.setenv("SSMGEN_CUDA_PACK", str(pack))
+    monkeypatch.setattr(cr, "_nvrtc", lambda: None)
+    monkeypatch.setattr(cr, "nvcc_path", lambda: None)
+    from ssmgen.spec import ScanSpec
+
+    s = ScanSpec(d_state=16, dtype="bfloat16", has_D=True, delta_softplus=True, chunk_len=128)
+    for kind in ("fwd", "bwd"):
+        k = getattr(cb.default_config(s), kind)
+        p = cr.compile_cubin(cb.kernel_name(s, k, kind), cb.render_source(s, k, kind), 90)
+        assert p.parent == pack
+    k = cb.default_config(s).fwd
+    with pytest.raises(cr.CudaCompileError, match="no CUDA compiler|nvcc not found"):  # not packed
+        cr.compile_cubin(cb.kernel_name(s, k, "fwd"), cb.render_source(s, k, "fwd") + "\n", 80)
