@@ -17,4 +17,4 @@ cp "$SSMGEN_CACHE_DIR/autotune/records.json" "$OUT/records_cuda.json"
 timeout 120 ncu --clock-control none -k regex:ssmgen_cuda --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats python3 benchmarks/profile_one.py m1_130m_bf16 cuda > "$OUT/ncu_130m.txt" 2>&1; tail -5 "$OUT/ncu_130m.txt"
 wait $PEER_PID; tail -1 "$OUT/peer_build.log"
 PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_TIMEOUT:-180} python3 -m ssmgen bench --out "$OUT/bench" 2>&1 | tail -24
-PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${KT_TIMEOUT:-120} python3 benchmarks/cuda_smoke.py --check "" --out "$OUT/kernel_timing.json" 2>&1 | tail -8
+PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${KT_TIMEOUT:-120} python3 benchmarks/cuda_smoke.py --check "" --out "$OUT/kernel_timing.json" --shapes m1_130m_bf16,m1_long_bf16,m1_fp32 2>&1 | tail -8
