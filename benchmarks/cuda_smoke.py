@@ -107,10 +107,11 @@ def timing(backends, shapes):
                         *leaves, delta_softplus=True, backend=be), dout)
                 row[f"{be}_fwdbwd"] = do_bench(fb, warmup=10, rep=100, return_mode="median")
                 # the kernel alone (no Python call path), same config as the call above
-                from ssmgen import autotune, backends
+                from ssmgen import autotune
+                from ssmgen import backends as registry
                 from ssmgen.inputs import normalize
                 call = normalize(*x, delta_softplus=True)
-                mod = backends.get(be)
+                mod = registry.get(be)
                 chunk, cfg, how = autotune.choose(call, be)
                 call = call.with_chunk_len(chunk)
                 row[f"{be}_cfg"] = f"{how} c{chunk} {cfg.fwd.tag()} / {cfg.bwd.tag()}"

@@ -147,14 +147,17 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, timer=None, ma
     dout = torch.randn_like(call.u)
     total, done, rows = len(fwd) + len(bwd), 0, []
 
-    def over_budget():
-        return budget_s is not None and time.perf_counter() - t_start > budget_s
+    # the budget is split by candidate count, so forward candidates cannot starve the backward
+    share = {"fwd": len(fwd) / max(1, total), "bwd": 1.0}
+
+    def over_budget(kind):
+        return budget_s is not None and time.perf_counter() - t_start > budget_s * share[kind]
 
     def run(kind, chunk, k, cfg_dict, make_fn):
         nonlocal done
         row = {"kind": kind, "chunk_len": chunk, "config": dataclasses.asdict(k), "ms": None,
                "error": None}
-        if over_budget():
+        if over_budget(kind):
             row["error"] = "skipped: time budget spent"
         else:
             try:
