@@ -170,6 +170,16 @@ def resource_usage(name: str, source: str, arch: int) -> dict:
     return use
 
 
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+    """CuPy imports (loading and launching) and a compiler or a pack exists."""
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return False
+    return _nvrtc() is not None or nvcc_path() is not None or bool(pack_dirs())
+
+
 # -- loading and launching (CUDA devices only) ------------------------------------------------
 _functions: dict = {}
 _streams: dict = {}

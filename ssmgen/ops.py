@@ -33,7 +33,13 @@ def pick_backend(backend: Optional[str], device: torch.device) -> str:
         if backend == "cuda" and device.type != "cuda":
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
         return backend
-    if device.type == "cuda" or _interpreting():
+    if device.type == "cuda":
+        # the CUDA backend where it can run: faster forward+backward than Triton on every
+        # suite shape (benchmarks/NOTES.md); Triton where CuPy or a CUDA compiler is missing
+        from ssmgen.backends import cuda_runtime
+
+        return "cuda" if cuda_runtime.available() else "triton"
+    if _interpreting():
         return "triton"
     return "reference"
 
@@ -196,8 +202,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (batch, N, L) or (batch, groups, N, L) (complex A: complex tensors, or mamba's interleaved
     real form (..., 2L)); D, delta_bias: (dim,) float32. Returns out, or (out, last_state).
 
-    backend: "triton", "cuda", "reference" or None (Triton on CUDA tensors or under
-    TRITON_INTERPRET=1, else the reference). config: a dict of the backend's kernel config
+    backend: "triton", "cuda", "reference" or None (on CUDA tensors the CUDA backend where
+    CuPy and a CUDA compiler are present, else Triton; Triton's interpreter under
+    TRITON_INTERPRET=1; else the reference). config: a dict of the backend's kernel config
     fields (both kernels), or {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None
     takes the tuned record or the default.
     """

@@ -123,6 +123,12 @@ def test_backend_choice(monkeypatch):
         ops.pick_backend("triton", cpu)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert ops.pick_backend(None, cpu) == "triton"
+    from ssmgen.backends import cuda_runtime
+
+    # CUDA tensors: the CUDA backend where CuPy and a compiler exist, else Triton
+    monkeypatch.setattr(cuda_runtime, "available", lambda: True)
+    assert ops.pick_backend(None, torch.device("cuda", 0)) == "cuda"
+    monkeypatch.setattr(cuda_runtime, "available", lambda: False)
     assert ops.pick_backend(None, torch.device("cuda", 0)) == "triton"
 
 
