@@ -25,6 +25,6 @@ setup(
     },
     include_package_data=True,
     install_requires=["torch", "triton", "jinja2"],
-    extras_require={"test": ["pytest", "hypothesis", "numpy"]},
+    extras_require={"test": ["pytest", "hypothesis", "numpy"], "cuda": ["cupy-cuda13x"]},
     entry_points={"console_scripts": ["ssmgen=ssmgen.cli:main"]},
 )
