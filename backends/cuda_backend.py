@@ -22,7 +22,7 @@ from ssmgen import render
 from ssmgen.inputs import Call
 from ssmgen.spec import ScanSpec
 
-from . import cuda_runtime
+from . import buffers, cuda_runtime
 from .config import ScanConfigBase
 
 TEMPLATES = ("cuda/fwd.cu.jinja", "cuda/bwd.cu.jinja", "cuda/macros.cuh.jinja",
@@ -267,12 +267,6 @@ def _source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
 
 
 # -- launching -----------------------------------------------------------------------------
-def _new(shape, dtype, device):
-    from .triton_backend import _new as new
-
-    return new(shape, dtype, device)
-
-
 MAX_GRID_Y = 65535
 
 
@@ -336,58 +330,27 @@ def _inputs(call: Call) -> dict:
                 C=_as_real(call.C), D=call.D, z=call.z, dbias=call.delta_bias)
 
 
-def n_chunks(spec: ScanSpec, L: int) -> int:
-    return -(-L // spec.chunk_len)
-
-
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
-    """Returns (out, last_state or None, checkpoints (batch, dim, n_chunks, N[, 2]) fp32)."""
-    spec, dev = call.spec, call.u.device
-    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
-    KX = (2,) if spec.complex_A else ()
-    nch = n_chunks(spec, L)
-    out = _new((b, d, L), call.u.dtype, dev)
-    ckpt = _new((b, d, nch, N) + KX if save_ckpt else (1,), torch.float32, dev)
-    last = _new((b, d, N) + KX, torch.float32, dev) if spec.return_last_state else None
+    """Returns (out, last_state or None, checkpoints); layouts in backends/buffers.py."""
+    out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     t = _inputs(call)
     t.update(out=out, ckpt=ckpt, last=last)
-    _run(call, cfg.fwd, "fwd", t, _int_args(call, cfg.fwd, "fwd", nch,
+    _run(call, cfg.fwd, "fwd", t, _int_args(call, cfg.fwd, "fwd", buffers.n_chunks(call),
                                             {"save_ckpt": int(save_ckpt)}))
-    if last is not None and spec.complex_A:
-        last = torch.view_as_complex(last)
-    return out, last, ckpt
+    return out, buffers.finish_last(call, last), ckpt
 
 
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
-    spec, dev, k = call.spec, call.u.device, cfg.bwd
-    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
-    KX = (2,) if spec.complex_A else ()
-    f32 = dict(dtype=torch.float32, device=dev)
-    io = dict(dtype=call.u.dtype, device=dev)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    g = dict(du=_new((b, d, L), **io), ddelta=_new((b, d, L), **io),
-             dz=_new((b, d, L), **io) if spec.has_z else None,
-             dA=_new((b, d, N) + KX, **f32),
-             dD=_new((b, d), **f32) if spec.has_D else None,
-             ddbias=_new((b, d), **f32) if spec.has_delta_bias else None)
+    g = buffers.grad_buffers(call)
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
     for X in ("B", "C"):
-        t = getattr(call, X)
-        # variable: summed over channels by atomics into fp32; constant: per-batch partials
-        if t.dim() == 4:
-            g["d" + X] = torch.zeros(t.shape, **f32)
-            extra.update({f"ds_{X}b": g["d" + X].stride(0), f"ds_{X}g": g["d" + X].stride(1),
-                          f"ds_{X}n": g["d" + X].stride(2)})
-        else:
-            g["d" + X] = _new((b, d, N) + KX, **f32)
+        dX = g["d" + X]
+        if getattr(call, X).dim() == 4:  # summed over channels by atomics into fp32 zeros
+            extra.update({f"ds_{X}b": dX.stride(0), f"ds_{X}g": dX.stride(1),
+                          f"ds_{X}n": dX.stride(2)})
     t = _inputs(call)
     t.update(ckpt=ckpt, dout=dout, **{n: v for n, v in g.items() if v is not None})
-    _run(call, k, "bwd", t, _int_args(call, k, "bwd", n_chunks(spec, L), extra))
-    for n in ("dA", "dD", "ddbias"):
-        if g[n] is not None:
-            g[n] = g[n].sum(0)
-    for X in ("B", "C"):
-        if getattr(call, X).dim() == 2:
-            g["d" + X] = g["d" + X].sum(0)
-    return g
+    _run(call, cfg.bwd, "bwd", t, _int_args(call, cfg.bwd, "bwd", buffers.n_chunks(call), extra))
+    return buffers.finish_grads(call, g)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from ssmgen import render
 from ssmgen.inputs import Call
 from ssmgen.spec import ScanSpec
 
+from . import buffers
 from .config import ScanConfigBase
 
 TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja",
@@ -231,12 +231,7 @@ def _launch(spec, cfg, kind, args: dict, grid):
     fn[grid](*[args[n] for n in names], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
-def _new(shape, dtype, device):
-    """Uninitialized output buffer; NaN-filled under SSMGEN_POISON=1 (tests), so an element a
-    kernel fails to write shows up as NaN instead of passing by luck."""
-    if os.environ.get("SSMGEN_POISON") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+_new = buffers.new
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on the second grid dimension, which holds the batch
@@ -258,58 +253,30 @@ def check_launch(call: Call) -> None:
                                  f"index within a row in 32 bits (at most 2**31 - 1)")
 
 
-def n_chunks(spec: ScanSpec, L: int) -> int:
-    return triton.cdiv(L, spec.chunk_len)
-
-
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
-    """Returns (out, last_state or None, checkpoints (batch, dim, n_chunks, N[, 2]) fp32)."""
-    spec, dev = call.spec, call.u.device
-    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
-    K = (2,) if spec.complex_A else ()
-    nch = n_chunks(spec, L)
-    out = _new((b, d, L), call.u.dtype, dev)
-    ckpt = _new((b, d, nch, N) + K if save_ckpt else (1,), torch.float32, dev)
-    last = _new((b, d, N) + K, torch.float32, dev) if spec.return_last_state else None
+    """Returns (out, last_state or None, checkpoints); layouts in backends/buffers.py."""
+    out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     args = _common_args(call, "fwd", cfg.fwd)
-    args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=nch, SAVE_CKPT=save_ckpt)
-    grid = (triton.cdiv(d, cfg.fwd.block_d), b)
-    _launch(spec, cfg.fwd, "fwd", args, grid)
-    if last is not None and spec.complex_A:
-        last = torch.view_as_complex(last)
-    return out, last, ckpt
+    args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
+                SAVE_CKPT=save_ckpt)
+    grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
+    _launch(call.spec, cfg.fwd, "fwd", args, grid)
+    return out, buffers.finish_last(call, last), ckpt
 
 
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
-    spec, dev, k = call.spec, call.u.device, cfg.bwd
-    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
-    K = (2,) if spec.complex_A else ()
-    f32 = dict(dtype=torch.float32, device=dev)
-    io = dict(dtype=call.u.dtype, device=dev)
+    spec, k = call.spec, cfg.bwd
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    grid = (triton.cdiv(d, k.block_d), b)
+    grid = (triton.cdiv(call.dim, k.block_d), call.batch)
     bpc = spec.chunk_len // k.block_l
-    NP = padded_state(spec)
-    scratch = _new((b, grid[0] * k.block_d, bpc, NP) + K if bpc > 1 else (1,), **f32)
-    g = dict(du=_new((b, d, L), **io), ddelta=_new((b, d, L), **io),
-             dz=_new((b, d, L), **io) if spec.has_z else None,
-             dA=_new((b, d, N) + K, **f32),
-             dD=_new((b, d), **f32) if spec.has_D else None,
-             ddbias=_new((b, d), **f32) if spec.has_delta_bias else None)
-    for X in ("B", "C"):
-        t = getattr(call, X)
-        # variable: summed over channels by atomics into fp32; constant: per-batch partials
-        g["d" + X] = torch.zeros(t.shape, **f32) if t.dim() == 4 else _new((b, d, N) + K, **f32)
+    K = (2,) if spec.complex_A else ()
+    scratch = _new((call.batch, grid[0] * k.block_d, bpc, padded_state(spec)) + K
+                   if bpc > 1 else (1,), torch.float32, call.u.device)
+    g = buffers.grad_buffers(call)
     args = _common_args(call, "bwd", k)
-    args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch, n_chunks=n_chunks(spec, L),
-                s_gb=dout.stride(0), s_gd=dout.stride(1),
+    args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch,
+                n_chunks=buffers.n_chunks(call), s_gb=dout.stride(0), s_gd=dout.stride(1),
                 **{f"{n}_ptr": v for n, v in g.items()})
     _launch(spec, k, "bwd", args, grid)
-    for n in ("dA", "dD", "ddbias"):
-        if g[n] is not None:
-            g[n] = g[n].sum(0)
-    for X in ("B", "C"):
-        if getattr(call, X).dim() == 2:
-            g["d" + X] = g["d" + X].sum(0)
-    return g
+    return buffers.finish_grads(call, g)
