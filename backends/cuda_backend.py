@@ -287,9 +287,8 @@ def _segments(call: Call, k: KernelConfig) -> tuple[int, int, int]:
     return dseg, bps, call.dim // dseg * bps
 
 
-def _int_args(call: Call, k: KernelConfig, kind: str, nch: int, extra: dict) -> dict:
-    dseg, bps, _ = _segments(call, k)
-    a = dict(dim=call.dim, L=call.seqlen, n_chunks=nch, dseg=dseg, bps=bps,
+def _int_args(call: Call, dseg: int, bps: int, extra: dict) -> dict:
+    a = dict(dim=call.dim, L=call.seqlen, n_chunks=buffers.n_chunks(call), dseg=dseg, bps=bps,
              s_ub=call.u.stride(0), s_ud=call.u.stride(1), s_db=call.delta.stride(0),
              s_dd=call.delta.stride(1))
     if call.z is not None:
@@ -307,8 +306,11 @@ def _as_real(t):
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
-def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, ints: dict) -> None:
+def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> None:
+    """Launches one kernel; `extra`: integer arguments beyond sizes and input strides."""
     spec = call.spec
+    dseg, bps, gx = _segments(call, k)
+    ints = _int_args(call, dseg, bps, extra)
     src = _source(spec, k, kind)
     name = kernel_name(spec, k, kind)
     dev = call.u.device.index or 0
@@ -321,7 +323,6 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, ints: dict) -> N
             args.append(t.data_ptr())
         else:
             args.append(int(ints[n]))
-    _, _, gx = _segments(call, k)
     cuda_runtime.launch(fn, (gx, call.batch), k.threads, smem, args, dev)
 
 
@@ -335,8 +336,7 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     t = _inputs(call)
     t.update(out=out, ckpt=ckpt, last=last)
-    _run(call, cfg.fwd, "fwd", t, _int_args(call, cfg.fwd, "fwd", buffers.n_chunks(call),
-                                            {"save_ckpt": int(save_ckpt)}))
+    _run(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)})
     return out, buffers.finish_last(call, last), ckpt
 
 
@@ -352,5 +352,5 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
                           f"ds_{X}n": dX.stride(2)})
     t = _inputs(call)
     t.update(ckpt=ckpt, dout=dout, **{n: v for n, v in g.items() if v is not None})
-    _run(call, cfg.bwd, "bwd", t, _int_args(call, cfg.bwd, "bwd", buffers.n_chunks(call), extra))
+    _run(call, cfg.bwd, "bwd", t, extra)
     return buffers.finish_grads(call, g)

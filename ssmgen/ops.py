@@ -211,7 +211,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     chunk_len, cfg = _split_config(config)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     call = normalize(*args, chunk_len=chunk_len)  # every input check, before any rendering
-    if pick_backend(backend, call.u.device) == "reference":
+    name = pick_backend(backend, call.u.device)
+    if name == "reference":
         res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                  return_last_state)
         if not return_last_state:
@@ -219,7 +220,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return res[0].to(u.dtype), res[1].to(A.dtype)
     from ssmgen import backends
 
-    name = pick_backend(backend, call.u.device)
     call, cfg = _kernel_config(name, call, cfg, chunk_len, args)
     backends.get(name).check_launch(call)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
