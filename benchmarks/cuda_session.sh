@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One device call for the CUDA backend: install, build the peer in the background, smoke-check
 # the backend against the reference, run the gpu tests (TEST_K selects), optionally tune
-# (TUNE_SHAPES), then `ssmgen bench` (both backends and the peer) on the suite.
-# Results, logs and the tuning records (under $OUT/cache/autotune) land in $OUT.
+# (TUNE_SHAPES, or "all"), profile with ncu (NCU_SHAPE), then `ssmgen bench` (both backends and
+# the peer) on the suite and, optionally, kernel-only times (KERNEL_SHAPES).
+# Results, logs and the tuning records ($OUT/records_cuda.json) land in $OUT.
 set -u
 export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out}
-export SSMGEN_CACHE_DIR=$OUT/cache
+export SSMGEN_CACHE_DIR=/tmp/ssmgen_cache
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
@@ -19,8 +20,15 @@ if [ -n "${TEST_K:-}" ]; then
   SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-6} timeout ${TEST_TIMEOUT:-240} python3 -m pytest -m gpu -k "$TEST_K" -v -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "PASS|FAIL|Error|passed|failed" | tail -40
 fi
 if [ -n "${TUNE_SHAPES:-}" ]; then
-  timeout ${TUNE_TIMEOUT:-300} python3 -m ssmgen tune --backends cuda --shapes "$TUNE_SHAPES" ${TUNE_ARGS:-} > "$OUT/tune.log" 2>&1; tr '\r' '\n' < "$OUT/tune.log" | grep -v "^ *\[" | tail -15
+  SHAPES_ARG=$([ "$TUNE_SHAPES" = all ] || echo "--shapes $TUNE_SHAPES")
+  timeout ${TUNE_TIMEOUT:-300} python3 -m ssmgen tune --backends cuda $SHAPES_ARG ${TUNE_ARGS:-} 2>&1 | tr '\r' '\n' > "$OUT/tune.log"; grep -A12 "^tuned" "$OUT/tune.log"
+  cp "$SSMGEN_CACHE_DIR/autotune/records.json" "$OUT/records_cuda.json" 2>/dev/null
+fi
+if [ -n "${NCU_SHAPE:-}" ]; then
+  timeout 120 ncu --clock-control none -k regex:ssmgen_cuda --launch-count 2 --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats python3 benchmarks/profile_one.py "$NCU_SHAPE" cuda > "$OUT/ncu_$NCU_SHAPE.txt" 2>&1; tail -5 "$OUT/ncu_$NCU_SHAPE.txt"
 fi
 [ -n "${PEER_PID:-}" ] && wait $PEER_PID; tail -2 "$OUT/peer_build.log" 2>/dev/null
 PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_TIMEOUT:-240} python3 -m ssmgen bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -30
-rm -rf "$OUT/cache/cuda" "$OUT/cache/triton"
+if [ -n "${KERNEL_SHAPES:-}" ]; then
+  PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${KT_TIMEOUT:-150} python3 benchmarks/cuda_smoke.py --check "" --out "$OUT/kernel_timing.json" --shapes "$KERNEL_SHAPES" 2>&1 | tail -8
+fi
