@@ -1,6 +1,7 @@
 """Output and gradient buffers every backend's kernels write, in one layout:
 out (batch, dim, L) in u's dtype; checkpoints (batch, dim, n_chunks, N[, 2]) fp32; last state
-(batch, dim, N[, 2]) fp32; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
+(batch or num_seqs, dim, N[, 2]) fp32 (and its gradient, read by backward); initial state's
+gradient (batch, dim, N[, 2]) fp32; the varlen position table (L,) int32; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
 constant dB / dC as per-batch-row fp32 partials (summed here after the kernel, no atomics);
 variable dB / dC as fp32 zeros the kernel adds into."""
 from __future__ import annotations
@@ -33,13 +34,56 @@ def forward_buffers(call: Call, save_ckpt: bool):
     b, d, L, N, dev = call.batch, call.dim, call.seqlen, call.spec.d_state, call.u.device
     out = new((b, d, L), call.u.dtype, dev)
     ckpt = new((b, d, n_chunks(call), N) + _kx(call) if save_ckpt else (1,), torch.float32, dev)
-    last = (new((b, d, N) + _kx(call), torch.float32, dev) if call.spec.return_last_state
-            else None)
+    last = (new((call.num_states, d, N) + _kx(call), torch.float32, dev)
+            if call.spec.return_last_state else None)
     return out, ckpt, last
 
 
 def finish_last(call: Call, last):
-    return torch.view_as_complex(last) if last is not None and call.spec.complex_A else last
+    if last is None:
+        return None
+    if call.cu_seqlens is not None:  # an empty sequence's state never left zero
+        cu = call.cu_seqlens
+        last.masked_fill_((cu[1:] == cu[:-1]).view((-1,) + (1,) * (last.dim() - 1)), 0.0)
+    return torch.view_as_complex(last) if call.spec.complex_A else last
+
+
+def _real(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def initial_state(call: Call):
+    """The initial state as fp32 (batch, dim, N[, 2]), or None."""
+    return None if call.initial_state is None else _real(call.initial_state)
+
+
+def dlast(call: Call, g):
+    """The last state's gradient as contiguous fp32 (rows, dim, N[, 2]) (zeros for None), or
+    None when the call returns no last state."""
+    if not call.spec.return_last_state:
+        return None
+    shape = (call.num_states, call.dim, call.spec.d_state) + _kx(call)
+    if g is None:
+        return torch.zeros(shape, dtype=torch.float32, device=call.u.device)
+    return _real(g).to(torch.float32).contiguous().reshape(shape)
+
+
+def varlen_info(call: Call):
+    """Per timestep (in memory order) of a packed batch: bit 0 = the state resets to zero before
+    this step (a sequence's first step in scan order); bits 1.. = 1 + the index of the sequence
+    whose last step (in scan order) this is, else 0. Built on the device, no host sync."""
+    if call.cu_seqlens is None:
+        return None
+    cu, L = call.cu_seqlens, call.seqlen
+    starts, ends = cu[:-1], cu[1:] - 1
+    nonempty = (cu[1:] > cu[:-1]).to(torch.int32)
+    first, last = (ends, starts) if call.spec.reverse else (starts, ends)
+    info = torch.zeros(L, dtype=torch.int32, device=cu.device)
+    seq = torch.arange(1, cu.numel(), dtype=torch.int32, device=cu.device)
+    # empty sequences add 0 (their clamped index may be another sequence's step)
+    info.index_put_((first.clamp(0, L - 1),), nonempty, accumulate=True)
+    info.index_put_((last.clamp(0, L - 1),), 2 * seq * nonempty, accumulate=True)
+    return info
 
 
 def grad_buffers(call: Call) -> dict:
@@ -51,7 +95,8 @@ def grad_buffers(call: Call) -> dict:
              dz=new((b, d, L), **io) if spec.has_z else None,
              dA=new((b, d, N) + _kx(call), **f32),
              dD=new((b, d), **f32) if spec.has_D else None,
-             ddbias=new((b, d), **f32) if spec.has_delta_bias else None)
+             ddbias=new((b, d), **f32) if spec.has_delta_bias else None,
+             dinit=new((b, d, N) + _kx(call), **f32) if spec.has_initial_state else None)
     for X in ("B", "C"):
         t = getattr(call, X)
         g["d" + X] = (torch.zeros(t.shape, **f32) if t.dim() == 4
@@ -68,3 +113,42 @@ def finish_grads(call: Call, g: dict) -> dict:
         if getattr(call, X).dim() == 2:
             g["d" + X] = g["d" + X].sum(0)
     return g
+
+
+# -- the decode step ---------------------------------------------------------------------------
+def step_params(spec) -> list:
+    """(name, kind) of the step kernel's parameters, in order, for both backends; kind: "io"
+    (x's dtype), "f32", "i64" pointers, or "int". Strides are in elements of the fp32 / io
+    views that ssmgen.step.normalize_step makes (complex: the imaginary part at +1 or +s_Xi)."""
+    p = [("state", "f32"), ("x", "io"), ("dt", "io"), ("A", "f32"), ("B", "io"), ("C", "io")]
+    p += [(n, k) for n, k, on in (("D", "f32", spec.has_D), ("z", "io", spec.has_z),
+                                  ("dbias", "f32", spec.has_delta_bias)) if on]
+    p += [("out", "io")] + ([("idx", "i64")] if spec.has_state_indices else [])
+    ints = ["P", "hpg", "pool", "s_sb", "s_sh", "s_sp", "s_xb", "s_xh", "s_xp", "s_tb", "s_th",
+            "s_tp"]
+    ints += ["s_zb", "s_zh", "s_zp"] if spec.has_z else []
+    ints += ["s_ah", "s_ap", "s_an", "s_Bb", "s_Bg", "s_Bn", "s_Cb", "s_Cg", "s_Cn"]
+    ints += ["s_Bi", "s_Ci"] if spec.complex_A else []
+    return p + [(n, "int") for n in ints + ["s_ob", "s_oh"]]
+
+
+def step_args(call, out) -> dict:
+    """Tensors and integers of one step launch, by parameter name."""
+    a = dict(state=call.state, x=call.x, dt=call.dt, A=call.A, B=call.B, C=call.C, D=call.D,
+             z=call.z, dbias=call.dt_bias, out=out, idx=call.indices, P=call.headdim,
+             hpg=call.heads // call.groups, pool=call.state.shape[0], s_ob=out.stride(0),
+             s_oh=out.stride(1))
+    for pre, t in (("s_s", call.state), ("s_x", call.x), ("s_t", call.dt), ("s_z", call.z)):
+        if t is not None:
+            a.update({pre + "b": t.stride(0), pre + "h": t.stride(1), pre + "p": t.stride(2)})
+    a.update(s_ah=call.A.stride(0), s_ap=call.A.stride(1), s_an=call.A.stride(2))
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        a.update({f"s_{X}b": t.stride(0), f"s_{X}g": t.stride(1), f"s_{X}n": t.stride(2)})
+        if t.dim() == 4:
+            a[f"s_{X}i"] = t.stride(3)
+    return a
+
+
+def step_out(call):
+    return new((call.batch, call.heads, call.headdim), call.x.dtype, call.x.device)

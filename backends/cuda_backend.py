@@ -107,15 +107,20 @@ def _lpc_for(spec: ScanSpec, K: int) -> int:
 
 
 def default_config(spec: ScanSpec) -> ScanConfig:
-    """Forward: 4 states per thread up to d_state 32, else 8, and enough threads for 32 channels
-    per block (B/C tiles are shared by a block's channels, so few channels per block re-read
+    """Forward: 4 states per thread up to d_state 32, else 8 (16 past 256: at most 32 lanes per
+    channel), and enough threads for 32 channels per block (B/C tiles are shared by a block's channels, so few channels per block re-read
     them). Backward: 4 states per thread (2 for complex A: its sub-tile keeps twice the
     registers), sub-tiles of 8 steps, 16 channels per block where registers and shared memory
     allow, else the first smaller block / sub-tile that fits. Tiles of 32 steps.
     Shape-specific choices (more lanes per channel when batch * dim is small) are the tuner's."""
     lpc = _lpc_for(spec, 4 if spec.d_state <= 32 else 8)
     tl = min(32, spec.chunk_len)
-    fwd = KernelConfig(threads=min(512, max(128, 32 * lpc)), lpc=lpc, tl=tl, tb=8)
+    # past 8 states per thread (d_state > 256) 512 threads would cap registers at 128: spills
+    K = states_per_thread(spec, KernelConfig(lpc=lpc))
+    threads = min(512 if K <= 8 else 256, max(128, 32 * lpc))
+    # the forward prefetches a B/C tile in registers, NP * tl / threads values each: keep <= 16
+    ftl = min(tl, max(4, 1 << (16 * threads // (K * lpc)).bit_length() - 1))
+    fwd = KernelConfig(threads=threads, lpc=lpc, tl=ftl, tb=8)
     return ScanConfig(fwd, _default_bwd(spec) or KernelConfig(threads=64, lpc=lpc, tl=tl, tb=1))
 
 
@@ -189,6 +194,7 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
         if var:
             arrays += [(f"S_{X}{p}", g["TL"] * g["NP"]) for p in parts]
+    arrays += [("S_RST", g["TL"]), ("S_END", g["TL"])] if spec.varlen else []
     if kind == "bwd":
         arrays += [(f"S_HS{p}", spec.chunk_len // g["TB"] * g["THREADS"] * g["K"]) for p in parts]
         for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
@@ -217,16 +223,20 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
     ins = [(io, "u"), (io, "delta"), (f32, "A"), (bc("B"), "B"), (bc("C"), "C")]
     ins += [(t, n) for t, n, on in ((f32, "D", spec.has_D), (io, "z", spec.has_z),
                                     (f32, "dbias", spec.has_delta_bias)) if on]
+    ins += [("int", "info")] if spec.varlen else []
+    if kind == "fwd":
+        ins += [(f32, "init")] if spec.has_initial_state else []
+    else:
+        ins += [(f32, "ckpt"), (io, "dout")] + ([(f32, "dlast")] if spec.return_last_state else [])
     p = [(f"const {t}* __restrict__", n) for t, n in ins]
     if kind == "fwd":
         outs = [(io, "out"), (f32, "ckpt")] + ([(f32, "last")] if spec.return_last_state else [])
-        p += [(f"{t}* __restrict__", n) for t, n in outs]
     else:
-        p += [("const float* __restrict__", "ckpt"), ("const io_t* __restrict__", "dout")]
         outs = [(io, "du"), (io, "ddelta")] + ([(io, "dz")] if spec.has_z else [])
         outs += [(f32, "dB"), (f32, "dC"), (f32, "dA")]
-        outs += [(f32, n) for n, on in (("dD", spec.has_D), ("ddbias", spec.has_delta_bias)) if on]
-        p += [(f"{t}* __restrict__", n) for t, n in outs]
+        outs += [(f32, n) for n, on in (("dD", spec.has_D), ("ddbias", spec.has_delta_bias),
+                                        ("dinit", spec.has_initial_state)) if on]
+    p += [(f"{t}* __restrict__", n) for t, n in outs]
     ints = ["dim", "L", "n_chunks", "dseg", "bps", "s_ub", "s_ud", "s_db", "s_dd"]
     ints += ["s_zb", "s_zd"] if spec.has_z else []
     for X in ("B", "C"):
@@ -253,6 +263,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
         variable={"B": spec.is_variable_B, "C": spec.is_variable_C}, has_D=spec.has_D,
         has_z=spec.has_z, has_delta_bias=spec.has_delta_bias,
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
+        has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         smem=offsets, **geometry(spec, k))
 
 
@@ -328,7 +339,8 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> 
 
 def _inputs(call: Call) -> dict:
     return dict(u=call.u, delta=call.delta, A=_as_real(call.A), B=_as_real(call.B),
-                C=_as_real(call.C), D=call.D, z=call.z, dbias=call.delta_bias)
+                C=_as_real(call.C), D=call.D, z=call.z, dbias=call.delta_bias,
+                info=buffers.varlen_info(call), init=buffers.initial_state(call))
 
 
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
@@ -340,8 +352,10 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
-def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
-    """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
+def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
+             dlast=None) -> dict:
+    """Gradients of every input in canonical form (B/C variable in canonical real layout);
+    dlast: the last state's gradient (None: zero)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     g = buffers.grad_buffers(call)
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
@@ -351,6 +365,70 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
             extra.update({f"ds_{X}b": dX.stride(0), f"ds_{X}g": dX.stride(1),
                           f"ds_{X}n": dX.stride(2)})
     t = _inputs(call)
-    t.update(ckpt=ckpt, dout=dout, **{n: v for n, v in g.items() if v is not None})
+    t.update(ckpt=ckpt, dout=dout, dlast=buffers.dlast(call, dlast),
+             **{n: v for n, v in g.items() if v is not None})
     _run(call, cfg.bwd, "bwd", t, extra)
     return buffers.finish_grads(call, g)
+
+
+# -- the decode step ---------------------------------------------------------------------------
+STEP_TEMPLATES = ("cuda/step.cu.jinja", "cuda/common.cuh.jinja")
+_STEP_TYPES = {"f32": "float", "i64": "long long", "io": "io_t"}
+
+
+def default_step_config(spec: ScanSpec) -> KernelConfig:
+    """All of a channel's states in one pass of its lanes (up to 32 lanes; K = 1 below d_state
+    33), 128 threads: a warp reads whole state rows, and enough blocks fill the GPU at decoding
+    batch sizes."""
+    lpc = min(32, 1 << max(0, (spec.d_state - 1).bit_length()))
+    return KernelConfig(threads=max(128, lpc), lpc=lpc)
+
+
+def step_candidates(spec: ScanSpec, headdim: int) -> list:
+    grid = [KernelConfig(threads=t, lpc=p) for t in (64, 128, 256, 512)
+            for p in (4, 8, 16, 32) if p <= max(4, 1 << (spec.d_state - 1).bit_length())
+            and t // p <= max(1, 1 << (headdim - 1).bit_length())]
+    default = default_step_config(spec)
+    return [default] + [k for k in grid if k != default]
+
+
+def check_step(spec: ScanSpec, k: KernelConfig) -> None:
+    for name, lo, hi in (("threads", 32, 1024), ("lpc", 1, 32)):
+        v = getattr(k, name)
+        if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
+            raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+    if k.lpc > k.threads:
+        raise ValueError(f"config.lpc={k.lpc} exceeds threads={k.threads}")
+
+
+def step_kernel_name(spec: ScanSpec, k: KernelConfig) -> str:
+    return f"ssmgen_cuda_step_{spec.short_name().rsplit('_c', 1)[0]}__t{k.threads}_p{k.lpc}"
+
+
+@functools.lru_cache(maxsize=None)
+def render_step(spec: ScanSpec, k: KernelConfig) -> str:
+    params = [f"{'const ' if n not in ('state', 'out') else ''}{_STEP_TYPES[kind]}* __restrict__ {n}"
+              if kind != "int" else f"const long long {n}" for n, kind in buffers.step_params(spec)]
+    return render.render("cuda/step.cu.jinja", spec_key=spec.key(), config_desc=repr(k),
+                         kernel_name=step_kernel_name(spec, k), params=params, N=spec.d_state,
+                         K=states_per_thread(spec, k), LPC=k.lpc, CPB=k.threads // k.lpc,
+                         THREADS=k.threads, io=_IO[spec.dtype], complex_A=spec.complex_A,
+                         has_D=spec.has_D, has_z=spec.has_z,
+                         has_delta_bias=spec.has_delta_bias, delta_softplus=spec.delta_softplus,
+                         has_state_indices=spec.has_state_indices, reverse=False)
+
+
+def step(call, k: KernelConfig) -> torch.Tensor:
+    """One decode step in place on call.state; returns out (batch, heads, headdim)."""
+    if call.batch > MAX_GRID_Y or call.heads > MAX_GRID_Y:
+        raise ValueError(f"x: batch={call.batch} and heads={call.heads} must be <= {MAX_GRID_Y}")
+    spec = call.spec
+    out = buffers.step_out(call)
+    a = buffers.step_args(call, out)
+    dev = call.x.device.index or 0
+    fn = cuda_runtime.function(step_kernel_name(spec, k), render_step(spec, k), dev, 0)
+    args = [a[n].data_ptr() if kind != "int" else int(a[n])
+            for n, kind in buffers.step_params(spec)]
+    grid = (-(-call.headdim // (k.threads // k.lpc)), call.batch, call.heads)
+    cuda_runtime.launch(fn, grid, k.threads, 0, args, dev)
+    return out

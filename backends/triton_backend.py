@@ -75,6 +75,9 @@ def default_config(spec: ScanSpec) -> ScanConfig:
     the tile should hold about 2048 fp32 elements per 64 threads (1024 for complex A)."""
     NP = padded_state(spec)
     bl = min(spec.chunk_len, 64 if NP <= 32 else 32)
+    kx = 2 if spec.complex_A else 1
+    while NP * bl * kx > MAX_TILE_PER_THREAD * 256 and bl > 2:  # d_state > 256: 8 warps, <= 64
+        bl //= 2
     warps = 2 if NP * bl <= 2048 else min(8, NP * bl // 1024)
     budget = (1024 if spec.complex_A else 2048) * (warps // 2)
     k = KernelConfig(block_d=max(1, min(16, budget // (NP * bl))), block_l=bl, num_warps=warps)
@@ -130,13 +133,17 @@ def kernel_params(spec: ScanSpec, kind: str) -> list:
     a = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dbias_ptr", spec.has_delta_bias)) if on]
+    a += ["info_ptr"] if spec.varlen else []
     if kind == "fwd":
+        a += ["init_ptr"] if spec.has_initial_state else []
         a += ["out_ptr", "ckpt_ptr"] + (["last_ptr"] if spec.return_last_state else [])
     else:
-        a += ["ckpt_ptr", "dout_ptr", "scratch_ptr", "du_ptr", "ddelta_ptr"]
+        a += ["ckpt_ptr", "dout_ptr"] + (["dlast_ptr"] if spec.return_last_state else [])
+        a += ["scratch_ptr", "du_ptr", "ddelta_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
         a += ["dB_ptr", "dC_ptr", "dA_ptr"]
-        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddbias_ptr", spec.has_delta_bias)) if on]
+        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddbias_ptr", spec.has_delta_bias),
+                              ("dinit_ptr", spec.has_initial_state)) if on]
     a += ["dim", "L", "n_chunks"]
     a += ["s_ub", "s_ud", "s_db", "s_dd"] + (["s_zb", "s_zd"] if spec.has_z else [])
     for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
@@ -154,6 +161,8 @@ def kernel_params(spec: ScanSpec, kind: str) -> list:
     def typ(n):
         if not n.endswith("_ptr"):
             return "i32"
+        if n == "info_ptr":
+            return "*i32"
         return io if n in _IO_PTRS or variable.get(n) else "*fp32"
 
     return [(n, typ(n)) for n in a] + [(n, "constexpr") for n in constexprs]
@@ -176,7 +185,8 @@ def context(spec: ScanSpec, cfg: KernelConfig, kind: str) -> dict:
         blocks_per_chunk=spec.chunk_len // cfg.block_l, complex_A=spec.complex_A,
         B_variable=spec.is_variable_B, C_variable=spec.is_variable_C, has_D=spec.has_D,
         has_z=spec.has_z, has_delta_bias=spec.has_delta_bias, delta_softplus=spec.delta_softplus,
-        return_last_state=spec.return_last_state,
+        return_last_state=spec.return_last_state, has_initial_state=spec.has_initial_state,
+        reverse=spec.reverse, varlen=spec.varlen,
     )
 
 
@@ -218,6 +228,8 @@ def _common_args(call: Call, kind: str, cfg: KernelConfig) -> dict:
              s_db=call.delta.stride(0), s_dd=call.delta.stride(1))
     if call.z is not None:
         a.update(s_zb=call.z.stride(0), s_zd=call.z.stride(1))
+    if call.spec.varlen:
+        a["info_ptr"] = buffers.varlen_info(call)
     a.update(_bc_launch_args(call, "B", kind, cfg.block_d))
     a.update(_bc_launch_args(call, "C", kind, cfg.block_d))
     return a
@@ -258,14 +270,16 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     args = _common_args(call, "fwd", cfg.fwd)
     args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
-                SAVE_CKPT=save_ckpt)
+                SAVE_CKPT=save_ckpt, init_ptr=buffers.initial_state(call))
     grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
     _launch(call.spec, cfg.fwd, "fwd", args, grid)
     return out, buffers.finish_last(call, last), ckpt
 
 
-def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor) -> dict:
-    """Gradients of every input in canonical form (B/C variable in canonical real layout)."""
+def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
+             dlast=None) -> dict:
+    """Gradients of every input in canonical form (B/C variable in canonical real layout);
+    dlast: the last state's gradient (None: zero)."""
     spec, k = call.spec, cfg.bwd
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     grid = (triton.cdiv(call.dim, k.block_d), call.batch)
@@ -276,7 +290,77 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     g = buffers.grad_buffers(call)
     args = _common_args(call, "bwd", k)
     args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch,
+                dlast_ptr=buffers.dlast(call, dlast),
                 n_chunks=buffers.n_chunks(call), s_gb=dout.stride(0), s_gd=dout.stride(1),
                 **{f"{n}_ptr": v for n, v in g.items()})
     _launch(spec, k, "bwd", args, grid)
     return buffers.finish_grads(call, g)
+
+
+# -- the decode step ---------------------------------------------------------------------------
+STEP_TEMPLATES = ("triton/step.py.jinja",)
+_STEP_TYPES = {"f32": "*fp32", "i64": "*i64", "int": "i32"}
+
+
+def default_step_config(spec: ScanSpec) -> KernelConfig:
+    """mamba-ssm's hand-picked table (its step sits at the byte floor): about 512 states per
+    program at 4 warps, 8 warps past d_state 128."""
+    NP = padded_state(spec)
+    return KernelConfig(block_d=max(1, min(32, 512 // NP)), block_l=2,
+                        num_warps=4 if NP <= 128 else 8)
+
+
+def step_candidates(spec: ScanSpec, headdim: int) -> list:
+    NP = padded_state(spec)
+    grid = [KernelConfig(block_d=bd, block_l=2, num_warps=w)
+            for bd in (1, 2, 4, 8, 16, 32, 64) for w in (1, 2, 4, 8)
+            if bd <= triton.next_power_of_2(headdim) and 32 * w <= max(32, bd * NP)
+            and bd * NP * (2 if spec.complex_A else 1) <= 64 * 32 * w]
+    default = default_step_config(spec)
+    return [default] + [k for k in grid if k != default]
+
+
+def check_step(spec: ScanSpec, k: KernelConfig) -> None:
+    for name in ("block_d", "num_warps"):
+        v = getattr(k, name)
+        if not isinstance(v, int) or v < 1 or v & (v - 1):
+            raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+    if k.block_d * padded_state(spec) * (2 if spec.complex_A else 1) > 64 * 32 * k.num_warps:
+        raise ValueError(f"config: block_d={k.block_d} x d_state={padded_state(spec)} is more "
+                         f"than 64 fp32 values per thread at num_warps={k.num_warps}")
+
+
+def step_kernel_name(spec: ScanSpec, k: KernelConfig) -> str:
+    return f"ssmgen_step_{spec.short_name().rsplit('_c', 1)[0]}__d{k.block_d}_w{k.num_warps}"
+
+
+def render_step(spec: ScanSpec, k: KernelConfig) -> str:
+    io = "*" + _TRITON_DTYPE[spec.dtype]
+    params = buffers.step_params(spec)
+    args = [n + "_ptr" if kind != "int" else n for n, kind in params]
+    return render.render("triton/step.py.jinja", spec_key=spec.key(), config_desc=repr(k),
+                         kernel_name=step_kernel_name(spec, k), args=args, N=spec.d_state,
+                         NP=padded_state(spec), K=2 if spec.complex_A else 1,
+                         block_d=k.block_d, complex_A=spec.complex_A, has_D=spec.has_D,
+                         has_z=spec.has_z, has_delta_bias=spec.has_delta_bias,
+                         delta_softplus=spec.delta_softplus,
+                         has_state_indices=spec.has_state_indices), [
+        (a, io if kind == "io" else _STEP_TYPES[kind]) for a, (_, kind) in zip(args, params)]
+
+
+@functools.lru_cache(maxsize=None)
+def step_kernel(spec: ScanSpec, k: KernelConfig):
+    name = step_kernel_name(spec, k)
+    return getattr(render.load_module("triton", name, render_step(spec, k)[0]), name)
+
+
+def step(call, k: KernelConfig) -> torch.Tensor:
+    """One decode step in place on call.state; returns out (batch, heads, headdim)."""
+    if call.batch > MAX_GRID_Y:
+        raise ValueError(f"x: batch={call.batch} exceeds {MAX_GRID_Y} rows per step call")
+    out = buffers.step_out(call)
+    a = buffers.step_args(call, out)
+    fn = step_kernel(call.spec, k)
+    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
+    fn[grid](*[a[n] for n, _ in buffers.step_params(call.spec)], num_warps=k.num_warps)
+    return out

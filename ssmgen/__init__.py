@@ -2,6 +2,7 @@
 from .spec import MAX_D_STATE, ScanSpec
 from . import reference
 from .ops import selective_scan
+from .step import selective_state_update
 
 
 def tune(*args, **kwargs):
@@ -13,4 +14,5 @@ def tune(*args, **kwargs):
 
 
 __version__ = "0.1.0"
-__all__ = ["ScanSpec", "MAX_D_STATE", "reference", "selective_scan", "tune", "__version__"]
+__all__ = ["ScanSpec", "MAX_D_STATE", "reference", "selective_scan", "selective_state_update",
+           "tune", "__version__"]

@@ -24,8 +24,11 @@ L2_FLUSH_BYTES = 256 * 2**20
 
 
 def tuning_key(spec) -> str:
-    """The spec's key with chunk_len left out: the tuner chooses chunk_len."""
-    return spec.replace(chunk_len=DEFAULT_CHUNK_LEN).key()
+    """The spec's key with chunk_len left out (the tuner chooses it), and the fields that change
+    neither the kernels' work nor their resources (direction, a start state): a reverse scan
+    runs with the forward scan's record."""
+    return spec.replace(chunk_len=DEFAULT_CHUNK_LEN, reverse=False,
+                        has_initial_state=False).key()
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,10 +68,16 @@ class _Proxy:
     """Batch 1, the full dim, a sequence long enough to cross every candidate chunk boundary:
     the candidate's output and every gradient must match the float64 reference here."""
 
-    def __init__(self, inputs, delta_softplus, max_chunk):
+    def __init__(self, inputs, delta_softplus, max_chunk, variants):
         u = inputs[0]
         L = min(u.shape[-1], 2 * max_chunk + 37)
         cplx = inputs[2].is_complex()
+        v = dict(variants)
+        if v.get("initial_state") is not None:
+            v["initial_state"] = v["initial_state"][:1]
+        if v.get("cu_seqlens") is not None:  # the boundaries inside the cut, and its end
+            cu = v["cu_seqlens"]
+            v["cu_seqlens"] = torch.cat([cu[cu < L], cu.new_tensor([L])])
 
         def cut(t, name):
             if t is None:
@@ -82,7 +91,7 @@ class _Proxy:
 
         names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
         self.x = [cut(t, n) for t, n in zip(inputs, names)]
-        self.kw = dict(delta_softplus=delta_softplus, return_last_state=True)
+        self.kw = dict(delta_softplus=delta_softplus, return_last_state=True, **v)
         with torch.enable_grad():
             self._reference(u)
 
@@ -130,20 +139,22 @@ def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
     return fwd[:max_fwd], bwd[:max_bwd]
 
 
-def tune(inputs, delta_softplus=True, backend: str = "triton", *, timer=None, max_fwd=12,
-         max_bwd=16, budget_s=None, device=None, save=True, progress=None) -> dict:
-    """Tunes one problem (the tensors of a call); returns the record (saved unless save=False).
+def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None, timer=None,
+         max_fwd=12, max_bwd=16, budget_s=None, device=None, save=True, progress=None) -> dict:
+    """Tunes one problem (the tensors of a call; variants: initial_state / cu_seqlens / reverse
+    as in selective_scan); returns the record (saved unless save=False).
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
     mod = backends.get(backend)
     timer = timer or cuda_event_timer
     t_start = time.perf_counter()
-    call = normalize(*inputs, delta_softplus=delta_softplus)
+    variants = {k: v for k, v in (variants or {}).items() if v is not None}
+    call = normalize(*inputs, delta_softplus=delta_softplus, **variants)
     spec = call.spec
     default = mod.default_config(spec)
     fwd, bwd = plan(mod, spec, call.dim, call.seqlen, max_fwd, max_bwd)
-    proxy = _Proxy(inputs, delta_softplus, max(c for c, _ in bwd))
+    proxy = _Proxy(inputs, delta_softplus, max(c for c, _ in bwd), variants)
     dout = torch.randn_like(call.u)
     total, done, rows = len(fwd) + len(bwd), 0, []
 
@@ -277,6 +288,101 @@ def _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs) -
     cfg = dict(rec["config"])
     chunk = cfg.pop("chunk_len")
     return f"{how}|{chunk}|{type(mod.default_config(spec)).from_dict(cfg).encode()}"
+
+
+# -- the decode step --------------------------------------------------------------------------
+def step_key(spec) -> str:
+    return "step-" + spec.replace(chunk_len=DEFAULT_CHUNK_LEN).key()
+
+
+@functools.lru_cache(maxsize=None)
+def step_template_hash(backend: str) -> str:
+    return render.template_hash(*backends.get(backend).STEP_TEMPLATES)
+
+
+def _step_bucket(call) -> dict:
+    return tunecache.bucket(call.batch, call.heads * call.headdim, 1)
+
+
+def choose_step(call, backend: str):
+    """The step's KernelConfig: the cached record for this GPU, spec and shape class, else the
+    backend's default (memoized like the scan's lookup)."""
+    mod = backends.get(backend)
+    if call.x.device.type != "cuda":
+        return mod.default_step_config(call.spec)
+    b = _step_bucket(call)
+    found = _cached_step(backend, call.spec.to_json(), call.x.device.index or 0, b["rows"])
+    return mod.KernelConfig(**found) if found is not None else mod.default_step_config(call.spec)
+
+
+def _cached_step(backend, spec_json, device_index, rows):
+    from . import device as dev
+    from .spec import ScanSpec
+
+    recs = tunecache.all_records()
+    key = ("step", backend, spec_json, device_index, rows)
+    hit = _choices.get(key)
+    if hit is not None and hit[0] is recs:
+        return hit[1]
+    spec = ScanSpec.from_json(spec_json)
+    rec, _ = tunecache.lookup(dev.info(device_index)["name"], backend, step_template_hash(backend),
+                              step_key(spec), {"seqlen": 1, "rows": rows}, recs)
+    found = None if rec is None else dict(rec["config"]["step"])
+    _choices[key] = (recs, found)
+    return found
+
+
+def tune_step(args, backend: str = "cuda", *, timer=None, device=None, save=True) -> dict:
+    """Tunes the decode step for one problem: args = the arguments of
+    ssmgen.selective_state_update (state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
+    state_batch_indices). Every candidate runs on a copy of the state (the caller's state is
+    never written), is checked against the float64 reference, then timed."""
+    from . import device as dev
+    from .step import normalize_step, selective_state_update_ref, step_config
+
+    mod = backends.get(backend)
+    timer = timer or cuda_event_timer
+    t0 = time.perf_counter()
+    call = normalize_step(*args)
+    state = args[0]
+    ref_out, ref_rows = selective_state_update_ref(*args)
+    rows = []
+    for k in mod.step_candidates(call.spec, call.headdim):
+        row = {"kind": "step", "config": dataclasses.asdict(k), "ms": None, "error": None}
+        try:
+            work = state.clone()
+            c = normalize_step(work, *args[1:])
+            step_config(mod, c, k, backend)  # validates
+            out = mod.step(c, k)
+            assert_close("step out", out.reshape(ref_out.shape), ref_out, args[1].dtype)
+            idx = args[10]
+            got = work[idx.clamp_min(0).long()] if idx is not None else work
+            keep = (idx >= 0) if idx is not None else slice(None)
+            assert_close("step state", got[keep], ref_rows[keep], torch.float32)
+            row["ms"] = timer(functools.partial(mod.step, c, k))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        rows.append(row)
+    ok = [r for r in rows if r["ms"] is not None]
+    if not ok:
+        raise RuntimeError(f"tune_step: no valid candidate; errors {[r['error'] for r in rows][:3]}")
+    best = min(ok, key=lambda r: r["ms"])
+    default = dataclasses.asdict(mod.default_step_config(call.spec))
+    rec = {
+        "backend": backend, "template_hash": step_template_hash(backend),
+        "spec_key": step_key(call.spec), "spec": call.spec.to_json(),
+        "bucket": _step_bucket(call),
+        "shape": {"batch": call.batch, "heads": call.heads, "headdim": call.headdim},
+        "device": device or dev.info(), "versions": dev.versions(),
+        "date": time.strftime("%Y-%m-%d"), "tune_seconds": round(time.perf_counter() - t0, 1),
+        "config": {"step": best["config"]}, "step_ms": best["ms"],
+        "default": {"config": default,
+                    "step_ms": next((r["ms"] for r in ok if r["config"] == default), None)},
+        "candidates": rows,
+    }
+    if save:
+        tunecache.write_records([rec])
+    return rec
 
 
 class NeedsTuning(Exception):

@@ -7,6 +7,8 @@ and what was expected. The canonical forms are what kernels read:
   B, C variable     (batch, groups, N, L) real; complex as interleaved real (batch, groups, N, 2L)
   B, C constant     (dim, N) float32, or complex64
   D, delta_bias     (dim,) float32
+  initial_state     (batch, dim, N) float32, or complex64
+  cu_seqlens        (num_seqs + 1,) int64, 0 = cu_seqlens[0] <= ... <= cu_seqlens[-1] = L
 """
 from __future__ import annotations
 
@@ -44,6 +46,13 @@ class Call:
     C_squeezed: bool
     B_was_complex: bool  # complex tensor given (not interleaved real): gradient is complex too
     C_was_complex: bool
+    initial_state: Optional[torch.Tensor] = None
+    cu_seqlens: Optional[torch.Tensor] = None
+
+    @property
+    def num_states(self) -> int:
+        """Rows of the last state: one per sequence (varlen) or per batch row."""
+        return self.cu_seqlens.numel() - 1 if self.cu_seqlens is not None else self.batch
 
     def with_chunk_len(self, chunk_len: int) -> "Call":
         """The same call with another checkpoint interval (no re-validation of the tensors)."""
@@ -120,8 +129,47 @@ def _norm_vec(name, x, dim, device):
     return x.float().contiguous()
 
 
+def _norm_initial(h0, batch, dim, N, cplx, device):
+    if h0 is None:
+        return None
+    _check_tensor("initial_state", h0)
+    if tuple(h0.shape) != (batch, dim, N):
+        raise ValueError(f"initial_state must have shape (batch, dim, d_state) = {(batch, dim, N)}, "
+                         f"got {tuple(h0.shape)}")
+    want = torch.complex64 if cplx else torch.float32
+    if h0.dtype != want:
+        raise TypeError(f"initial_state must be {want} (the state's dtype for "
+                        f"{'complex' if cplx else 'real'} A), got {h0.dtype}")
+    if h0.device != device:
+        raise ValueError(f"initial_state is on {h0.device} but u is on {device}")
+    return h0.contiguous()
+
+
+def _norm_cu_seqlens(cu, batch, L, device):
+    if cu is None:
+        return None
+    _check_tensor("cu_seqlens", cu)
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D with num_seqs + 1 >= 2 entries, got shape "
+                         f"{tuple(cu.shape)}")
+    if cu.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu.dtype}")
+    if cu.device != device:
+        raise ValueError(f"cu_seqlens is on {cu.device} but u is on {device}")
+    if batch != 1:
+        raise ValueError(f"cu_seqlens needs packed inputs with batch = 1 (u: (1, dim, total_L)), "
+                         f"got batch={batch}")
+    if not torch.compiler.is_compiling():  # values: one small device-to-host copy
+        v = cu.tolist()
+        if v[0] != 0 or v[-1] != L or any(b < a for a, b in zip(v, v[1:])):
+            raise ValueError(f"cu_seqlens must start at 0, never decrease and end at L={L}; got "
+                             f"{v if len(v) <= 12 else v[:6] + ['...'] + v[-6:]}")
+    return cu.to(torch.int64).contiguous()
+
+
 def normalize(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-              return_last_state=False, chunk_len=None) -> Call:
+              return_last_state=False, chunk_len=None, *, initial_state=None, cu_seqlens=None,
+              reverse=False) -> Call:
     for name, x in (("u", u), ("delta", delta), ("A", A)):
         _check_tensor(name, x)
     if u.dtype not in _DTYPE_NAMES:
@@ -157,13 +205,22 @@ def normalize(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     Cn, c_layout, gC, c_sq, c_cx = _norm_bc("C", C, is_cplx, batch, dim, N, L, u.dtype)
     if not isinstance(delta_softplus, bool) or not isinstance(return_last_state, bool):
         raise TypeError("delta_softplus and return_last_state must be bools")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"reverse must be a bool, got {reverse!r}")
+    h0 = _norm_initial(initial_state, batch, dim, N, is_cplx, device)
+    cu = _norm_cu_seqlens(cu_seqlens, batch, L, device)
+    if h0 is not None and cu is not None:
+        raise ValueError("initial_state with cu_seqlens is not supported: every packed sequence "
+                         "starts from a zero state")
     spec = ScanSpec(d_state=int(N), dtype=_DTYPE_NAMES[u.dtype], complex_A=is_cplx,
                     B_layout=b_layout, C_layout=c_layout, has_D=D is not None,
                     has_z=z is not None, has_delta_bias=delta_bias is not None,
                     delta_softplus=delta_softplus, return_last_state=return_last_state,
-                    chunk_len=DEFAULT_CHUNK_LEN if chunk_len is None else chunk_len)
+                    chunk_len=DEFAULT_CHUNK_LEN if chunk_len is None else chunk_len,
+                    has_initial_state=h0 is not None, reverse=reverse, varlen=cu is not None)
     return Call(spec=spec, u=_last_contig(u), delta=_last_contig(delta), A=A.contiguous(),
                 B=Bn, C=Cn, D=_norm_vec("D", D, dim, device), z=None if z is None else _last_contig(z),
                 delta_bias=_norm_vec("delta_bias", delta_bias, dim, device),
                 batch=batch, dim=dim, seqlen=L, groups_B=gB, groups_C=gC,
-                B_squeezed=b_sq, C_squeezed=c_sq, B_was_complex=b_cx, C_was_complex=c_cx)
+                B_squeezed=b_sq, C_squeezed=c_sq, B_was_complex=b_cx, C_was_complex=c_cx,
+                initial_state=h0, cu_seqlens=cu)

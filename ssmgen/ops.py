@@ -69,7 +69,7 @@ def _backend_config(mod, cfg):
                     f"backend's ScanConfig ({mod.__name__})")
 
 
-def _kernel_config(backend, call, cfg, chunk_len, args):  # args: the call's own, for tune-on-miss
+def _kernel_config(backend, call, cfg, chunk_len, args, variants):  # the call's own, to tune on a miss
     """The config a kernel call runs with, and the call carrying the chunk_len it chose.
     No config given: the tuned record for this GPU, spec and shape bucket (see
     ssmgen.autotune.choose), else the backend's heuristic default."""
@@ -81,7 +81,7 @@ def _kernel_config(backend, call, cfg, chunk_len, args):  # args: the call's own
         try:
             chunk, cfg, _ = autotune.choose(call, backend)
         except autotune.NeedsTuning:
-            rec = autotune.tune(args[:8], args[8], backend)
+            rec = autotune.tune(args[:8], args[8], backend, variants=variants)
             chunk, cfg = rec["config"]["chunk_len"], mod.ScanConfig.from_dict(
                 {k: v for k, v in rec["config"].items() if k != "chunk_len"})
         call = call.with_chunk_len(chunk)
@@ -110,22 +110,25 @@ def _decode(config: str):
 @torch.library.custom_op("ssmgen::scan_fwd", mutates_args=())
 def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-             delta_bias: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
-             chunk_len: int, config: str, save_ckpt: bool) -> List[torch.Tensor]:
+             delta_bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+             cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
+             reverse: bool, chunk_len: int, config: str, save_ckpt: bool) -> List[torch.Tensor]:
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                     chunk_len)
+                     chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                     reverse=reverse)
     mod, cfg = _decode(config)
     out, last, ckpt = mod.forward(call, cfg, save_ckpt)
     return [out, _empty(u.float()) if last is None else last, ckpt]
 
 
 @scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_len, config,
-      save_ckpt):
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+      return_last_state, reverse, chunk_len, config, save_ckpt):
     b, d, L = u.shape
     N = A.shape[1]
     K = (2,) if A.is_complex() else ()
-    last = (u.new_empty((b, d, N), dtype=A.dtype) if return_last_state
+    rows = b if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    last = (u.new_empty((rows, d, N), dtype=A.dtype) if return_last_state
             else u.new_empty(0, dtype=torch.float32))
     nch = -(-L // chunk_len)
     ckpt = u.new_empty((b, d, nch, N) + K if save_ckpt else (1,), dtype=torch.float32)
@@ -135,32 +138,37 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, ch
 @torch.library.custom_op("ssmgen::scan_bwd", mutates_args=())
 def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
              C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-             delta_bias: Optional[torch.Tensor], delta_softplus: bool, chunk_len: int,
-             config: str, ckpt: torch.Tensor, dout: torch.Tensor) -> List[torch.Tensor]:
-    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' own shapes and
-    dtypes; an absent optional input gets an empty tensor."""
-    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False, chunk_len)
+             delta_bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+             cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
+             reverse: bool, chunk_len: int, config: str, ckpt: torch.Tensor, dout: torch.Tensor,
+             dlast: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) in the inputs' own
+    shapes and dtypes; an absent optional input gets an empty tensor. dlast: the last state's
+    gradient (None: zero)."""
+    call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                     chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                     reverse=reverse)
     mod, cfg = _decode(config)
-    g = mod.backward(call, cfg, ckpt, dout)
+    g = mod.backward(call, cfg, ckpt, dout, dlast)
     cplx = call.spec.complex_A
 
     def as_input(grad, x):
-        if grad is None:
+        if x is None or grad is None:
             return _empty(u)
         if cplx and x.is_complex():
             grad = torch.view_as_complex(grad.reshape(x.shape + (2,)))
         return grad.reshape(x.shape).to(x.dtype)
 
     return [as_input(g["du"], u), as_input(g["ddelta"], delta), as_input(g["dA"], A),
-            as_input(g["dB"], B), as_input(g["dC"], C),
-            as_input(g["dD"], D) if D is not None else _empty(u),
-            as_input(g["dz"], z) if z is not None else _empty(u),
-            as_input(g["ddbias"], delta_bias) if delta_bias is not None else _empty(u)]
+            as_input(g["dB"], B), as_input(g["dC"], C), as_input(g["dD"], D),
+            as_input(g["dz"], z), as_input(g["ddbias"], delta_bias),
+            as_input(g["dinit"], initial_state)]
 
 
 @scan_bwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_len, config, ckpt, dout):
-    like = [u, delta, A, B, C, D, z, delta_bias]
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+      return_last_state, reverse, chunk_len, config, ckpt, dout, dlast):
+    like = [u, delta, A, B, C, D, z, delta_bias, initial_state]
     return [torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None
             else u.new_empty(0) for x in like]
 
@@ -169,38 +177,48 @@ class SelectiveScanFn(torch.autograd.Function):
     """Saves the inputs and the chunk checkpoints (never per-timestep states)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                chunk_len, config):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                delta_softplus, return_last_state, reverse, chunk_len, config):
         # checkpoints only when a backward can follow (grad mode is off inside forward itself)
         save = any(isinstance(x, torch.Tensor) and x.requires_grad
-                   for x in (u, delta, A, B, C, D, z, delta_bias))
+                   for x in (u, delta, A, B, C, D, z, delta_bias, initial_state))
         out, last, ckpt = torch.ops.ssmgen.scan_fwd(u, delta, A, B, C, D, z, delta_bias,
-                                                    delta_softplus, return_last_state,
-                                                    chunk_len, config, save)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-        ctx.flags = (delta_softplus, chunk_len, config)
-        ctx.mark_non_differentiable(last)  # the final state's gradient is future work
+                                                    initial_state, cu_seqlens, delta_softplus,
+                                                    return_last_state, reverse, chunk_len,
+                                                    config, save)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                              ckpt)
+        ctx.flags = (delta_softplus, return_last_state, reverse, chunk_len, config)
+        if not return_last_state:
+            ctx.mark_non_differentiable(last)  # an empty placeholder
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
-        softplus, chunk_len, config = ctx.flags
-        g = torch.ops.ssmgen.scan_bwd(u, delta, A, B, C, D, z, delta_bias, softplus, chunk_len,
-                                      config, ckpt, dout)
-        du, ddelta, dA, dB, dC, dD, dz, ddb = g
-        return (du, ddelta, dA, dB, dC, dD if D is not None else None,
-                dz if z is not None else None, ddb if delta_bias is not None else None,
-                None, None, None, None)
+        u, delta, A, B, C, D, z, delta_bias, h0, cu, ckpt = ctx.saved_tensors
+        softplus, ret_last, reverse, chunk_len, config = ctx.flags
+        g = torch.ops.ssmgen.scan_bwd(u, delta, A, B, C, D, z, delta_bias, h0, cu, softplus,
+                                      ret_last, reverse, chunk_len, config, ckpt, dout,
+                                      dlast if ret_last else None)
+        opt = [x if inp is not None else None
+               for x, inp in zip(g[5:], (D, z, delta_bias, h0))]
+        return (*g[:5], *opt, None, None, None, None, None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, *, backend=None, config=None):
+                   return_last_state=False, *, initial_state=None, cu_seqlens=None,
+                   reverse=False, backend=None, config=None):
     """Drop-in for mamba-ssm's selective_scan_fn (same arguments, shapes and returns).
 
     u, delta, z: (batch, dim, L); A: (dim, N) float32 or complex64; B, C: (dim, N),
     (batch, N, L) or (batch, groups, N, L) (complex A: complex tensors, or mamba's interleaved
-    real form (..., 2L)); D, delta_bias: (dim,) float32. Returns out, or (out, last_state).
+    real form (..., 2L)); D, delta_bias: (dim,) float32. Returns out, or (out, last_state);
+    the last state is differentiable (its gradient flows back into every input).
+
+    Beyond mamba-ssm (keyword-only): initial_state (batch, dim, N) float32 / complex64, the state
+    before the first step, with its gradient; cu_seqlens (num_seqs + 1,) int: u is a packed
+    (1, dim, total_L) batch of sequences, each scanned from a zero state, last_state per
+    sequence (num_seqs, dim, N); reverse=True scans from t = L-1 down to 0.
 
     backend: "triton", "cuda", "reference" or None (on CUDA tensors the CUDA backend where
     CuPy and a CUDA compiler are present, else Triton; Triton's interpreter under
@@ -210,19 +228,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     chunk_len, cfg = _split_config(config)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    call = normalize(*args, chunk_len=chunk_len)  # every input check, before any rendering
+    variants = dict(initial_state=initial_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    # every input check, before any rendering
+    call = normalize(*args, chunk_len=chunk_len, **variants)
     name = pick_backend(backend, call.u.device)
     if name == "reference":
-        res = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                 return_last_state)
+        res = selective_scan_ref(*args, **variants)
         if not return_last_state:
             return res.to(u.dtype)
         return res[0].to(u.dtype), res[1].to(A.dtype)
     from ssmgen import backends
 
-    call, cfg = _kernel_config(name, call, cfg, chunk_len, args)
+    call, cfg = _kernel_config(name, call, cfg, chunk_len, args, variants)
     backends.get(name).check_launch(call)
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                      return_last_state, call.spec.chunk_len,
-                                      f"{name}:{cfg.encode()}")
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, call.initial_state,
+                                      call.cu_seqlens, delta_softplus, return_last_state,
+                                      reverse, call.spec.chunk_len, f"{name}:{cfg.encode()}")
     return (out, last) if return_last_state else out

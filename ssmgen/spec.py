@@ -12,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, fields
 
-MAX_D_STATE = 256
+MAX_D_STATE = 512
 DTYPES = ("float32", "float16", "bfloat16")
 DTYPE_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 BC_LAYOUTS = ("constant", "variable")
@@ -29,6 +29,13 @@ class ScanSpec:
     B_layout/C_layout: "constant" = (dim, N) fp32/complex64; "variable" = (batch, groups, N, L).
     has_D, has_z, has_delta_bias, delta_softplus, return_last_state: the options of selective_scan_fn.
     chunk_len:        timesteps between state checkpoints saved for backward (power of two, 16..4096).
+    has_initial_state: the scan starts from a given state (batch, dim, N) instead of zero; its
+                      gradient is returned. (The final state's gradient always flows back.)
+    reverse:          the scan runs from the last timestep to the first (bidirectional models).
+    varlen:           packed sequences (batch 1, boundaries in cu_seqlens): the state resets to
+                      zero at every sequence start; the last state is per sequence.
+    has_state_indices: decode step only: each batch row's state is picked from a pool by index
+                      (mamba-ssm's state_batch_indices).
     """
 
     d_state: int
@@ -42,8 +49,11 @@ class ScanSpec:
     delta_softplus: bool = False
     return_last_state: bool = False
     chunk_len: int = 256
-    # Room for the fields that come next (initial_state, varlen, reverse, scalar A per head,
-    # decode step): add them here with a default, and key() stays the same for old specs.
+    # Fields added later go below with a default, so key() stays the same for older specs.
+    has_initial_state: bool = False
+    reverse: bool = False
+    varlen: bool = False
+    has_state_indices: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -65,7 +75,9 @@ class ScanSpec:
         bits = [f"n{self.d_state}", DTYPE_SHORT[self.dtype], "cplx" if self.complex_A else "real",
                 "B" + self.B_layout[0], "C" + self.C_layout[0]]
         for flag, tag in (("has_D", "D"), ("has_z", "z"), ("has_delta_bias", "db"),
-                          ("delta_softplus", "sp"), ("return_last_state", "last")):
+                          ("delta_softplus", "sp"), ("return_last_state", "last"),
+                          ("has_initial_state", "h0"), ("reverse", "rev"), ("varlen", "vl"),
+                          ("has_state_indices", "idx")):
             if getattr(self, flag):
                 bits.append(tag)
         bits.append(f"c{self.chunk_len}")
@@ -97,12 +109,14 @@ class ScanSpec:
 
     @classmethod
     def from_inputs(cls, u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                    delta_softplus=False, return_last_state=False, chunk_len=None) -> "ScanSpec":
-        """The spec of a `selective_scan` call (validates the tensors too)."""
+                    delta_softplus=False, return_last_state=False, chunk_len=None,
+                    **variants) -> "ScanSpec":
+        """The spec of a `selective_scan` call (validates the tensors too); variants:
+        initial_state, cu_seqlens, reverse as in `selective_scan`."""
         from .inputs import normalize  # local: inputs imports spec
 
         return normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                         return_last_state, chunk_len=chunk_len).spec
+                         return_last_state, chunk_len=chunk_len, **variants).spec
 
 
 def _fmt(v) -> str:
@@ -123,9 +137,12 @@ def _validate(s: ScanSpec) -> None:
     need(s.B_layout in BC_LAYOUTS, f"B_layout must be one of {BC_LAYOUTS}, got {s.B_layout!r}")
     need(s.C_layout in BC_LAYOUTS, f"C_layout must be one of {BC_LAYOUTS}, got {s.C_layout!r}")
     for name in ("complex_A", "has_D", "has_z", "has_delta_bias", "delta_softplus",
-                 "return_last_state"):
+                 "return_last_state", "has_initial_state", "reverse", "varlen",
+                 "has_state_indices"):
         if not isinstance(getattr(s, name), bool):
             raise TypeError(f"ScanSpec: {name} must be a bool, got {getattr(s, name)!r}")
     c = s.chunk_len
     need(isinstance(c, int) and not isinstance(c, bool) and 16 <= c <= 4096 and c & (c - 1) == 0,
          f"chunk_len must be a power of two in 16..4096, got {c!r}")
+    need(not (s.varlen and s.has_initial_state),
+         "varlen with an initial state is not supported (each packed sequence starts from zero)")

@@ -12,13 +12,23 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None, backend: str = "t
     c = {"backend": backend}
     c["dtype"] = draw(st.sampled_from(DTYPES)) if dtype is None else dtype
     c["complex"] = draw(st.booleans()) if cplx is None else cplx
-    c["N"] = draw(st.sampled_from([1, 3, 16, 17, 64, 128, 256] if big else [1, 2, 3, 5, 8]))
+    c["N"] = draw(st.sampled_from([1, 3, 16, 17, 64, 128, 256, 300, 512] if big
+                                  else [1, 2, 3, 5, 8]))
     c["chunk_len"] = draw(st.sampled_from([16, 64, 256] if big else [16, 32]))
     ch = c["chunk_len"]
     # L below, equal to, a multiple of, and not a multiple of chunk_len
     c["L"] = draw(st.one_of(st.integers(1, ch - 1), st.just(ch), st.just(2 * ch),
                             st.integers(ch + 1, (4 if big else 2) * ch + ch // 2)))
     c["batch"] = draw(st.integers(1, 3 if big else 2))
+    # variants: a start state, the scan direction, packed sequences (batch 1; boundaries drawn
+    # anywhere, empty sequences included)
+    c["varlen"] = draw(st.booleans())
+    if c["varlen"]:
+        c["batch"] = 1
+        cuts = draw(st.lists(st.integers(0, c["L"]), min_size=0, max_size=4))
+        c["cu_seqlens"] = [0] + sorted(cuts) + [c["L"]]
+    c["initial_state"] = not c["varlen"] and draw(st.booleans())
+    c["reverse"] = draw(st.booleans())
     c["dim"] = draw(st.integers(1, 48 if big else 6))
     bls = [b for b in ([8, 16, 32, 64] if big else [2, 4, 8, 16]) if b <= ch]
     for kind in ("bwd", "fwd"):  # bwd first: it may shorten chunk_len (CUDA)
@@ -140,6 +150,19 @@ def make_inputs(c: dict, device, seed: int):
     z = _strided((b, d, L), dt, device, nc, gen, _normal) if c["z"] else None
     dbias = (0.1 * torch.rand(d, generator=gen)).to(device) if c["delta_bias"] else None
     return [u, delta, A, bc["B"], bc["C"], D, z, dbias]
+
+
+def make_variants(c: dict, device, seed: int) -> dict:
+    """The keyword arguments of the drawn variant: initial_state, cu_seqlens, reverse."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    v = {"reverse": c.get("reverse", False)}
+    if c.get("initial_state"):
+        sdt = torch.complex64 if c["complex"] else torch.float32
+        v["initial_state"] = _normal(torch.empty(c["batch"], c["dim"], c["N"], dtype=sdt), gen
+                                     ).to(device)
+    if c.get("varlen"):
+        v["cu_seqlens"] = torch.tensor(c["cu_seqlens"], dtype=torch.int32, device=device)
+    return v
 
 
 def config_of(c: dict) -> dict:

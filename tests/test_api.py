@@ -160,11 +160,19 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 
 @pytest.mark.interp
-def test_custom_ops_pass_opcheck():
-    a = good(L=12, N=2)
+@pytest.mark.parametrize("variant", ["plain", "initial_state", "varlen"])
+def test_custom_ops_pass_opcheck(variant):
+    a = good(L=12, N=2, b=1 if variant == "varlen" else 2)
     cfg = triton_backend.ScanConfig.from_dict({"block_l": 4, "block_d": 2}).encode()
     cfg = "triton:" + cfg
-    args = (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], True,
-            True, 16, cfg, True)
-    torch.library.opcheck(torch.ops.ssmgen.scan_fwd, args,
+    h0 = torch.randn(2, 4, 2) if variant == "initial_state" else None
+    cu = torch.tensor([0, 5, 12]) if variant == "varlen" else None
+    ins = (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], h0, cu)
+    fwd_args = ins + (True, True, variant == "plain", 16, cfg, True)
+    torch.library.opcheck(torch.ops.ssmgen.scan_fwd, fwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+    out, last, ckpt = torch.ops.ssmgen.scan_fwd(*fwd_args)
+    bwd_args = ins + (True, True, variant == "plain", 16, cfg, ckpt, torch.randn_like(out),
+                      torch.randn_like(last))
+    torch.library.opcheck(torch.ops.ssmgen.scan_bwd, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))

@@ -1,6 +1,8 @@
-"""Property tests: ssmgen.selective_scan (Triton backend) against the float64 reference.
+"""Property tests: ssmgen.selective_scan (Triton and CUDA backends) against the float64
+reference.
 
-Output, last state and every gradient, over specs and shapes drawn by hypothesis. On a CPU
+Output, last state and every gradient (the last state's too), over specs, variants (initial
+state, reverse, packed sequences) and shapes drawn by hypothesis. On a CPU
 machine the kernels run through Triton's interpreter (`interp` tests, small shapes); the `gpu`
 tests run the same property on CUDA tensors with larger shapes.
 """
@@ -10,7 +12,7 @@ from hypothesis import given, seed, strategies as st
 
 import ssmgen
 from ssmgen.reference import selective_scan_ref
-from cases import config_of, make_inputs, scan_cases
+from cases import config_of, make_inputs, make_variants, scan_cases
 from ssmgen.numerics import assert_close
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
@@ -24,29 +26,43 @@ def poison(monkeypatch):
 
 def check_case(c: dict, device: str, seed_: int):
     inputs = make_inputs(c, device, seed_)
-    kw = dict(delta_softplus=c["delta_softplus"], return_last_state=c["return_last_state"])
-    leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
-    res = ssmgen.selective_scan(*leaves, **kw, backend=c.get("backend", "triton"),
-                                config=config_of(c))
-    ref_leaves = [x.detach().clone().requires_grad_(True) if x is not None else None
-                  for x in inputs]
-    ref = selective_scan_ref(*ref_leaves, **kw)
+    variants = make_variants(c, device, seed_)
+    h0 = variants.pop("initial_state", None)
+    kw = dict(delta_softplus=c["delta_softplus"], return_last_state=c["return_last_state"],
+              **variants)
+    names = NAMES + ["initial_state"]
+    inputs = inputs + [h0]
+
+    def leaves_of():
+        return [x.detach().clone().requires_grad_(True) if x is not None else None
+                for x in inputs]
+
+    leaves, ref_leaves = leaves_of(), leaves_of()
+    res = ssmgen.selective_scan(*leaves[:8], initial_state=leaves[8], **kw,
+                                backend=c.get("backend", "triton"), config=config_of(c))
+    ref = selective_scan_ref(*ref_leaves[:8], initial_state=ref_leaves[8], **kw)
     out, last = res if c["return_last_state"] else (res, None)
     rout, rlast = ref if c["return_last_state"] else (ref, None)
     assert out.dtype == inputs[0].dtype and out.shape == inputs[0].shape
     dt = c["dtype"]
     assert_close("out", out, rout, dt)
+    gen = torch.Generator().manual_seed(seed_ + 1)
+    outs, routs = [out], [rout]
+    grads_out = [torch.randn(out.shape, generator=gen).to(device=device, dtype=dt)]
     if last is not None:
         assert last.dtype == (torch.complex64 if c["complex"] else torch.float32)
         assert_close("last_state", last, rlast, dt)
-    gen = torch.Generator().manual_seed(seed_ + 1)
-    dout = torch.randn(out.shape, generator=gen).to(device=device, dtype=dt)
+        # the last state is differentiable: its gradient flows back into every input
+        outs.append(last)
+        routs.append(rlast)
+        grads_out.append(torch.randn(last.shape, dtype=last.dtype, generator=gen).to(device))
     want = [i for i, x in enumerate(leaves) if x is not None]
-    grads = torch.autograd.grad(out, [leaves[i] for i in want], dout)
-    rgrads = torch.autograd.grad(rout, [ref_leaves[i] for i in want], dout.double())
+    grads = torch.autograd.grad(outs, [leaves[i] for i in want], grads_out)
+    rgrads = torch.autograd.grad(routs, [ref_leaves[i] for i in want],
+                                 [g.to(r.dtype) for g, r in zip(grads_out, routs)])
     for i, g, r in zip(want, grads, rgrads):
-        assert g.dtype == inputs[i].dtype, f"d{NAMES[i]}: dtype {g.dtype} != {inputs[i].dtype}"
-        assert_close("d" + NAMES[i], g, r, dt)
+        assert g.dtype == inputs[i].dtype, f"d{names[i]}: dtype {g.dtype} != {inputs[i].dtype}"
+        assert_close("d" + names[i], g, r, dt)
 
 
 @pytest.mark.interp
