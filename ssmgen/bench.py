@@ -131,6 +131,140 @@ def _peer():
         return None
 
 
+def _peer_step():
+    """mamba-ssm's Triton selective_state_update: from an installed mamba_ssm, else from the
+    sdist tree named by SSMGEN_PEER_SRC (its Triton file needs no build; the package's own
+    __init__, which imports the CUDA extension, is bypassed)."""
+    try:
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        return selective_state_update
+    except ImportError:
+        pass
+    src = os.environ.get("SSMGEN_PEER_SRC")
+    if not src:
+        return None
+    import importlib
+    import sys
+    import types
+
+    for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+        del sys.modules[name]
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__ = [os.path.join(src, "mamba_ssm")]
+    sys.modules["mamba_ssm"] = pkg
+    try:
+        import einops  # noqa: F401  (the peer's reference needs it; the kernel does not)
+    except ImportError:
+        sys.modules["einops"] = types.ModuleType("einops")
+        sys.modules["einops"].rearrange = sys.modules["einops"].repeat = None
+    mod = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
+    return mod.selective_state_update
+
+
+def step_floor_ms(s: dict, copy_bw: float) -> float:
+    """Bytes of one decode step over the copy bandwidth: the fp32 state read and written;
+    x, dt, z read and out written; B, C, A, D, dt_bias read."""
+    b, d, N, e = s["batch"], s["dim"], s["d_state"], ESIZE[s["dtype"]]
+    byts = 2 * b * d * N * 4 + 4 * b * d * e + 2 * b * N * e + d * N * 4 + 2 * d * 4
+    return byts / copy_bw * 1e3
+
+
+def step_inputs(s: dict, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b, d, N = s["batch"], s["dim"], s["d_state"]
+    dt_ = getattr(torch, s["dtype"])
+
+    def rn(*shape, dtype=dt_):
+        return torch.randn(*shape, generator=g, device="cuda").to(dtype)
+
+    state = rn(b, d, N, dtype=torch.float32)
+    x, z = rn(b, d), rn(b, d)
+    dt = (0.5 * torch.rand(b, d, generator=g, device="cuda")).to(dt_)
+    A = -0.5 * torch.rand(d, N, generator=g, device="cuda")
+    return [state, x, dt, A, rn(b, N), rn(b, N), rn(d, dtype=torch.float32), z,
+            0.1 * torch.rand(d, generator=g, device="cuda")]
+
+
+def _time_eager(fn, calls=200, reps=7) -> float:
+    """ms per call of `calls` back-to-back calls from Python (what an eager loop pays)."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t) * 1e3 / calls)
+    return sorted(ts)[len(ts) // 2]
+
+
+def _time_graph(fn, steps=10, replays=50, reps=7) -> float:
+    """ms per step of a CUDA graph of `steps` steps, replayed."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(replays):
+            graph.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) / (replays * steps))
+    return sorted(ts)[len(ts) // 2]
+
+
+def run_step(s: dict, peer_step, backends=("triton", "cuda"), copy_bw=None) -> dict:
+    """One decode-step shape: each ssmgen backend and mamba-ssm's Triton step, eager from
+    Python and replayed in a CUDA graph; outputs compared with the first implementation."""
+    import ssmgen
+
+    x = step_inputs(s)
+    row = {"name": s["name"], "kind": "step"}
+    fns = {be: (lambda be=be, st=x[0].clone(): ssmgen.selective_state_update(
+        st, *x[1:], dt_softplus=True, backend=be)) for be in backends}
+    if peer_step is not None:
+        st = x[0].clone()
+        fns["peer"] = lambda: peer_step(st, *x[1:4], *x[4:6], D=x[6], z=x[7], dt_bias=x[8],
+                                        dt_softplus=True)
+    outs = {}
+    for name, fn in fns.items():
+        outs[name] = fn().float()
+        row[f"{name}_eager_ms"] = _time_eager(fn)
+        row[f"{name}_graph_ms"] = _time_graph(fn)
+    first = next(iter(outs.values()))
+    for name, o in outs.items():
+        row[f"{name}_maxdiff"] = (o - first).abs().max().item()
+    if copy_bw:
+        row["floor_ms"] = step_floor_ms(s, copy_bw)
+    return row
+
+
+def step_table(rows) -> str:
+    lines = ["", "## Decode step (ms per step)", "",
+             "| shape | impl | eager (Python loop) | CUDA graph | floor | floor/graph |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        for im in [k[:-9] for k in r if k.endswith("_eager_ms")]:
+            g = r[f"{im}_graph_ms"]
+            lines.append(f"| {r['name']} | {'mamba-ssm triton' if im == 'peer' else im} | "
+                         f"{r[f'{im}_eager_ms']:.4f} | {g:.4f} | {r.get('floor_ms', 0):.4f} | "
+                         f"{r.get('floor_ms', 0) / g:.2f} |")
+    return "\n".join(lines)
+
+
 def main(suite_path=None, out_root="benchmarks/results", shapes=None,
          backends=("triton", "cuda")) -> int:
     from ssmgen import suite
@@ -151,6 +285,13 @@ def main(suite_path=None, out_root="benchmarks/results", shapes=None,
         r["floor"] = floor_ms(s, copy_bw, exp_rate)
         rows.append(r)
         print(json.dumps(r), flush=True)
+    step_rows = []
+    peer_step = _peer_step()
+    for s in suite.load(suite_path).get("step", []):
+        if shapes and s["name"] not in shapes.split(","):
+            continue
+        step_rows.append(run_step(s, peer_step, backends, copy_bw))
+        print(json.dumps(step_rows[-1]), flush=True)
     info = dev.info()
     meta = {"device": info, "ssmgen": __version__, "torch": torch.__version__,
             "copy_TBps": copy_bw / 1e12, "exp2_Tps": exp_rate / 1e12,
@@ -158,9 +299,10 @@ def main(suite_path=None, out_root="benchmarks/results", shapes=None,
             "date": time.strftime("%Y-%m-%d")}
     out = os.path.join(out_root, info["name"].replace(" ", "_"))
     os.makedirs(out, exist_ok=True)
+    meta["peer_step"] = "mamba-ssm Triton selective_state_update" if peer_step else None
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    text = table(meta, rows)
+        json.dump({"meta": meta, "rows": rows, "step_rows": step_rows}, f, indent=1)
+    text = table(meta, rows) + (step_table(step_rows) if step_rows else "")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
     plot(rows, os.path.join(out, "results.png"))
