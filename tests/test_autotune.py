@@ -251,7 +251,12 @@ def test_shipped_records_load_and_are_found(monkeypatch):
         recs = tunecache.all_records()
     h100 = [r for r in recs if r["device"]["name"] == "NVIDIA H100 80GB HBM3"]
     assert len(h100) >= 7
-    r = h100[0]
-    hit, how = tunecache.lookup(r["device"]["name"], "triton", r["template_hash"],
-                                r["spec_key"], r["bucket"])
-    assert how == "exact" and hit["config"] == r["config"]
+    for r in h100:
+        hit, how = tunecache.lookup(r["device"]["name"], r["backend"], r["template_hash"],
+                                    r["spec_key"], r["bucket"])
+        assert how == "exact" and hit["config"] == r["config"]
+    # the shipped scan records were tuned with the templates as they are now (a template
+    # change without re-tuning would silently leave every call on default configs)
+    for backend in ("triton", "cuda"):
+        assert any(r["backend"] == backend and r["template_hash"] == autotune.template_hash(backend)
+                   for r in h100), f"no shipped {backend} record matches the current templates"
