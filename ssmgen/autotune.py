@@ -261,17 +261,24 @@ def _cached_choice(backend: str, spec_json: str, device_index: int, batch: int, 
                    seqlen: int) -> str:
     """"how|chunk_len|encoded config" (a string, so torch.compile can treat the lookup, which
     reads files, as a constant of the traced call); memoized until a cache file changes."""
-    recs = tunecache.all_records()  # re-read only when a cache file changed
-    key = (backend, spec_json, device_index, batch, dim, seqlen)
-    hit = _choices.get(key)
-    if hit is not None and hit[0] is recs:
-        return hit[1]
-    found = _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs)
-    _choices[key] = (recs, found)
-    return found
+    return _memo((backend, spec_json, device_index, batch, dim, seqlen),
+                 lambda recs: _lookup_choice(backend, spec_json, device_index, batch, dim,
+                                             seqlen, recs))
 
 
 _choices: dict = {}
+
+
+def _memo(key, compute):
+    """compute(records) once per key, again only when a cache file changed (all_records()
+    then returns a new list)."""
+    recs = tunecache.all_records()
+    hit = _choices.get(key)
+    if hit is not None and hit[0] is recs:
+        return hit[1]
+    found = compute(recs)
+    _choices[key] = (recs, found)
+    return found
 
 
 def _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs) -> str:
@@ -310,26 +317,18 @@ def choose_step(call, backend: str):
     mod = backends.get(backend)
     if call.x.device.type != "cuda":
         return mod.default_step_config(call.spec)
-    b = _step_bucket(call)
-    found = _cached_step(backend, call.spec.to_json(), call.x.device.index or 0, b["rows"])
+    rows = _step_bucket(call)["rows"]
+    key = ("step", backend, call.spec, call.x.device.index or 0, rows)  # no serialization
+    found = _memo(key, lambda recs: _lookup_step(backend, call.spec, key[3], rows, recs))
     return mod.KernelConfig(**found) if found is not None else mod.default_step_config(call.spec)
 
 
-def _cached_step(backend, spec_json, device_index, rows):
+def _lookup_step(backend, spec, device_index, rows, recs):
     from . import device as dev
-    from .spec import ScanSpec
 
-    recs = tunecache.all_records()
-    key = ("step", backend, spec_json, device_index, rows)
-    hit = _choices.get(key)
-    if hit is not None and hit[0] is recs:
-        return hit[1]
-    spec = ScanSpec.from_json(spec_json)
     rec, _ = tunecache.lookup(dev.info(device_index)["name"], backend, step_template_hash(backend),
                               step_key(spec), {"seqlen": 1, "rows": rows}, recs)
-    found = None if rec is None else dict(rec["config"]["step"])
-    _choices[key] = (recs, found)
-    return found
+    return None if rec is None else dict(rec["config"]["step"])
 
 
 def tune_step(args, backend: str = "cuda", *, timer=None, device=None, save=True) -> dict:
