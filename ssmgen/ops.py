@@ -115,7 +115,7 @@ def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
              reverse: bool, chunk_len: int, config: str, save_ckpt: bool) -> List[torch.Tensor]:
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
-                     reverse=reverse)
+                     reverse=reverse, check_values=False)  # checked by selective_scan
     mod, cfg = _decode(config)
     out, last, ckpt = mod.forward(call, cfg, save_ckpt)
     return [out, _empty(u.float()) if last is None else last, ckpt]
@@ -147,7 +147,7 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     gradient (None: zero)."""
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
-                     reverse=reverse)
+                     reverse=reverse, check_values=False)  # checked by selective_scan
     mod, cfg = _decode(config)
     g = mod.backward(call, cfg, ckpt, dout, dlast)
     cplx = call.spec.complex_A
