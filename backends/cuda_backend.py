@@ -404,7 +404,7 @@ def check_step(spec: ScanSpec, k: KernelConfig) -> None:
 
 
 def step_kernel_name(spec: ScanSpec, k: KernelConfig) -> str:
-    return f"ssmgen_cuda_step_{spec.short_name().rsplit('_c', 1)[0]}__t{k.threads}_p{k.lpc}"
+    return f"ssmgen_cuda_step_{spec.short_name(chunk=False)}__t{k.threads}_p{k.lpc}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -331,7 +331,7 @@ def check_step(spec: ScanSpec, k: KernelConfig) -> None:
 
 
 def step_kernel_name(spec: ScanSpec, k: KernelConfig) -> str:
-    return f"ssmgen_step_{spec.short_name().rsplit('_c', 1)[0]}__d{k.block_d}_w{k.num_warps}"
+    return f"ssmgen_step_{spec.short_name(chunk=False)}__d{k.block_d}_w{k.num_warps}"
 
 
 def render_step(spec: ScanSpec, k: KernelConfig) -> str:

@@ -70,8 +70,9 @@ class ScanSpec:
                 parts.append(f"{f.name}={_fmt(v)}")
         return "-".join(parts)
 
-    def short_name(self) -> str:
-        """Readable tag for kernel names: every field, always in the same order."""
+    def short_name(self, chunk: bool = True) -> str:
+        """Readable tag for kernel names: every field, always in the same order (chunk=False:
+        without chunk_len, for the decode step, which has no chunks)."""
         bits = [f"n{self.d_state}", DTYPE_SHORT[self.dtype], "cplx" if self.complex_A else "real",
                 "B" + self.B_layout[0], "C" + self.C_layout[0]]
         for flag, tag in (("has_D", "D"), ("has_z", "z"), ("has_delta_bias", "db"),
@@ -80,7 +81,8 @@ class ScanSpec:
                           ("has_state_indices", "idx")):
             if getattr(self, flag):
                 bits.append(tag)
-        bits.append(f"c{self.chunk_len}")
+        if chunk:
+            bits.append(f"c{self.chunk_len}")
         return "_".join(bits)
 
     def to_json(self) -> str:
