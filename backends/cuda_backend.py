@@ -32,6 +32,9 @@ MAX_HISTORY = 96          # fp32 registers of decays + states a backward sub-til
 DEFAULT_CHUNK = 128       # checkpoint interval when neither the user nor a record gives one
 
 
+_RANGES = {"threads": (32, 1024), "lpc": (1, 32), "tl": (4, 512), "tb": (1, 64)}
+
+
 @dataclass(frozen=True)
 class KernelConfig:
     """threads per block; lpc lanes per channel (K = ceil(d_state / lpc) states per thread);
@@ -53,12 +56,15 @@ class KernelConfig:
     def block_l(self) -> int:  # what the tuner compares with chunk_len
         return self.tl
 
-    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
-        for name, lo, hi in (("threads", 32, 1024), ("lpc", 1, 32), ("tl", 4, 512),
-                             ("tb", 1, 64)):
+    def check_fields(self, names=("threads", "lpc", "tl", "tb")) -> None:
+        for name in names:
+            lo, hi = _RANGES[name]
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
                 raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+
+    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
+        self.check_fields()
         if self.tl > self.threads:
             raise ValueError(f"config.tl={self.tl} must be <= threads={self.threads}")
         if self.lpc > self.threads:
@@ -395,10 +401,7 @@ def step_candidates(spec: ScanSpec, headdim: int) -> list:
 
 
 def check_step(spec: ScanSpec, k: KernelConfig) -> None:
-    for name, lo, hi in (("threads", 32, 1024), ("lpc", 1, 32)):
-        v = getattr(k, name)
-        if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
-            raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+    k.check_fields(("threads", "lpc"))
     if k.lpc > k.threads:
         raise ValueError(f"config.lpc={k.lpc} exceeds threads={k.threads}")
 

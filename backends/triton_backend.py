@@ -42,11 +42,14 @@ class KernelConfig:
     def tag(self) -> str:
         return f"d{self.block_d}_l{self.block_l}_w{self.num_warps}_s{self.num_stages}"
 
-    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
-        for name in ("block_d", "block_l", "num_warps"):
+    def check_fields(self, names=("block_d", "block_l", "num_warps")) -> None:
+        for name in names:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+
+    def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
+        self.check_fields()
         if self.block_l > spec.chunk_len or self.block_l < 2:
             raise ValueError(f"config.block_l must be in 2..chunk_len={spec.chunk_len}, "
                              f"got {self.block_l}")
@@ -321,10 +324,7 @@ def step_candidates(spec: ScanSpec, headdim: int) -> list:
 
 
 def check_step(spec: ScanSpec, k: KernelConfig) -> None:
-    for name in ("block_d", "num_warps"):
-        v = getattr(k, name)
-        if not isinstance(v, int) or v < 1 or v & (v - 1):
-            raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+    k.check_fields(("block_d", "num_warps"))
     if k.block_d * padded_state(spec) * (2 if spec.complex_A else 1) > 64 * 32 * k.num_warps:
         raise ValueError(f"config: block_d={k.block_d} x d_state={padded_state(spec)} is more "
                          f"than 64 fp32 values per thread at num_warps={k.num_warps}")

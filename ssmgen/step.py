@@ -133,7 +133,8 @@ def normalize_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
     if st.stride(-1) != 1:
         raise ValueError("state must have unit stride along d_state: it is updated in place, so "
                          "it cannot be copied into a layout the kernels read")
-    for name, t, user in (("dt", tt, dt), ("z", _heads("z", z, 3), z)):
+    zz = _heads("z", z, 3)
+    for name, t, user in (("dt", tt, dt), ("z", zz, z)):
         if t is not None and (tuple(t.shape) != (batch, H, P) or t.dtype != x.dtype):
             raise ValueError(f"{name} must have x's shape {tuple(x.shape)} and dtype {x.dtype}, "
                              f"got {tuple(user.shape)} {user.dtype}")
@@ -166,7 +167,7 @@ def normalize_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
     real = torch.view_as_real
     return StepCall(spec=spec, state=real(st) if cplx else st, x=xx, dt=tt,
                     A=real(AA) if cplx else AA, B=Bn, C=Cn, D=_param("D", D, H, P, device),
-                    z=_heads("z", z, 3), dt_bias=_param("dt_bias", dt_bias, H, P, device),
+                    z=zz, dt_bias=_param("dt_bias", dt_bias, H, P, device),
                     indices=idx, batch=batch, heads=H, headdim=P, groups=G, has_heads=has_heads)
 
 
