@@ -61,15 +61,20 @@ def evaluate(model, held, seq_len, device, n_batches=4, batch=8):
     return sum(losses) / len(losses)
 
 
+def cast(model, dtype: str):
+    if dtype != "float32":
+        model = model.to(getattr(torch, dtype))
+        for m in model.modules():  # keep the SSM parameters in fp32, as mamba-ssm does
+            if hasattr(m, "A_log"):
+                m.A_log.data, m.D.data = m.A_log.data.float(), m.D.data.float()
+    return model
+
+
 def train(args, scan, train_data, held, device, label):
     torch.manual_seed(args.seed)
     model = MambaLM(256, args.d_model, args.n_layer, d_state=args.d_state,
                     scan_backend=None if scan == "auto" else scan).to(device)
-    if args.dtype != "float32":
-        model = model.to(getattr(torch, args.dtype))
-        for m in model.modules():  # keep the SSM parameters in fp32, as mamba-ssm does
-            if hasattr(m, "A_log"):
-                m.A_log.data, m.D.data = m.A_log.data.float(), m.D.data.float()
+    model = cast(model, args.dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
     it = batches(train_data, args.batch, args.seq_len, gen)
@@ -110,16 +115,19 @@ def train(args, scan, train_data, held, device, label):
 
 def peer_tokens_per_s(args, train_data, device):
     """mamba-ssm's own Mamba module in the same LM layout, timed the same way (if importable)."""
-    try:
-        from mamba_ssm.modules.mamba_simple import Mamba as PeerMamba
-    except Exception as e:  # not installed or no CUDA extension
-        return None, f"mamba-ssm not importable: {type(e).__name__}"
+    from ssmgen.bench import peer_import
+
+    mod = peer_import("mamba_ssm.modules.mamba_simple")  # installed, or SSMGEN_PEER_SRC's tree
+    if mod is None:
+        return None, "mamba-ssm not importable"
+    PeerMamba = mod.Mamba
     torch.manual_seed(args.seed)
     model = MambaLM(256, args.d_model, args.n_layer, d_state=args.d_state).to(device)
     for i, block in enumerate(model.backbone.layers):
         peer = PeerMamba(args.d_model, d_state=args.d_state, layer_idx=i).to(device)
         peer.load_state_dict(block.mixer.state_dict())  # same keys: strict load both ways
         block.mixer = peer
+    model = cast(model, args.dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     it = batches(train_data, args.batch, args.seq_len, torch.Generator().manual_seed(args.seed))
     t, tokens = 0.0, 0
@@ -128,14 +136,17 @@ def peer_tokens_per_s(args, train_data, device):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1).float(), x[:, 1:].flatten())
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as the ssmgen runs do
         opt.step()
         torch.cuda.synchronize()
         if step >= 3:
             t += time.perf_counter() - t0
             tokens += x[:, :-1].numel()
-    return tokens / t, "mamba-ssm Mamba (selective_scan_fn, fused path)"
+    fast = getattr(mod, "causal_conv1d_fn", None) is not None
+    return tokens / t, ("mamba-ssm Mamba, " + ("fused mamba_inner_fn path" if fast else
+                        "selective_scan_fn with the conv in PyTorch (causal-conv1d absent)"))
 
 
 def plot(logs, path):
@@ -166,8 +177,8 @@ def main(argv=None):
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--scan", default="auto", choices=["auto", "triton", "reference"])
-    p.add_argument("--compare", default=None, choices=["triton", "reference"],
+    p.add_argument("--scan", default="auto", choices=["auto", "cuda", "triton", "reference"])
+    p.add_argument("--compare", default=None, choices=["cuda", "triton", "reference"],
                    help="a second run with this scan path, plotted beside the first")
     p.add_argument("--peer", action="store_true", help="time mamba-ssm's Mamba too (GPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -131,34 +131,39 @@ def _peer():
         return None
 
 
-def _peer_step():
-    """mamba-ssm's Triton selective_state_update: from an installed mamba_ssm, else from the
-    sdist tree named by SSMGEN_PEER_SRC (its Triton file needs no build; the package's own
-    __init__, which imports the CUDA extension, is bypassed)."""
+def peer_import(module: str):
+    """A module of mamba-ssm (e.g. "mamba_ssm.modules.mamba_simple"): from an installed
+    mamba_ssm, else from the sdist tree named by SSMGEN_PEER_SRC, whose package __init__ (it
+    imports every extension and transformers) is bypassed; its Triton files need no build, its
+    CUDA scan is the selective_scan_cuda that benchmarks/build_peer.py builds. None if neither
+    imports."""
+    import importlib
+    import sys
+    import types
+
     try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        return selective_state_update
+        return importlib.import_module(module)
     except ImportError:
         pass
     src = os.environ.get("SSMGEN_PEER_SRC")
     if not src:
         return None
-    import importlib
-    import sys
-    import types
-
     for name in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
         del sys.modules[name]
     pkg = types.ModuleType("mamba_ssm")
     pkg.__path__ = [os.path.join(src, "mamba_ssm")]
     sys.modules["mamba_ssm"] = pkg
     try:
-        import einops  # noqa: F401  (the peer's reference needs it; the kernel does not)
-    except ImportError:
-        sys.modules["einops"] = types.ModuleType("einops")
-        sys.modules["einops"].rearrange = sys.modules["einops"].repeat = None
-    mod = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
-    return mod.selective_state_update
+        return importlib.import_module(module)
+    except ImportError as e:
+        print(f"peer: {module} not importable from {src}: {e}", file=sys.stderr)
+        return None
+
+
+def _peer_step():
+    """mamba-ssm's Triton selective_state_update (installed, or from its sdist tree)."""
+    mod = peer_import("mamba_ssm.ops.triton.selective_state_update")
+    return None if mod is None else mod.selective_state_update
 
 
 def step_floor_ms(s: dict, copy_bw: float) -> float:

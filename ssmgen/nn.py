@@ -4,7 +4,9 @@
 checkpoint loads with strict=True); its scan runs through `ssmgen.selective_scan`. The causal
 conv1d is plain PyTorch (`nn.Conv1d` with left padding, as mamba-ssm does without the
 causal-conv1d package). `step` decodes one token with an inference cache and matches the full
-forward; it is written in PyTorch ops until ssmgen's decode-step kernel exists.
+forward: the conv window in PyTorch, the state update through ssmgen's decode-step kernel
+(`selective_state_update`, in place on the fp32 state). `MambaLM.generate(cuda_graph=True)`
+captures one decoding step of the whole model into a CUDA graph and replays it per token.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import selective_scan
+from .step import selective_state_update
 
 
 @dataclass
@@ -114,13 +117,11 @@ class Mamba(nn.Module):
             x = x + self.conv1d.bias
         x = self.act(x).to(dtype)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias.to(dt.dtype))
+        dt = F.linear(dt, self.dt_proj.weight)  # dt_bias and softplus inside the step kernel
         A = -torch.exp(self.A_log.float())
-        dA = torch.exp(dt.float()[:, :, None] * A)
-        dBx = (dt.float() * x.float())[:, :, None] * B.float()[:, None, :]
-        ssm_state.copy_(ssm_state * dA + dBx)
-        y = (ssm_state.to(dtype) * C[:, None, :]).sum(-1)
-        y = (y + self.D.to(dtype) * x) * self.act(z)
+        y = selective_state_update(ssm_state, x, dt, A, B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+                                   backend=self.scan_backend)
         return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
 
     def allocate_inference_cache(self, batch_size, max_seqlen=None, dtype=None, **kwargs):
@@ -199,15 +200,69 @@ class MambaLM(nn.Module):
         return self.lm_head(self.backbone(ids, inference_params))
 
     @torch.no_grad()
-    def generate(self, prompt, n_new: int, temperature: float = 1.0, generator=None):
-        """Prefill with the full forward, then one step per token with the inference cache."""
-        params = InferenceParams(max_seqlen=prompt.shape[1] + n_new, max_batch_size=prompt.shape[0])
-        logits = self(prompt, params)[:, -1]
+    def generate(self, prompt, n_new: int, temperature: float = 1.0, generator=None,
+                 cuda_graph: bool = False):
+        """Prefill with the full forward, then one step per token with the inference cache.
+        cuda_graph=True (CUDA only): the decoding step of the whole model is captured once into
+        a CUDA graph and replayed per token (sampling stays outside the graph)."""
+        if cuda_graph and prompt.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, got {prompt.device}")
+        if cuda_graph:  # the graph of this batch size, over its own cache tensors
+            params, step = self._decode_graph(prompt.shape[0])
+            params.seqlen_offset = 0
+        else:
+            params = InferenceParams(max_seqlen=prompt.shape[1] + n_new,
+                                     max_batch_size=prompt.shape[0])
+            step = None
+        logits = self(prompt, params)[:, -1]  # prefill writes the cache the graph reads
         out = [prompt]
-        for _ in range(n_new):
-            params.seqlen_offset = sum(t.shape[1] for t in out)
+        for i in range(n_new):
+            params.seqlen_offset = prompt.shape[1] + i
             probs = torch.softmax(logits.float() / max(temperature, 1e-6), -1)
             nxt = torch.multinomial(probs, 1, generator=generator)
             out.append(nxt)
-            logits = self(nxt, params)[:, -1]
+            logits = step(nxt) if step is not None else self(nxt, params)[:, -1]
         return torch.cat(out, dim=1)
+
+    def _decode_graph(self, batch: int):
+        """(params, run) for this batch size, captured on first use and kept on the module:
+        capturing costs far more than a token. The graph reads the parameters where they are
+        now: updating them in place (optimizer, load_state_dict) is seen; a moved model (another
+        head address) captures anew; after replacing other parameters by new tensors, call
+        `self._decode_graphs.clear()`."""
+        graphs = self.__dict__.setdefault("_decode_graphs", {})
+        w = self.lm_head.weight
+        key = (batch, w.device, w.dtype, w.data_ptr())
+        if key not in graphs:
+            params = InferenceParams(max_seqlen=0, max_batch_size=batch)
+            graphs[key] = (params, self._graph_step(params, batch))
+        return graphs[key]
+
+    def _graph_step(self, params: InferenceParams, batch: int):
+        """Captures one decoding step (token ids (batch, 1) -> logits) into a CUDA graph over the
+        cache tensors in `params`; returns run(ids) -> logits (a static tensor, overwritten by
+        the next run). Warm-up runs (which compile and pick kernel configs, and must not be
+        captured) would advance the cache, so it is saved and put back around them."""
+        ids = torch.zeros(batch, 1, dtype=torch.long, device=self.lm_head.weight.device)
+        cache = params.key_value_memory_dict
+        saved = {k: [t.clone() for t in v] for k, v in cache.items()}
+        offset, params.seqlen_offset = params.seqlen_offset, max(params.seqlen_offset, 1)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self(ids, params)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self(ids, params)[:, -1]
+        for k, v in cache.items():  # a layer's cache made by the warm-up starts at zero
+            for i, dst in enumerate(v):
+                dst.copy_(saved[k][i]) if k in saved else dst.zero_()
+        params.seqlen_offset = offset
+
+        def run(nxt):
+            ids.copy_(nxt)
+            graph.replay()
+            return logits
+        return run
