@@ -35,9 +35,14 @@ class Mamba(nn.Module):
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001,
                  dt_max=0.1, dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True,
                  bias=False, use_fast_path=True, layer_idx=None, device=None, dtype=None,
-                 scan_backend=None, scan_config=None):
+                 scan_backend=None, scan_config=None, context_parallel=False,
+                 process_group=None):
         """mamba-ssm's arguments; use_fast_path is accepted and ignored (ssmgen's scan is the
-        path). scan_backend / scan_config go to ssmgen.selective_scan."""
+        path). scan_backend / scan_config go to ssmgen.selective_scan. context_parallel=True:
+        the input is this rank's segment of the sequence (ranks of `process_group`, None = the
+        default group, in sequence order); the conv takes its halo from the previous rank and
+        the scan runs through ssmgen.distributed.context_parallel_scan (gradients of the
+        parameters are this rank's share: DDP or an all-reduce sums them)."""
         fk = {"device": device, "dtype": dtype}
         super().__init__()
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
@@ -45,6 +50,7 @@ class Mamba(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.use_fast_path, self.layer_idx = use_fast_path, layer_idx
         self.scan_backend, self.scan_config = scan_backend, scan_config
+        self.context_parallel, self.process_group = context_parallel, process_group
         self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **fk)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, bias=conv_bias, kernel_size=d_conv,
                                 groups=self.d_inner, padding=d_conv - 1, **fk)
@@ -91,13 +97,25 @@ class Mamba(nn.Module):
         x, z = xz.chunk(2, dim=1)
         if conv_state is not None:
             conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
-        x = self.act(self.conv1d(x)[..., :seqlen])
+        scan, kw = selective_scan, {}
+        if self.context_parallel:
+            if inference_params is not None:
+                raise ValueError("inference_params: decoding is not context parallel; use a "
+                                 "Mamba without context_parallel=True")
+            from .distributed import context_parallel_scan, previous_tail
+
+            halo = previous_tail(x, self.d_conv - 1, self.process_group)
+            x = F.conv1d(torch.cat([halo, x], -1), self.conv1d.weight, self.conv1d.bias,
+                         groups=self.d_inner)
+            scan, kw = context_parallel_scan, {"group": self.process_group}
+        else:
+            x = self.conv1d(x)[..., :seqlen]
+        x = self.act(x)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(x, delta, A, B, C, self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           return_last_state=ssm_state is not None, backend=self.scan_backend,
-                           config=self.scan_config)
+        y = scan(x, delta, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                 delta_softplus=True, return_last_state=ssm_state is not None,
+                 backend=self.scan_backend, config=self.scan_config, **kw)
         if ssm_state is not None:
             y, last = y
             ssm_state.copy_(last)
