@@ -3,7 +3,8 @@ out (batch, dim, L) in u's dtype; checkpoints (batch, dim, n_chunks, N[, 2]) fp3
 (batch or num_seqs, dim, N[, 2]) fp32 (and its gradient, read by backward); initial state's
 gradient (batch, dim, N[, 2]) fp32; the varlen position table (L,) int32; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
 constant dB / dC as per-batch-row fp32 partials (summed here after the kernel, no atomics);
-variable dB / dC as fp32 zeros the kernel adds into."""
+variable dB / dC as fp32 zeros the kernel adds into (atomics), or, for a deterministic backward,
+one fp32 partial per channel block of a group, summed here in a fixed order."""
 from __future__ import annotations
 
 import os
@@ -86,7 +87,9 @@ def varlen_info(call: Call):
     return info
 
 
-def grad_buffers(call: Call) -> dict:
+def grad_buffers(call: Call, slots: dict | None = None) -> dict:
+    """slots (deterministic backward): {"B": S, "C": S}, the partials per group of variable
+    dB / dC, one per channel block of a group, summed in finish_grads."""
     spec, dev = call.spec, call.u.device
     b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
     f32 = dict(dtype=torch.float32, device=dev)
@@ -99,8 +102,12 @@ def grad_buffers(call: Call) -> dict:
              dinit=new((b, d, N) + _kx(call), **f32) if spec.has_initial_state else None)
     for X in ("B", "C"):
         t = getattr(call, X)
-        g["d" + X] = (torch.zeros(t.shape, **f32) if t.dim() == 4
-                      else new((b, d, N) + _kx(call), **f32))
+        if t.dim() == 4 and slots:
+            g["d" + X] = torch.zeros((slots[X],) + t.shape, **f32)
+        elif t.dim() == 4:
+            g["d" + X] = torch.zeros(t.shape, **f32)
+        else:
+            g["d" + X] = new((b, d, N) + _kx(call), **f32)
     return g
 
 
@@ -110,7 +117,7 @@ def finish_grads(call: Call, g: dict) -> dict:
         if g[n] is not None:
             g[n] = g[n].sum(0)
     for X in ("B", "C"):
-        if getattr(call, X).dim() == 2:
+        if getattr(call, X).dim() == 2 or g["d" + X].dim() == 5:  # per-row / per-block partials
             g["d" + X] = g["d" + X].sum(0)
     return g
 
@@ -152,3 +159,36 @@ def step_args(call, out) -> dict:
 
 def step_out(call):
     return new((call.batch, call.heads, call.headdim), call.x.dtype, call.x.device)
+
+
+# -- documented memory -------------------------------------------------------------------------
+def forward_bytes(call: Call, save_ckpt: bool) -> int:
+    """What forward allocates: out (u's shape and dtype), the chunk checkpoints (fp32
+    (batch, dim, ceil(L / chunk_len), N[, 2]), only when a backward can follow) and the last
+    state (fp32 (rows, dim, N[, 2])); varlen adds an int32 per step."""
+    b, d, L, N, k = call.batch, call.dim, call.seqlen, call.spec.d_state, len(_kx(call)) + 1
+    io = call.u.element_size()
+    total = b * d * L * io + (b * d * n_chunks(call) * N * k * 4 if save_ckpt else 4)
+    total += call.num_states * d * N * k * 4 if call.spec.return_last_state else 0
+    return total + (L * 4 if call.cu_seqlens is not None else 0)
+
+
+def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0) -> int:
+    """What backward allocates at its peak: the gradient buffers of grad_buffers (du, ddelta,
+    dz in u's dtype; fp32 per-row partials (batch, dim, N[, 2]) for dA, dinit and constant
+    dB / dC, (batch, dim) for dD and d(delta_bias); fp32 variable dB / dC, times `slots` in
+    deterministic mode), the backend's scratch bytes, a zero dlast when none is given, and
+    the variable dB / dC cast to their input's dtype (alive together with the fp32 sums)."""
+    s, b, d, L, N = call.spec, call.batch, call.dim, call.seqlen, call.spec.d_state
+    k, io = len(_kx(call)) + 1, call.u.element_size()
+    total = (2 + s.has_z) * b * d * L * io + b * d * N * k * 4 * (1 + s.has_initial_state)
+    total += b * d * 4 * (s.has_D + s.has_delta_bias) + scratch
+    total += call.num_states * d * N * k * 4 if s.return_last_state else 0
+    for X in ("B", "C"):
+        t = getattr(call, X)
+        if t.dim() == 4:
+            total += t.numel() * 4 * ((slots or {}).get(X, 1) + (slots is not None))
+            total += t.numel() * t.element_size() if t.element_size() != 4 else 0
+        else:
+            total += b * d * N * k * 4
+    return total

@@ -249,6 +249,7 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
         if getattr(spec, f"is_variable_{X}"):
             ints += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
             ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n"] if kind == "bwd" else []
+            ints += [f"ds_{X}slot"] if kind == "bwd" and spec.deterministic else []
     ints += ["save_ckpt"] if kind == "fwd" else ["s_gb", "s_gd"]
     return tuple(p + [("const long long", n) for n in ints])
 
@@ -270,6 +271,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
         has_z=spec.has_z, has_delta_bias=spec.has_delta_bias,
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
+        deterministic=spec.deterministic,
         smem=offsets, **geometry(spec, k))
 
 
@@ -358,18 +360,34 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
+def backward_workspace(call: Call, cfg: ScanConfig):
+    """(the backward's kernel config, partial slots per variable B/C group or None, scratch
+    shape (none: the states live in shared memory)). Deterministic: one partial per block of a
+    group, its segments times the blocks of each."""
+    slots = None
+    if call.spec.deterministic:
+        dseg, bps, _ = _segments(call, cfg.bwd)
+        slots = {X: call.dim // getattr(call, f"groups_{X}") // dseg * bps for X in ("B", "C")
+                 if getattr(call, X).dim() == 4}
+    return cfg.bwd, slots, (0,)
+
+
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    g = buffers.grad_buffers(call)
+    _, slots, _ = backward_workspace(call, cfg)
+    g = buffers.grad_buffers(call, slots)
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
     for X in ("B", "C"):
         dX = g["d" + X]
-        if getattr(call, X).dim() == 4:  # summed over channels by atomics into fp32 zeros
-            extra.update({f"ds_{X}b": dX.stride(0), f"ds_{X}g": dX.stride(1),
-                          f"ds_{X}n": dX.stride(2)})
+        if getattr(call, X).dim() == 4:  # summed over channels by atomics into fp32 zeros,
+            o = 1 if slots else 0        # or per block into its own partial (deterministic)
+            extra.update({f"ds_{X}b": dX.stride(o), f"ds_{X}g": dX.stride(o + 1),
+                          f"ds_{X}n": dX.stride(o + 2)})
+            if slots:
+                extra[f"ds_{X}slot"] = dX.stride(0)
     t = _inputs(call)
     t.update(ckpt=ckpt, dout=dout, dlast=buffers.dlast(call, dlast),
              **{n: v for n, v in g.items() if v is not None})

@@ -2,7 +2,9 @@
 it and launch it on PyTorch's current stream.
 
 Compilation: NVRTC (through CuPy's binding) when it loads, else the toolkit's nvcc; both compile
-for the device's own architecture (sm_90 on Hopper). Cubins are cached under
+for the device's own architecture (sm_90 on Hopper). An NVRTC that loads but cannot compile for
+a reason other than the source (its builtins library missing, an architecture it does not know)
+gives one warning and this process compiles with nvcc from then on. Cubins are cached under
 cache_dir()/cuda/ by a hash of source, options, architecture and compiler version, written
 atomically, so a variant compiles once per machine. A compile error raises CudaCompileError
 with the compiler's messages, which name the rendered source file (kept in the cache) and line.
@@ -17,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 from ssmgen import render
@@ -42,6 +45,39 @@ def _nvrtc():
         return None
 
 
+_NVRTC_COMPILATION = 6     # NVRTC_ERROR_COMPILATION: the source is at fault, not NVRTC
+_nvrtc_failed: list = []   # the fault that made this process give up on NVRTC (at most one)
+
+
+class _NvrtcUnusable(Exception):
+    """NVRTC loaded but failed for a reason other than the source."""
+
+
+def _nvrtc_usable():
+    """NVRTC's binding, or None where it does not load or failed before in this process."""
+    return None if _nvrtc_failed else _nvrtc()
+
+
+def _give_up_nvrtc(e: Exception) -> None:
+    _nvrtc_failed.append(e)
+    # the cubin cache key names the compiler; without nvcc or a pack, Triton is chosen from now on
+    for memo in (compiler_version, available):
+        getattr(memo, "cache_clear", lambda: None)()
+    warnings.warn(f"ssmgen: NVRTC cannot compile here ({e}); "
+                  + (f"compiling with nvcc ({nvcc_path()}) instead" if nvcc_path() else
+                     "and nvcc is not found: the CUDA backend is unavailable in this process"))
+
+
+def _compile(source: str, src_path: Path, arch: int) -> bytes:
+    """A cubin from NVRTC, else (missing or broken NVRTC) from nvcc."""
+    if _nvrtc_usable() is not None:
+        try:
+            return _compile_nvrtc(source, src_path, arch)
+        except _NvrtcUnusable as e:
+            _give_up_nvrtc(e)
+    return _compile_nvcc(src_path, arch)[0]
+
+
 @functools.lru_cache(maxsize=None)
 def nvcc_path() -> str | None:
     found = shutil.which("nvcc")
@@ -55,7 +91,7 @@ def nvcc_path() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def compiler_version() -> str:
-    nv = _nvrtc()
+    nv = _nvrtc_usable()
     if nv is not None:
         return "nvrtc-%d.%d" % tuple(nv.getVersion())
     if nvcc_path():
@@ -66,21 +102,37 @@ def compiler_version() -> str:
 
 
 def compiler() -> str:
-    return "nvrtc" if _nvrtc() is not None else "nvcc"
+    return "nvrtc" if _nvrtc_usable() is not None else "nvcc"
 
 
 def _compile_nvrtc(source: str, src_path: Path, arch: int, extra=()) -> bytes:
+    """CudaCompileError for an error in the source; _NvrtcUnusable for any other failure."""
     nv = _nvrtc()
-    prog = nv.createProgram(source, str(src_path), [], [])
+    try:
+        prog = nv.createProgram(source, str(src_path), [], [])
+    except Exception as e:
+        raise _NvrtcUnusable(f"createProgram: {e}") from e
     try:
         opts = [f"--gpu-architecture=sm_{arch}", *OPTIONS, *extra]
         try:
             nv.compileProgram(prog, opts)
-        except nv.NVRTCError:
-            raise CudaCompileError(f"NVRTC failed on {src_path}:\n{nv.getProgramLog(prog)}") from None
-        return bytes(nv.getCUBIN(prog))
+        except nv.NVRTCError as e:
+            try:
+                log = nv.getProgramLog(prog)
+            except Exception:
+                log = ""
+            if getattr(e, "status", _NVRTC_COMPILATION) != _NVRTC_COMPILATION:
+                raise _NvrtcUnusable(f"{e}; {log.strip()[:300]}") from e
+            raise CudaCompileError(f"NVRTC failed on {src_path}:\n{log}") from None
+        try:
+            return bytes(nv.getCUBIN(prog))
+        except Exception as e:
+            raise _NvrtcUnusable(f"getCUBIN: {e}") from e
     finally:
-        nv.destroyProgram(prog)
+        try:
+            nv.destroyProgram(prog)
+        except Exception:
+            pass
 
 
 def _compile_nvcc(src_path: Path, arch: int, extra=(), verbose=False) -> tuple[bytes, str]:
@@ -124,8 +176,7 @@ def build_pack(kernels, archs, out: Path) -> list:
             dst = out / pack_name(name, source, arch)
             if not dst.exists():
                 src_path = render.write_source("cuda", name, source, suffix=".cu")
-                data = (_compile_nvrtc(source, src_path, arch) if _nvrtc() is not None
-                        else _compile_nvcc(src_path, arch)[0])
+                data = _compile(source, src_path, arch)
                 fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp_", suffix=".cubin")
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -141,17 +192,21 @@ def compile_cubin(name: str, source: str, arch: int) -> Path:
         if hit.exists():
             return hit
     path = cubin_path(name, source, arch)
-    if path.exists():
+    if _is_elf(path):  # a truncated or damaged cached cubin is compiled again
         return path
     src_path = render.write_source("cuda", name, source, suffix=".cu")
-    data = (_compile_nvrtc(source, src_path, arch) if _nvrtc() is not None
-            else _compile_nvcc(src_path, arch)[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".cubin")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    data = _compile(source, src_path, arch)
+    path = cubin_path(name, source, arch)  # keyed by the compiler that ran (NVRTC may have failed)
+    # atomic; an unwritable cache directory falls back to a temporary one (render.write_file)
+    return render.write_file(path.parent.name, path.name, data)
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
 
 
 def resource_usage(name: str, source: str, arch: int) -> dict:
@@ -177,7 +232,7 @@ def available() -> bool:
         import cupy  # noqa: F401
     except Exception:
         return False
-    return _nvrtc() is not None or nvcc_path() is not None or bool(pack_dirs())
+    return _nvrtc_usable() is not None or nvcc_path() is not None or bool(pack_dirs())
 
 
 # -- loading and launching (CUDA devices only) ------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -153,6 +154,7 @@ def kernel_params(spec: ScanSpec, kind: str) -> list:
         if var:
             a += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
             a += [f"ng_{X}"] if kind == "bwd" else []
+            a += [f"ds_{X}slot"] if kind == "bwd" and spec.deterministic else []
     if kind == "bwd":
         a += ["s_gb", "s_gd"]
     constexprs = [f"{X}_UNIFORM" for X, var in (("B", spec.is_variable_B),
@@ -189,7 +191,7 @@ def context(spec: ScanSpec, cfg: KernelConfig, kind: str) -> dict:
         B_variable=spec.is_variable_B, C_variable=spec.is_variable_C, has_D=spec.has_D,
         has_z=spec.has_z, has_delta_bias=spec.has_delta_bias, delta_softplus=spec.delta_softplus,
         return_last_state=spec.return_last_state, has_initial_state=spec.has_initial_state,
-        reverse=spec.reverse, varlen=spec.varlen,
+        reverse=spec.reverse, varlen=spec.varlen, deterministic=spec.deterministic,
     )
 
 
@@ -266,6 +268,12 @@ def check_launch(call: Call) -> None:
             if extent >= 2**31:
                 raise ValueError(f"{X}: one batch row spans {extent} elements; the Triton kernels "
                                  f"index within a row in 32 bits (at most 2**31 - 1)")
+    # A and constant B/C are indexed (channel * N + state) * K in int32
+    K = 2 if call.spec.complex_A else 1
+    if call.dim * call.spec.d_state * K >= 2**31:
+        raise ValueError(f"A: dim x d_state = {call.dim} x {call.spec.d_state} elements"
+                         f"{' x 2' if K == 2 else ''} exceed the Triton kernels' 32-bit index "
+                         f"(at most 2**31 - 1); use the CUDA backend or split dim")
 
 
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
@@ -279,23 +287,40 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
+def backward_workspace(call: Call, cfg: ScanConfig):
+    """(the backward's kernel config, partial slots per variable B/C group or None, the fp32
+    scratch shape: block-entry states of a chunk, (batch, channels, blocks per chunk, NP[, 2]))."""
+    k, slots = cfg.bwd, None
+    if call.spec.deterministic:  # a block's channels in one group, so it owns one partial slot
+        dpg = {X: call.dim // getattr(call, f"groups_{X}") for X in ("B", "C")
+               if getattr(call, X).dim() == 4}
+        k = dataclasses.replace(k, block_d=min(k.block_d, *(d & -d for d in dpg.values())))
+        slots = {X: d // k.block_d for X, d in dpg.items()}
+    bpc = call.spec.chunk_len // k.block_l
+    K = (2,) if call.spec.complex_A else ()
+    scratch = ((call.batch, triton.cdiv(call.dim, k.block_d) * k.block_d, bpc,
+                padded_state(call.spec)) + K if bpc > 1 else (1,))
+    return k, slots, scratch
+
+
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
-    spec, k = call.spec, cfg.bwd
+    spec = call.spec
+    k, slots, scratch_shape = backward_workspace(call, cfg)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     grid = (triton.cdiv(call.dim, k.block_d), call.batch)
-    bpc = spec.chunk_len // k.block_l
-    K = (2,) if spec.complex_A else ()
-    scratch = _new((call.batch, grid[0] * k.block_d, bpc, padded_state(spec)) + K
-                   if bpc > 1 else (1,), torch.float32, call.u.device)
-    g = buffers.grad_buffers(call)
+    scratch = _new(scratch_shape, torch.float32, call.u.device)
+    g = buffers.grad_buffers(call, slots)
     args = _common_args(call, "bwd", k)
     args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch,
                 dlast_ptr=buffers.dlast(call, dlast),
                 n_chunks=buffers.n_chunks(call), s_gb=dout.stride(0), s_gd=dout.stride(1),
                 **{f"{n}_ptr": v for n, v in g.items()})
+    if slots:
+        args.update({f"ds_{X}slot": g["d" + X].stride(0) for X in ("B", "C")
+                     if g["d" + X].dim() == 5})
     _launch(spec, k, "bwd", args, grid)
     return buffers.finish_grads(call, g)
 
@@ -358,6 +383,13 @@ def step(call, k: KernelConfig) -> torch.Tensor:
     """One decode step in place on call.state; returns out (batch, heads, headdim)."""
     if call.batch > MAX_GRID_Y:
         raise ValueError(f"x: batch={call.batch} exceeds {MAX_GRID_Y} rows per step call")
+    if call.heads > MAX_GRID_Y:  # the heads are the grid's z dimension
+        raise ValueError(f"x: heads={call.heads} exceeds {MAX_GRID_Y} heads per step call")
+    K = 2 if call.spec.complex_A else 1
+    if call.heads * call.headdim * call.spec.d_state * K >= 2**31:  # int32 offsets in a row / A
+        raise ValueError(f"state: one state row of heads x headdim x d_state = {call.heads} x "
+                         f"{call.headdim} x {call.spec.d_state} exceeds the Triton step's 32-bit "
+                         f"index (at most 2**31 - 1); use the CUDA backend")
     out = buffers.step_out(call)
     a = buffers.step_args(call, out)
     fn = step_kernel(call.spec, k)

@@ -84,24 +84,25 @@ def covering_specs() -> list:
     off, every B/C layout pair, real and complex A, every dtype, d_state from 1 to the maximum
     (and a d_state that is no power of two)."""
     rows = [
-        # d_state, dtype, complex, B, C, D, z, bias, softplus, last, initial state, reverse, varlen
-        (16, "bfloat16", False, "variable", "variable", True, True, True, True, True, 1, 0, 0),
-        (16, "float32", False, "constant", "constant", False, False, False, False, False, 0, 1, 0),
-        (1, "float16", False, "variable", "constant", True, False, True, False, True, 0, 0, 1),
-        (5, "float32", False, "constant", "variable", False, True, False, True, False, 1, 1, 0),
-        (64, "bfloat16", False, "variable", "variable", True, True, False, True, False, 0, 1, 1),
-        (256, "float16", False, "variable", "variable", False, False, True, False, True, 0, 0, 0),
-        (16, "float32", True, "variable", "variable", True, True, True, True, True, 0, 1, 1),
-        (16, "bfloat16", True, "constant", "variable", False, True, False, False, True, 1, 0, 0),
-        (3, "float16", True, "variable", "constant", True, False, True, True, False, 1, 1, 0),
-        (128, "float32", True, "constant", "constant", False, False, False, False, True, 0, 0, 1),
-        (512, "bfloat16", False, "variable", "variable", True, True, True, True, True, 1, 0, 0),
-        (300, "float32", True, "variable", "variable", False, False, False, True, True, 0, 1, 0),
+        # d_state, dtype, complex, B, C, D, z, bias, softplus, last, initial state, reverse,
+        # varlen, deterministic
+        (16, "bfloat16", False, "variable", "variable", 1, 1, 1, 1, 1, 1, 0, 0, 0),
+        (16, "float32", False, "constant", "constant", 0, 0, 0, 0, 0, 0, 1, 0, 0),
+        (1, "float16", False, "variable", "constant", 1, 0, 1, 0, 1, 0, 0, 1, 1),
+        (5, "float32", False, "constant", "variable", 0, 1, 0, 1, 0, 1, 1, 0, 0),
+        (64, "bfloat16", False, "variable", "variable", 1, 1, 0, 1, 0, 0, 1, 1, 1),
+        (256, "float16", False, "variable", "variable", 0, 0, 1, 0, 1, 0, 0, 0, 0),
+        (16, "float32", True, "variable", "variable", 1, 1, 1, 1, 1, 0, 1, 1, 1),
+        (16, "bfloat16", True, "constant", "variable", 0, 1, 0, 0, 1, 1, 0, 0, 0),
+        (3, "float16", True, "variable", "constant", 1, 0, 1, 1, 0, 1, 1, 0, 0),
+        (128, "float32", True, "constant", "constant", 0, 0, 0, 0, 1, 0, 0, 1, 0),
+        (512, "bfloat16", False, "variable", "variable", 1, 1, 1, 1, 1, 1, 0, 0, 0),
+        (300, "float32", True, "variable", "variable", 0, 0, 0, 1, 1, 0, 1, 0, 1),
     ]
     names = ("d_state", "dtype", "complex_A", "B_layout", "C_layout", "has_D", "has_z",
              "has_delta_bias", "delta_softplus", "return_last_state", "has_initial_state",
-             "reverse", "varlen")
-    rows = [r[:10] + tuple(bool(x) for x in r[10:]) for r in rows]
+             "reverse", "varlen", "deterministic")
+    rows = [r[:5] + tuple(bool(x) for x in r[5:]) for r in rows]
     return [ScanSpec(**dict(zip(names, r))) for r in rows]
 
 

@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 
 import torch
 
@@ -289,12 +290,32 @@ def _lookup_choice(backend, spec_json, device_index, batch, dim, seqlen, recs) -
     spec = ScanSpec.from_json(spec_json)
     rec, how = tunecache.lookup(dev.info(device_index)["name"], backend, template_hash(backend),
                                 tuning_key(spec), tunecache.bucket(batch, dim, seqlen), recs)
-    if rec is None:
-        chunk = mod.default_chunk_len(spec)
-        return f"default|{chunk}|{mod.default_config(spec.replace(chunk_len=chunk)).encode()}"
-    cfg = dict(rec["config"])
-    chunk = cfg.pop("chunk_len")
-    return f"{how}|{chunk}|{type(mod.default_config(spec)).from_dict(cfg).encode()}"
+    if rec is not None:
+        try:  # a record this ssmgen cannot use (edited, or of other limits): the default
+            cfg = dict(rec["config"])
+            chunk = cfg.pop("chunk_len")
+            run_spec = spec.replace(chunk_len=chunk)  # validates chunk_len
+            sc = type(mod.default_config(spec)).from_dict(cfg)
+            sc.fwd.check(run_spec, "fwd")
+            sc.bwd.check(run_spec, "bwd")
+            return f"{how}|{chunk}|{sc.encode()}"
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            _unusable(rec, e)
+    chunk = mod.default_chunk_len(spec)
+    return f"default|{chunk}|{mod.default_config(spec.replace(chunk_len=chunk)).encode()}"
+
+
+def _unusable(rec, e) -> None:
+    """One warning per process for a tuning record whose config cannot run (the lookup is
+    memoized, so this runs once per record until a cache file changes)."""
+    rid = tunecache.record_id(rec)
+    if rid not in _warned_records:
+        _warned_records.add(rid)
+        warnings.warn(f"ssmgen: tuning record {rid} has an unusable config "
+                      f"({type(e).__name__}: {e}); using the default config")
+
+
+_warned_records: set = set()
 
 
 # -- the decode step --------------------------------------------------------------------------
@@ -328,7 +349,16 @@ def _lookup_step(backend, spec, device_index, rows, recs):
 
     rec, _ = tunecache.lookup(dev.info(device_index)["name"], backend, step_template_hash(backend),
                               step_key(spec), {"seqlen": 1, "rows": rows}, recs)
-    return None if rec is None else dict(rec["config"]["step"])
+    if rec is None:
+        return None
+    try:  # a record this ssmgen cannot use: the default (one warning)
+        found = dict(rec["config"]["step"])
+        mod = backends.get(backend)
+        mod.check_step(spec, mod.KernelConfig(**found))
+        return found
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        _unusable(rec, e)
+        return None
 
 
 def tune_step(args, backend: str = "cuda", *, timer=None, device=None, save=True) -> dict:

@@ -63,12 +63,23 @@ class Call:
 
 def _last_contig(x: torch.Tensor) -> torch.Tensor:
     # Kernels read along L with unit stride; other strides are passed through. Same rule as mamba-ssm.
+    x = _resolved(x)
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def _check_tensor(name, x):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    # sparse, mkldnn or nested tensors: the kernels read dense strided memory
+    if x.layout != torch.strided or x.is_nested:
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}")
+
+
+def _resolved(x: torch.Tensor) -> torch.Tensor:
+    """A lazily conjugated / negated view (x.conj(), c.conj().imag) as plain values: the kernels
+    read memory, and view_as_real refuses such views."""
+    return x.resolve_conj().resolve_neg()
 
 
 def _norm_bc(name, X, spec_complex, batch, dim, N, L, udtype):
@@ -81,7 +92,7 @@ def _norm_bc(name, X, spec_complex, batch, dim, N, L, udtype):
         want = torch.complex64 if spec_complex else torch.float32
         if X.dtype != want:
             raise TypeError(f"{name}: constant {name} must be {want} (like A), got {X.dtype}")
-        return X.contiguous(), "constant", 1, False, spec_complex
+        return _resolved(X).contiguous(), "constant", 1, False, spec_complex
     if X.dim() not in (3, 4):
         raise ValueError(f"{name} must have shape (dim, d_state), (batch, d_state, L) or "
                          f"(batch, groups, d_state, L); got {X.dim()} dims {tuple(X.shape)}")
@@ -126,7 +137,7 @@ def _norm_vec(name, x, dim, device):
         raise TypeError(f"{name} must be float32 (or a half type, cast exactly), got {x.dtype}")
     if x.device != device:
         raise ValueError(f"{name} is on {x.device} but u is on {device}")
-    return x.float().contiguous()
+    return _resolved(x).float().contiguous()
 
 
 def _norm_initial(h0, batch, dim, N, cplx, device):
@@ -142,7 +153,7 @@ def _norm_initial(h0, batch, dim, N, cplx, device):
                         f"{'complex' if cplx else 'real'} A), got {h0.dtype}")
     if h0.device != device:
         raise ValueError(f"initial_state is on {h0.device} but u is on {device}")
-    return h0.contiguous()
+    return _resolved(h0).contiguous()
 
 
 def _norm_cu_seqlens(cu, batch, L, device, check_values):
@@ -220,8 +231,9 @@ def normalize(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
                     delta_softplus=delta_softplus, return_last_state=return_last_state,
                     chunk_len=DEFAULT_CHUNK_LEN if chunk_len is None else chunk_len,
                     has_initial_state=h0 is not None, reverse=reverse, varlen=cu is not None)
-    return Call(spec=spec, u=_last_contig(u), delta=_last_contig(delta), A=A.contiguous(),
-                B=Bn, C=Cn, D=_norm_vec("D", D, dim, device), z=None if z is None else _last_contig(z),
+    return Call(spec=spec, u=_last_contig(u), delta=_last_contig(delta),
+                A=_resolved(A).contiguous(), B=Bn, C=Cn, D=_norm_vec("D", D, dim, device),
+                z=None if z is None else _last_contig(z),
                 delta_bias=_norm_vec("delta_bias", delta_bias, dim, device),
                 batch=batch, dim=dim, seqlen=L, groups_B=gB, groups_C=gC,
                 B_squeezed=b_sq, C_squeezed=c_sq, B_was_complex=b_cx, C_was_complex=c_cx,

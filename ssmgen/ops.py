@@ -6,11 +6,13 @@ autograd Function saves the inputs and the chunk checkpoints only; backward reco
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import List, Optional
 
 import torch
 
+from . import fallback
 from .inputs import normalize
 from .reference import selective_scan_ref
 
@@ -21,6 +23,13 @@ BACKENDS = KERNEL_BACKENDS + ("reference",)
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def deterministic_mode() -> bool:
+    """torch.use_deterministic_algorithms(True) or SSMGEN_DETERMINISTIC=1: the backward sums
+    variable dB / dC without atomics (ScanSpec.deterministic), bit-identical run to run."""
+    return (torch.are_deterministic_algorithms_enabled()
+            or os.environ.get("SSMGEN_DETERMINISTIC", "0") == "1")
 
 
 def pick_backend(backend: Optional[str], device: torch.device) -> str:
@@ -118,7 +127,7 @@ def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
                      reverse=reverse, check_values=False)  # checked by selective_scan
     mod, cfg = _decode(config)
     out, last, ckpt = mod.forward(call, cfg, save_ckpt)
-    return [out, _empty(u.float()) if last is None else last, ckpt]
+    return [out, u.new_empty(0, dtype=torch.float32) if last is None else last, ckpt]
 
 
 @scan_fwd.register_fake
@@ -141,13 +150,15 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
              delta_bias: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
              cu_seqlens: Optional[torch.Tensor], delta_softplus: bool, return_last_state: bool,
              reverse: bool, chunk_len: int, config: str, ckpt: torch.Tensor, dout: torch.Tensor,
-             dlast: Optional[torch.Tensor]) -> List[torch.Tensor]:
+             dlast: Optional[torch.Tensor], deterministic: bool) -> List[torch.Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) in the inputs' own
     shapes and dtypes; an absent optional input gets an empty tensor. dlast: the last state's
-    gradient (None: zero)."""
+    gradient (None: zero). deterministic: variable dB / dC without atomics."""
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
                      reverse=reverse, check_values=False)  # checked by selective_scan
+    if deterministic and (call.spec.is_variable_B or call.spec.is_variable_C):
+        call = dataclasses.replace(call, spec=call.spec.replace(deterministic=True))
     mod, cfg = _decode(config)
     g = mod.backward(call, cfg, ckpt, dout, dlast)
     cplx = call.spec.complex_A
@@ -167,7 +178,7 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 @scan_bwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
-      return_last_state, reverse, chunk_len, config, ckpt, dout, dlast):
+      return_last_state, reverse, chunk_len, config, ckpt, dout, dlast, deterministic):
     like = [u, delta, A, B, C, D, z, delta_bias, initial_state]
     return [torch.empty_like(x, memory_format=torch.contiguous_format) if x is not None
             else u.new_empty(0) for x in like]
@@ -199,7 +210,7 @@ class SelectiveScanFn(torch.autograd.Function):
         softplus, ret_last, reverse, chunk_len, config = ctx.flags
         g = torch.ops.ssmgen.scan_bwd(u, delta, A, B, C, D, z, delta_bias, h0, cu, softplus,
                                       ret_last, reverse, chunk_len, config, ckpt, dout,
-                                      dlast if ret_last else None)
+                                      dlast if ret_last else None, deterministic_mode())
         opt = [x if inp is not None else None
                for x, inp in zip(g[5:], (D, z, delta_bias, h0))]
         return (*g[:5], *opt, None, None, None, None, None, None)
@@ -232,16 +243,35 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     # every input check, before any rendering
     call = normalize(*args, chunk_len=chunk_len, **variants)
     name = pick_backend(backend, call.u.device)
-    if name == "reference":
-        res = selective_scan_ref(*args, **variants)
-        if not return_last_state:
-            return res.to(u.dtype)
-        return res[0].to(u.dtype), res[1].to(A.dtype)
+    # a backend ssmgen chose may be replaced when its kernels cannot be built (ssmgen.fallback);
+    # not while torch.compile traces (the kernels were built by the eager warm-up, if any)
+    auto = backend is None and config is None and not torch.compiler.is_compiling()
+    while name != "reference":
+        try:
+            return _kernel_call(name, call, cfg, chunk_len, args, variants, auto)
+        except fallback.faults() as e:
+            if not auto:
+                raise
+            name = fallback.next_backend(name, call, e, _interpreting())
+    res = selective_scan_ref(*args, **variants)
+    if not return_last_state:
+        return res.to(u.dtype)
+    return res[0].to(u.dtype), res[1].to(A.dtype)
+
+
+def _kernel_call(name, call, cfg, chunk_len, args, variants, prepare):
     from ssmgen import backends
 
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
     call, cfg = _kernel_config(name, call, cfg, chunk_len, args, variants)
     backends.get(name).check_launch(call)
+    if prepare:
+        needs_grad = torch.is_grad_enabled() and any(
+            isinstance(x, torch.Tensor) and x.requires_grad
+            for x in (u, delta, A, B, C, D, z, delta_bias, call.initial_state))
+        fallback.prepare(name, call, cfg, needs_grad)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, call.initial_state,
                                       call.cu_seqlens, delta_softplus, return_last_state,
-                                      reverse, call.spec.chunk_len, f"{name}:{cfg.encode()}")
+                                      variants["reverse"], call.spec.chunk_len,
+                                      f"{name}:{cfg.encode()}")
     return (out, last) if return_last_state else out

@@ -36,6 +36,9 @@ class ScanSpec:
                       zero at every sequence start; the last state is per sequence.
     has_state_indices: decode step only: each batch row's state is picked from a pool by index
                       (mamba-ssm's state_batch_indices).
+    deterministic:    backward only, with variable B or C: their gradients are summed over the
+                      channel blocks in a fixed order (one fp32 partial per block, summed after
+                      the kernel) instead of by atomics, so repeated backwards are bit-identical.
     """
 
     d_state: int
@@ -54,6 +57,7 @@ class ScanSpec:
     reverse: bool = False
     varlen: bool = False
     has_state_indices: bool = False
+    deterministic: bool = False
 
     def __post_init__(self):
         _validate(self)
@@ -78,7 +82,7 @@ class ScanSpec:
         for flag, tag in (("has_D", "D"), ("has_z", "z"), ("has_delta_bias", "db"),
                           ("delta_softplus", "sp"), ("return_last_state", "last"),
                           ("has_initial_state", "h0"), ("reverse", "rev"), ("varlen", "vl"),
-                          ("has_state_indices", "idx")):
+                          ("has_state_indices", "idx"), ("deterministic", "det")):
             if getattr(self, flag):
                 bits.append(tag)
         if chunk:
@@ -140,11 +144,13 @@ def _validate(s: ScanSpec) -> None:
     need(s.C_layout in BC_LAYOUTS, f"C_layout must be one of {BC_LAYOUTS}, got {s.C_layout!r}")
     for name in ("complex_A", "has_D", "has_z", "has_delta_bias", "delta_softplus",
                  "return_last_state", "has_initial_state", "reverse", "varlen",
-                 "has_state_indices"):
+                 "has_state_indices", "deterministic"):
         if not isinstance(getattr(s, name), bool):
             raise TypeError(f"ScanSpec: {name} must be a bool, got {getattr(s, name)!r}")
     c = s.chunk_len
     need(isinstance(c, int) and not isinstance(c, bool) and 16 <= c <= 4096 and c & (c - 1) == 0,
          f"chunk_len must be a power of two in 16..4096, got {c!r}")
+    need(not s.deterministic or s.is_variable_B or s.is_variable_C,
+         "deterministic only changes the backward of variable B or C (the rest has no atomics)")
     need(not (s.varlen and s.has_initial_state),
          "varlen with an initial state is not supported (each packed sequence starts from zero)")

@@ -73,7 +73,7 @@ def _bc(name, X, batch, N, cplx, xdtype):
                             f"{xdtype} x pass the interleaved real form (batch, groups, 2*d_state)")
         if X.shape[2] != N:
             raise ValueError(f"{name}: complex {name} must have d_state={N} entries, got {X.shape[2]}")
-        return torch.view_as_real(X)
+        return torch.view_as_real(X.resolve_conj())  # a lazily conjugated view is fine
     if X.dtype != xdtype:
         raise TypeError(f"{name} must have x's dtype {xdtype}, got {X.dtype}")
     want = 2 * N if cplx else N
@@ -133,6 +133,9 @@ def normalize_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
     if st.stride(-1) != 1:
         raise ValueError("state must have unit stride along d_state: it is updated in place, so "
                          "it cannot be copied into a layout the kernels read")
+    if state.is_conj() or torch._debug_has_internal_overlap(state) == 1:
+        raise ValueError("state must be a writable tensor whose elements do not share memory (an "
+                         "expanded or lazily conjugated view cannot be updated in place)")
     zz = _heads("z", z, 3)
     for name, t, user in (("dt", tt, dt), ("z", zz, z)):
         if t is not None and (tuple(t.shape) != (batch, H, P) or t.dtype != x.dtype):
@@ -155,7 +158,7 @@ def normalize_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softp
         if tuple(idx.shape) != (batch,) or idx.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"state_batch_indices must be an int32/int64 tensor of shape "
                              f"(batch,) = ({batch},), got {tuple(idx.shape)} {idx.dtype}")
-        idx = idx.to(torch.int64)
+        idx = idx.to(torch.int64).contiguous()  # the kernels read it as contiguous
     elif pool != batch:
         raise ValueError(f"state has {pool} rows but x has batch={batch}: pass "
                          f"state_batch_indices to pick rows from a state pool")
@@ -182,8 +185,9 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         return torch.view_as_complex(t.double().contiguous()) if cplx else t.double()
 
     rows = c.indices if c.indices is not None else torch.arange(c.batch, device=x.device)
-    pad = rows < 0
-    h = cx(c.state)[rows.clamp_min(0)]
+    pool = c.state.shape[0]
+    pad, past = rows < 0, rows >= pool  # padding slot; past the pool: NaN out, nothing written
+    h = cx(c.state)[rows.clamp(0, pool - 1)]
     d = c.dt.double()
     if c.dt_bias is not None:
         d = d + c.dt_bias.double()
@@ -193,7 +197,7 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     Bx = cx(c.B).repeat_interleave(rep, dim=1)[:, :, None, :]
     Cx = cx(c.C).repeat_interleave(rep, dim=1)[:, :, None, :]
     h_new = torch.exp(d[..., None] * cx(c.A)) * h + (d * c.x.double())[..., None] * Bx
-    h_new = torch.where(pad[:, None, None, None], h, h_new)
+    h_new = torch.where((pad | past)[:, None, None, None], h, h_new)
     y = (h_new * Cx).sum(-1)
     y = 2 * y.real if cplx else y
     if c.D is not None:
@@ -201,6 +205,7 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     if c.z is not None:
         y = y * F.silu(c.z.double())
     y = torch.where(pad[:, None, None], torch.zeros_like(y), y)
+    y = torch.where(past[:, None, None], torch.full_like(y, float("nan")), y)
     if not c.has_heads:
         y, h_new = y.squeeze(1), h_new.squeeze(1)
     return y, h_new
@@ -227,7 +232,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                           state_batch_indices)
         rows = (call.indices if call.indices is not None
                 else torch.arange(call.batch, device=x.device))
-        keep = rows >= 0
+        keep = (rows >= 0) & (rows < call.state.shape[0])
         with torch.no_grad():
             state[rows[keep]] = h[keep].to(state.dtype)
         return y.to(x.dtype)

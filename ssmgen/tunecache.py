@@ -7,9 +7,11 @@ deterministic.
 
 Files hold {"format": FORMAT, "records": [...]}. Writes take an exclusive lock, re-read, merge
 and replace the file atomically, so concurrent writers never corrupt it or lose each other's
-records. A corrupt or foreign-format file gives one warning and is ignored (and, when written
-to, moved aside rather than overwritten). A template change invalidates only the records with
-the old template hash: they stay in the file, unused.
+records. A corrupt (bad JSON, not UTF-8, truncated) or foreign-format file gives one warning and
+is ignored (and, when written to, moved aside rather than overwritten); a malformed record is
+skipped. A file or folder that cannot be written gives one warning; its records stay in memory
+for this process and are saved by the next write that succeeds. A template change invalidates
+only the records with the old template hash: they stay in the file, unused.
 """
 from __future__ import annotations
 
@@ -60,26 +62,35 @@ def record_id(r: dict) -> tuple:
 
 
 def _valid(r) -> bool:
+    """A record lookup can use: the id's fields of the right types, a positive power-of-two
+    bucket (lookup takes its log2) and a config dict. Anything else is skipped, not crashed on."""
     try:
-        record_id(r)
-        return isinstance(r["config"], dict)
-    except (KeyError, TypeError):
+        ident = record_id(r)
+        b = r["bucket"]
+    except (KeyError, TypeError, IndexError):
         return False
+    pow2 = all(type(b[k]) is int and b[k] >= 1 and b[k] & (b[k] - 1) == 0
+               for k in ("seqlen", "rows"))
+    return all(isinstance(x, str) for x in ident[:4]) and pow2 and isinstance(r["config"], dict)
 
 
 def read_file(path: Path) -> list:
     """Records of one file; [] with a warning if it is corrupt or of another format."""
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):  # no such file (a file in place of a folder)
+        return []
+    except UnicodeDecodeError as e:  # binary garbage
+        warnings.warn(f"ssmgen: tuning cache {path} is corrupt (not UTF-8 text: {e}); ignoring it")
         return []
     except OSError as e:
         warnings.warn(f"ssmgen: cannot read tuning cache {path}: {e}; ignoring it")
         return []
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        warnings.warn(f"ssmgen: tuning cache {path} is corrupt ({e}); ignoring it")
+    except (json.JSONDecodeError, RecursionError) as e:
+        warnings.warn(f"ssmgen: tuning cache {path} is corrupt ({type(e).__name__}: "
+                      f"{str(e)[:200]}); ignoring it")
         return []
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -87,6 +98,10 @@ def read_file(path: Path) -> list:
                       f"{FORMAT}; ignoring it")
         return []
     recs = data.get("records", [])
+    if not isinstance(recs, list):
+        warnings.warn(f"ssmgen: tuning cache {path} is corrupt (its records are a "
+                      f"{type(recs).__name__}, not a list); ignoring it")
+        return []
     good = [r for r in recs if _valid(r)]
     if len(good) != len(recs):
         warnings.warn(f"ssmgen: {len(recs) - len(good)} malformed records in {path} ignored")
@@ -111,22 +126,42 @@ def merge(old: list, new: list) -> list:
     return list(by_id.values())
 
 
+# Records that could not be written, per file: lookups in this process still see them, and the
+# next write to that file that succeeds saves them too.
+_unsaved: dict = {}
+_write_warned: set = set()
+
+
 def write_records(records: list, path: Path | None = None, replace_all: bool = False) -> bool:
-    """Merges records into the file (or replaces its content); False with a warning if the
-    file cannot be written (the program goes on with what it has)."""
+    """Merges records into the file (or replaces its content); False with one warning per file
+    if it cannot be written: the records are then kept in memory for this process (lookups see
+    them) and go into the file with the next write that succeeds."""
     path = Path(path or user_file())
+    key = str(path)
+    pending = merge(_unsaved.get(key, []), records)
     try:
         with _locked(path):
             old = [] if replace_all else _read_for_write(path)
-            text = json.dumps({"format": FORMAT, "records": merge(old, records)}, indent=1,
+            text = json.dumps({"format": FORMAT, "records": merge(old, pending)}, indent=1,
                               sort_keys=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".records_", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
     except OSError as e:
-        warnings.warn(f"ssmgen: cannot write tuning cache {path}: {e}; results kept in memory")
+        _unsaved[key] = pending
+        _cache.clear()
+        if key not in _write_warned:
+            _write_warned.add(key)
+            warnings.warn(f"ssmgen: cannot write tuning cache {path}: {e}; results kept in "
+                          f"memory for this process")
         return False
+    _unsaved.pop(key, None)
     _cache.clear()
     return True
 
@@ -138,23 +173,40 @@ def _read_for_write(path: Path) -> list:
         warnings.simplefilter("always")
         recs = read_file(path)
     if caught and not recs:  # unreadable: keep its bytes aside instead of overwriting them
-        aside = path.with_name(f"{path.name}.bad-{int(time.time())}")
+        aside = path.with_name(f"{path.name}.bad-{int(time.time())}-{os.getpid()}")
+        n = 0
+        while aside.exists():  # never overwrite an earlier file kept aside
+            n += 1
+            aside = aside.with_name(f"{path.name}.bad-{int(time.time())}-{os.getpid()}-{n}")
         os.replace(path, aside)
         warnings.warn(f"ssmgen: {caught[0].message}; moved it to {aside}")
+    elif caught:
+        warnings.warn(f"ssmgen: {caught[0].message}; {path} is rewritten without them")
     return recs
 
 
 _cache: dict = {}
 
 
+def _stamp(f: Path) -> int:
+    try:
+        return f.stat().st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    except OSError:  # unreadable folder: read_file warns about it
+        return -1
+
+
 def all_records() -> list:
-    """Shipped records, then the user's (which win on the same id); re-read when files change."""
+    """Shipped records, then the user's (which win on the same id), then records this process
+    could not write; re-read when files change."""
     files = shipped_files() + [user_file()]
-    stamp = tuple((str(f), f.stat().st_mtime_ns if f.exists() else 0) for f in files)
+    stamp = tuple((str(f), _stamp(f)) for f in files) + (len(_unsaved.get(str(files[-1]), [])),)
     if _cache.get("stamp") != stamp:
         recs = []
         for f in files:
             recs = merge(recs, read_file(f))
+        recs = merge(recs, _unsaved.get(str(files[-1]), []))
         _cache.update(stamp=stamp, records=recs)
     return _cache["records"]
 

@@ -173,6 +173,6 @@ def test_custom_ops_pass_opcheck(variant):
                           test_utils=("test_schema", "test_faketensor"))
     out, last, ckpt = torch.ops.ssmgen.scan_fwd(*fwd_args)
     bwd_args = ins + (True, True, variant == "plain", 16, cfg, ckpt, torch.randn_like(out),
-                      torch.randn_like(last))
+                      torch.randn_like(last), variant != "plain")  # deterministic too
     torch.library.opcheck(torch.ops.ssmgen.scan_bwd, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
