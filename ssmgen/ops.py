@@ -19,6 +19,11 @@ from .reference import selective_scan_ref
 from .backends import NAMES as KERNEL_BACKENDS
 
 BACKENDS = KERNEL_BACKENDS + ("reference",)
+# At batch x dim <= FEW_ROWS the default is Triton even where the CUDA backend runs: its blocks
+# of 16-128 channels leave most SMs idle there. Measured on the H100, forward+backward, defaults
+# (benchmarks/results/NVIDIA_H100_80GB_HBM3/reliability_v1/small_rows.json): Triton takes
+# 0.32x / 0.36x / 0.67x the CUDA time at 256 / 1024 / 2048 rows, 1.08-1.6x from 4096 rows up.
+FEW_ROWS = 2048
 
 
 def _interpreting() -> bool:
@@ -232,7 +237,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     sequence (num_seqs, dim, N); reverse=True scans from t = L-1 down to 0.
 
     backend: "triton", "cuda", "reference" or None (on CUDA tensors the CUDA backend where
-    CuPy and a CUDA compiler are present, else Triton; Triton's interpreter under
+    CuPy and a CUDA compiler are present and batch x dim > FEW_ROWS, else Triton (then, if
+    its kernels cannot be built, the next backend with one warning); Triton's interpreter under
     TRITON_INTERPRET=1; else the reference). config: a dict of the backend's kernel config
     fields (both kernels), or {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None
     takes the tuned record or the default.
@@ -243,6 +249,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     # every input check, before any rendering
     call = normalize(*args, chunk_len=chunk_len, **variants)
     name = pick_backend(backend, call.u.device)
+    if backend is None and name == "cuda" and call.batch * call.dim <= FEW_ROWS:
+        name = "triton"  # too few rows to fill the GPU with the CUDA backend's channel blocks
     # a backend ssmgen chose may be replaced when its kernels cannot be built (ssmgen.fallback);
     # not while torch.compile traces (the kernels were built by the eager warm-up, if any)
     auto = backend is None and config is None and not torch.compiler.is_compiling()

@@ -176,3 +176,16 @@ def test_custom_ops_pass_opcheck(variant):
                       torch.randn_like(last), variant != "plain")  # deterministic too
     torch.library.opcheck(torch.ops.ssmgen.scan_bwd, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_default_backend_is_triton_for_few_rows(monkeypatch):
+    """Where the CUDA backend would be the default, batch x dim <= FEW_ROWS goes to Triton (the
+    CUDA backend's channel blocks leave the GPU idle there); more rows stay with CUDA."""
+    used = []
+    monkeypatch.setattr(ops, "pick_backend", lambda backend, device: "cuda")
+    monkeypatch.setattr(ops, "_kernel_call", lambda name, *a: used.append(name))
+    for dim, want in ((ops.FEW_ROWS // 2, "triton"), (ops.FEW_ROWS + 2, "cuda")):
+        u = torch.randn(2, dim, 4)
+        ssmgen.selective_scan(u, torch.rand_like(u), -torch.rand(dim, 2), torch.randn(2, 2, 4),
+                              torch.randn(2, 2, 4))
+        assert used[-1] == want, (dim, used)
