@@ -13,6 +13,7 @@ from triton.testing import do_bench
 
 import ssmgen
 from ssmgen import suite
+from ssmgen.bench import peak_mb
 
 
 def fwdbwd(x, **kw):
@@ -26,15 +27,6 @@ def fwdbwd(x, **kw):
         torch.autograd.grad(out, leaves, dout)
     run()
     return do_bench(run, warmup=5, rep=50, return_mode="median"), run
-
-
-def peak_mb(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def main(out_path):

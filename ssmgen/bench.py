@@ -67,7 +67,8 @@ def measure_exp_rate() -> float:
     return n * iters / (ms * 1e-3)
 
 
-def _peak_mb(fn) -> float:
+def peak_mb(fn) -> float:
+    """MiB allocated by fn() above what was allocated before it, at its peak."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -103,7 +104,7 @@ def run_shape(s: dict, peer, backends=("triton", "cuda"), warmup=10, rep=100) ->
 
             fb()
             row[f"{be}_fwdbwd_ms"] = bench(fb)
-            row[f"{be}_peak_mb"] = _peak_mb(fb)
+            row[f"{be}_peak_mb"] = peak_mb(fb)
         except Exception as e:  # reported in the row; the other implementations still run
             row[f"{be}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     if peer is not None:
@@ -118,7 +119,7 @@ def run_shape(s: dict, peer, backends=("triton", "cuda"), warmup=10, rep=100) ->
             peer.bwd(*x, dout, xs, o, None, True, False)
 
         row["peer_fwdbwd_ms"] = bench(pfb)
-        row["peer_peak_mb"] = _peak_mb(pfb)
+        row["peer_peak_mb"] = peak_mb(pfb)
     return row
 
 
