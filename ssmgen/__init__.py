@@ -3,6 +3,7 @@ from .spec import MAX_D_STATE, ScanSpec
 from . import reference
 from .ops import selective_scan
 from .step import selective_state_update
+from .ssd import mamba_chunk_scan_combined
 
 
 def tune(*args, **kwargs):
@@ -15,4 +16,4 @@ def tune(*args, **kwargs):
 
 __version__ = "0.1.0"
 __all__ = ["ScanSpec", "MAX_D_STATE", "reference", "selective_scan", "selective_state_update",
-           "tune", "__version__"]
+           "mamba_chunk_scan_combined", "tune", "__version__"]
