@@ -285,6 +285,15 @@ def _source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
     return render_source(spec, k, kind)
 
 
+def build(call: Call, cfg: ScanConfig, kinds) -> None:
+    """Renders, compiles and loads (no launch) the call's kernels of these kinds."""
+    dev = call.u.device.index or 0
+    for kind in kinds:
+        k = getattr(cfg, kind)
+        cuda_runtime.function(kernel_name(call.spec, k, kind), _source(call.spec, k, kind), dev,
+                              smem_bytes(call.spec, k, kind))
+
+
 # -- launching -----------------------------------------------------------------------------
 MAX_GRID_Y = 65535
 

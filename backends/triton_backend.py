@@ -208,6 +208,12 @@ def kernel(spec: ScanSpec, cfg: KernelConfig, kind: str):
     return getattr(mod, name)
 
 
+def build(call: Call, cfg: ScanConfig, kinds) -> None:
+    """Renders and compiles (no launch) the call's kernels of these kinds ("fwd", "bwd")."""
+    for kind in kinds:
+        kernel(call.spec, getattr(cfg, kind), kind)
+
+
 # -- launching -----------------------------------------------------------------------------
 def _bc_launch_args(call: Call, X: str, kind: str, block_d: int) -> dict:
     t = getattr(call, X)

@@ -35,21 +35,9 @@ def prepare(name: str, call, cfg, backward: bool) -> None:
     key = (name, call.spec.key())
     if key in _failed:
         raise _failed[key]
-    kinds = ["fwd"] + (["bwd"] if backward else [])
-    if name == "triton":
-        from ssmgen.backends import triton_backend as tb
+    from ssmgen import backends
 
-        for kind in kinds:
-            tb.kernel(call.spec, getattr(cfg, kind), kind)
-    elif name == "cuda":
-        from ssmgen.backends import cuda_backend as cb
-        from ssmgen.backends import cuda_runtime as cr
-
-        dev = call.u.device.index or 0
-        for kind in kinds:
-            k = getattr(cfg, kind)
-            cr.function(cb.kernel_name(call.spec, k, kind), cb._source(call.spec, k, kind), dev,
-                        cb.smem_bytes(call.spec, k, kind))
+    backends.get(name).build(call, cfg, ["fwd"] + (["bwd"] if backward else []))
 
 
 def next_backend(name: str, call, error: Exception, interpreting: bool) -> str:
