@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 
 _NEXT = {"cuda": "triton", "triton": "reference"}
-_failed: dict = {}  # (backend, spec key) -> the fault
+_failed: dict = {}  # (backend, spec) -> the fault
 
 
 def faults() -> tuple:
@@ -32,7 +32,7 @@ def prepare(name: str, call, cfg, backward: bool) -> None:
     """Renders and compiles (no launch) the forward kernel and, when a backward can follow, the
     backward one, so that a kernel that cannot be built fails here, where the call can still
     fall back, and not inside loss.backward(). Raises the earlier fault of a failed pair."""
-    key = (name, call.spec.key())
+    key = (name, call.spec)  # the frozen spec: hashing it is cheaper than building its key
     if key in _failed:
         raise _failed[key]
     from ssmgen import backends
@@ -42,7 +42,7 @@ def prepare(name: str, call, cfg, backward: bool) -> None:
 
 def next_backend(name: str, call, error: Exception, interpreting: bool) -> str:
     """The backend after `name`, which failed on this call's kernels; warns once per pair."""
-    key = (name, call.spec.key())
+    key = (name, call.spec)  # the frozen spec: hashing it is cheaper than building its key
     nxt = _NEXT[name]
     if nxt == "triton" and call.u.device.type != "cuda" and not interpreting:
         nxt = "reference"
