@@ -4,6 +4,9 @@ Usage: python benchmarks/build_peer.py SDIST_DIR BUILD_DIR
 SDIST_DIR is the extracted mamba-ssm sdist (fetch it on a machine with a package index:
 `MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation --no-binary :all:
 mamba-ssm==2.3.2.post1`). The flags are the sdist's own (setup.py); about 3 minutes on 16 cores.
+The peer's Python modules (its Triton step and SSD, its Mamba module), imported from the same
+tree through ssmgen.bench.peer_import (SSMGEN_PEER_SRC), also need einops and packaging: on a
+machine without a package index, bring their wheels (`pip download einops packaging --no-deps`).
 """
 import glob
 import os
