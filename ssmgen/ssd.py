@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .inputs import _check_tensor
 from .spec import MAX_D_STATE
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -62,13 +63,6 @@ class SSDCall:
     d_state: int
 
 
-def _tensor(name, t):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided or t.is_nested:
-        raise TypeError(f"{name} must be a dense (strided) tensor")
-
-
 def _shape(name, t, want, what):
     if tuple(t.shape) != tuple(want):
         raise ValueError(f"{name} must have shape {what} = {tuple(want)}, got {tuple(t.shape)}")
@@ -90,7 +84,7 @@ def _normalize(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial
     if return_varlen_states is not False:
         raise ValueError("return_varlen_states is not supported yet (pass False)")
     for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)):
-        _tensor(name, t)
+        _check_tensor(name, t)
     _float("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must have shape (batch, seqlen, heads, headdim), got {tuple(x.shape)}")
@@ -114,21 +108,21 @@ def _normalize(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial
     _shape("C", C, B.shape, "B's shape (batch, seqlen, groups, d_state)")
     _float("C", C, (x.dtype,))
     if D is not None:
-        _tensor("D", D)
+        _check_tensor("D", D)
         if tuple(D.shape) not in ((H,), (H, P)):
             raise ValueError(f"D must have shape (heads,) = ({H},) or (heads, headdim) = "
                              f"{(H, P)}, got {tuple(D.shape)}")
         _float("D", D)
     if z is not None:
-        _tensor("z", z)
+        _check_tensor("z", z)
         _shape("z", z, x.shape, "x's shape (batch, seqlen, heads, headdim)")
         _float("z", z, (x.dtype,))
     if dt_bias is not None:
-        _tensor("dt_bias", dt_bias)
+        _check_tensor("dt_bias", dt_bias)
         _shape("dt_bias", dt_bias, (H,), "(heads,)")
         _float("dt_bias", dt_bias)
     if initial_states is not None:
-        _tensor("initial_states", initial_states)
+        _check_tensor("initial_states", initial_states)
         _shape("initial_states", initial_states, (batch, H, P, N),
                "(batch, heads, headdim, d_state)")
         _float("initial_states", initial_states)

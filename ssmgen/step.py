@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .inputs import _DTYPE_NAMES, _check_tensor
+from .inputs import _DTYPE_NAMES, _check_tensor, _resolved
 from .spec import MAX_D_STATE, ScanSpec
 
 
@@ -73,7 +73,7 @@ def _bc(name, X, batch, N, cplx, xdtype):
                             f"{xdtype} x pass the interleaved real form (batch, groups, 2*d_state)")
         if X.shape[2] != N:
             raise ValueError(f"{name}: complex {name} must have d_state={N} entries, got {X.shape[2]}")
-        return torch.view_as_real(X.resolve_conj())  # a lazily conjugated view is fine
+        return torch.view_as_real(_resolved(X))  # a lazily conjugated view is fine
     if X.dtype != xdtype:
         raise TypeError(f"{name} must have x's dtype {xdtype}, got {X.dtype}")
     want = 2 * N if cplx else N
