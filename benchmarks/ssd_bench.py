@@ -1,5 +1,5 @@
-"""GPU: Mamba-2 SSD on the suite's `ssd` shapes: ssmgen's torch path (ssmgen.ssd, chunked, fp32
-matmuls) against mamba-ssm's fused Triton `mamba_chunk_scan_combined` where importable.
+"""GPU: Mamba-2 SSD on the suite's `ssd` shapes: ssmgen's Triton kernels and its torch path
+(ssmgen.ssd, chunked, fp32 matmuls) against mamba-ssm's fused Triton `mamba_chunk_scan_combined` where importable.
 
 Per shape and implementation: median forward time (no grad), median forward+backward time
 (triton.testing.do_bench, return_mode="median"), peak memory of forward+backward above what was
@@ -42,7 +42,9 @@ def make_inputs(s, seed=0):
 
 
 def impls(peer):
-    out = {"ssmgen_torch": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
+    out = {"ssmgen_triton": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=chunk, dt_softplus=True, backend="triton", **a),
+           "ssmgen_torch": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
         chunk_size=chunk, dt_softplus=True, backend="torch", **a)}
     if peer is not None:
         out["mamba_ssm"] = lambda chunk, **a: peer.mamba_chunk_scan_combined(
@@ -83,9 +85,10 @@ def run_shape(s, peer, warmup=10, rep=100):
         print(f"  {s['name']} {name}: " + ", ".join(
             f"{k[len(name) + 1:]}={v:.3f}" if isinstance(v, float) else f"{k[len(name) + 1:]}={v}"
             for k, v in row.items() if k.startswith(name + "_")), flush=True)
-    if "ssmgen_torch" in outs and "mamba_ssm" in outs:
-        a, b = outs["ssmgen_torch"], outs["mamba_ssm"]
-        row["out_rel_diff_vs_peer"] = ((a - b).norm() / b.norm()).item()
+    for name in ("ssmgen_triton", "ssmgen_torch"):
+        if name in outs and "mamba_ssm" in outs:
+            a, b = outs[name], outs["mamba_ssm"]
+            row[f"{name}_out_rel_diff_vs_peer"] = ((a - b).norm() / b.norm()).item()
     return row
 
 
@@ -100,7 +103,7 @@ def table(rows, names):
                 v = r.get(f"{n}_{c}")
                 cells.append(f"{v:>28.3f}" if v is not None else
                              f"{('OOM' if 'OOM' in r.get(n + '_error', '') else 'error'):>28}")
-        d = r.get("out_rel_diff_vs_peer")
+        d = r.get("ssmgen_triton_out_rel_diff_vs_peer")
         lines.append(f"{r['name']:<16}" + "".join(cells) + (f"{d:>10.2e}" if d is not None
                                                             else f"{'-':>10}"))
     return "\n".join(lines)

@@ -51,32 +51,49 @@ def resource_usage(cubin: bytes, name: str) -> dict:
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", m.group(1))}
 
 
-def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileReport:
-    """Compiles one rendered kernel for sm_<arch>; raises on any compiler error."""
+def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int) -> CompileReport:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from ssmgen.backends.triton_backend import kernel, kernel_name, kernel_params
-
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
                            "(run `python -m ssmgen.aot` in a subprocess)")
-    fn = kernel(spec, cfg, kind)
-    params = kernel_params(spec, kind)
     sig = dict(params)
     constexprs = {n: True for n, t in params if t == "constexpr"}  # uniform groups, checkpoints
     t0 = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                               target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages})
     seconds = time.perf_counter() - t0
-    name = kernel_name(spec, cfg, kind)
     use = resource_usage(compiled.asm["cubin"], name)
     return CompileReport(name=name, arch=arch, registers=use["REG"],
                          spill_bytes=use.get("LOCAL", 0) + use.get("STACK", 0),
                          shared_bytes=compiled.metadata.shared, seconds=seconds,
                          ptx_lines=compiled.asm["ptx"].count("\n"))
+
+
+def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileReport:
+    """Compiles one rendered kernel for sm_<arch>; raises on any compiler error."""
+    from ssmgen.backends.triton_backend import kernel, kernel_name, kernel_params
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
+                           "(run `python -m ssmgen.aot` in a subprocess)")
+    return _compile(kernel(spec, cfg, kind), kernel_params(spec, kind),
+                    kernel_name(spec, cfg, kind), cfg.num_warps, cfg.num_stages, arch)
+
+
+def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90) -> CompileReport:
+    """The same for one SSD kernel (backends/triton_ssd.py; kind: fwd, dstate or bwd)."""
+    from ssmgen.backends import triton_ssd as ts
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
+                           "(run `python -m ssmgen.aot` in a subprocess)")
+    lc = ts.launch_config(cfg, kind)
+    return _compile(ts.kernel(spec, cfg, kind), ts.kernel_params(spec, kind),
+                    ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch)
 
 
 def covering_specs() -> list:

@@ -154,3 +154,83 @@ def _validate(s: ScanSpec) -> None:
          "deterministic only changes the backward of variable B or C (the rest has no atomics)")
     need(not (s.varlen and s.has_initial_state),
          "varlen with an initial state is not supported (each packed sequence starts from zero)")
+
+
+SSD_KEY_VERSION = "ssd1"
+
+
+@dataclass(frozen=True)
+class SSDSpec:
+    """One variant of Mamba-2's SSD scan (scalar decay per head; ssmgen.ssd's semantics).
+
+    d_state:        N, 1..MAX_D_STATE.
+    headdim:        P, the channels of one head (x, z, out: (batch, seqlen, heads, headdim)).
+    dtype:          x, z, B, C and out ("float32", "float16", "bfloat16").
+    dt_dtype:       dt's dtype: dtype or "float32".
+    has_D, D_per_channel: D given, shaped (heads, headdim) instead of (heads,).
+    has_z, has_dt_bias, dt_softplus: the options of mamba_chunk_scan_combined (dt_limit is a
+                    runtime argument, always applied as a clamp).
+    has_initial_state, return_final_states: start from a given state / return the last one,
+                    both (batch, heads, headdim, d_state) fp32, with gradients.
+    Groups, heads, seqlen and batch are runtime sizes; the user's chunk_size is not part of the
+    variant: the kernels' block length is a tuning choice (it moves only rounding).
+    """
+
+    d_state: int
+    headdim: int
+    dtype: str = "bfloat16"
+    dt_dtype: str = "float32"
+    has_D: bool = False
+    D_per_channel: bool = False
+    has_z: bool = False
+    has_dt_bias: bool = False
+    dt_softplus: bool = False
+    has_initial_state: bool = False
+    return_final_states: bool = False
+
+    def __post_init__(self):
+        for name in ("d_state", "headdim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"SSDSpec: {name} must be a positive int, got {v!r}")
+        if self.d_state > MAX_D_STATE:
+            raise ValueError(f"SSDSpec: d_state must be in 1..{MAX_D_STATE}, got {self.d_state}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"SSDSpec: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dt_dtype not in (self.dtype, "float32"):
+            raise ValueError(f"SSDSpec: dt_dtype must be dtype or float32, got {self.dt_dtype!r}")
+        for f in fields(self)[4:]:
+            if not isinstance(getattr(self, f.name), bool):
+                raise TypeError(f"SSDSpec: {f.name} must be a bool, got {getattr(self, f.name)!r}")
+        if self.D_per_channel and not self.has_D:
+            raise ValueError("SSDSpec: D_per_channel needs has_D")
+
+    def key(self) -> str:
+        parts = [SSD_KEY_VERSION, f"n{self.d_state}", f"p{self.headdim}", DTYPE_SHORT[self.dtype]]
+        for f in fields(self)[3:]:
+            v = getattr(self, f.name)
+            if v != f.default:
+                parts.append(f"{f.name}={_fmt(v)}")
+        return "-".join(parts)
+
+    def short_name(self) -> str:
+        """Every field, in a fixed order, for kernel names."""
+        bits = [f"n{self.d_state}", f"p{self.headdim}", DTYPE_SHORT[self.dtype],
+                "dt" + DTYPE_SHORT[self.dt_dtype]]
+        for flag, tag in (("has_D", "D"), ("D_per_channel", "Dp"), ("has_z", "z"),
+                          ("has_dt_bias", "db"), ("dt_softplus", "sp"),
+                          ("has_initial_state", "h0"), ("return_final_states", "last")):
+            if getattr(self, flag):
+                bits.append(tag)
+        return "_".join(bits)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SSDSpec":
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"SSDSpec.from_json: unknown fields {sorted(unknown)}")
+        return cls(**data)

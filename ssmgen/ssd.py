@@ -34,7 +34,7 @@ from .inputs import _check_tensor
 from .spec import MAX_D_STATE
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-BACKENDS = ("torch", "reference")
+BACKENDS = ("triton", "torch", "reference")
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
 
@@ -278,18 +278,29 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
                               initial_states=None, seq_idx=None, cu_seqlens=None,
                               dt_softplus=False, dt_limit=DEFAULT_DT_LIMIT,
                               return_final_states=False, return_varlen_states=False, *,
-                              backend=None):
+                              backend=None, config=None):
     """Drop-in for mamba-ssm's mamba_chunk_scan_combined.
 
     x, z: (batch, seqlen, heads, headdim); dt: (batch, seqlen, heads); A, dt_bias: (heads,);
     B, C: (batch, seqlen, groups, d_state), groups dividing heads; D: (heads, headdim) or
     (heads,); initial_states: (batch, heads, headdim, d_state). Returns out (x's dtype) or
-    (out, final_states float32). backend: "torch" (the chunked algorithm; the default, None) or
-    "reference" (the float64 loop)."""
+    (out, final_states float32). backend: "triton" (generated kernels; the default on CUDA
+    tensors; on CPU tensors only under TRITON_INTERPRET=1), "torch" (the chunked algorithm in
+    PyTorch; the default on CPU tensors) or "reference" (the float64 loop). config: the Triton
+    kernels' SSDConfig (or a dict of its fields); None: the default for the variant."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     c = normalize_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
                       cu_seqlens, dt_softplus, dt_limit, return_final_states, return_varlen_states)
+    if backend is None:
+        backend = "triton" if x.is_cuda else "torch"
+    if config is not None and backend != "triton":
+        raise ValueError(f"config applies to backend='triton' only, got backend={backend!r}")
+    if backend == "triton":
+        from . import ssd_kernels
+
+        ssd_kernels.check_device(x)
+        return ssd_kernels.run(c, config)
     res = _ref(c) if backend == "reference" else _chunked(c)
     if not return_final_states:
         return res.to(x.dtype)

@@ -1,0 +1,278 @@
+"""Triton backend of the SSD scan (Mamba-2): renders templates/triton/ssd_{fwd,dstate,bwd}.py.jinja
+for an (SSDSpec, SSDConfig) pair and launches them.
+
+Three kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels"):
+  fwd     one program per (channel block of a head, head, batch row) walks the sequence in
+          blocks of block_q steps with the state in registers; tensor-core products per block;
+          saves the state entering each block (the backward's checkpoints).
+  dstate  the same walk from the end: the gradient of the state leaving each block.
+  bwd     one program per (block, group of heads_per_program heads, batch row), all blocks in
+          parallel: every input gradient from the two checkpoints of its block.
+The kernels' parameter lists are built here once (`kernel_params`) and used for the rendered
+signature, the launch and ahead-of-time compilation.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, astuple, dataclass
+
+import torch
+import triton
+
+from ssmgen import render
+from ssmgen.spec import SSDSpec
+
+from .buffers import new
+
+TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
+             "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
+KINDS = ("fwd", "dstate", "bwd")
+MAX_GRID_YZ = 65535
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """block_q: steps per block (= checkpoint interval); block_p: channels per program of the
+    sequential kernels (fwd, dstate); bwd_block_p: channels per inner step of bwd;
+    heads_per_program: heads of one group per bwd program (C B^T shared, dB/dC summed)."""
+
+    block_q: int = 64
+    block_p: int = 32
+    fwd_warps: int = 4
+    fwd_stages: int = 2
+    bwd_block_p: int = 64
+    heads_per_program: int = 4
+    bwd_warps: int = 8
+    bwd_stages: int = 1
+
+    def tag(self, kind: str) -> str:
+        if kind == "bwd":
+            return (f"q{self.block_q}_p{self.bwd_block_p}_h{self.heads_per_program}"
+                    f"_w{self.bwd_warps}_s{self.bwd_stages}")
+        return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
+
+    def check(self) -> None:
+        for name, v in asdict(self).items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
+                raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+        for name in ("block_q", "block_p", "bwd_block_p"):
+            if getattr(self, name) < 16:  # tl.dot's smallest tile edge
+                raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        if self.block_q > 128:
+            raise ValueError(f"config.block_q must be <= 128 (a [block_q, block_q] fp32 tile is "
+                             f"held in registers), got {self.block_q}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SSDConfig":
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise TypeError(f"config: {e}; fields are {sorted(asdict(cls()))}") from None
+
+    def encode(self) -> str:
+        return ",".join(str(v) for v in astuple(self))
+
+    @classmethod
+    def decode(cls, text: str) -> "SSDConfig":
+        return cls(*map(int, text.split(",")))
+
+
+def padded_state(spec: SSDSpec) -> int:
+    return max(16, triton.next_power_of_2(spec.d_state))
+
+
+def default_config(spec: SSDSpec) -> SSDConfig:
+    """Heuristic until tuned records exist: keep the fwd state tile [block_p, NP] at <= 4096
+    fp32 values (32 per thread at 4 warps) and bwd's inner tile at the whole head up to 64."""
+    NP = padded_state(spec)
+    P2 = max(16, triton.next_power_of_2(spec.headdim))
+    bp = max(16, min(P2, 4096 // NP))
+    return SSDConfig(block_q=64, block_p=bp, bwd_block_p=min(P2, 64),
+                     heads_per_program=4, bwd_warps=8 if NP >= 64 else 4)
+
+
+# -- rendering -----------------------------------------------------------------------------
+_TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dz_ptr",
+       "ckpt_ptr", "dckpt_ptr"}
+_STRIDES = {"x": "xlhp", "z": "zlhp"}
+
+
+def kernel_params(spec: SSDSpec, kind: str) -> list:
+    """(name, Triton signature type) of the kernel's parameters, in order."""
+    a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
+    a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
+                          ("dtb_ptr", spec.has_dt_bias)) if on]
+    if kind == "fwd":
+        a += ["init_ptr"] if spec.has_initial_state else []
+        a += ["out_ptr", "ckpt_ptr"] + (["final_ptr"] if spec.return_final_states else [])
+    elif kind == "dstate":
+        a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
+        a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
+    else:
+        a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
+        a += ["dz_ptr"] if spec.has_z else []
+        a += ["dB_ptr", "dC_ptr", "dA_ptr"]
+        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
+    a += ["L", "H", "P", "hpg", "nblk"] + (["NHB"] if kind == "bwd" else [])
+    a += ["dt_lo", "dt_hi"]
+    a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
+    a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
+    a += ["s_zb", "s_zl", "s_zh", "s_zp"] if spec.has_z else []
+    io = "*" + _TY[spec.dtype]
+
+    def typ(n):
+        if n in ("dt_lo", "dt_hi"):
+            return "fp32"
+        if not n.endswith("_ptr"):
+            return "i32"
+        if n in _IO:
+            return io
+        if n in ("dt_ptr", "ddt_ptr"):
+            return "*" + _TY[spec.dt_dtype]
+        return "*fp32"
+
+    return [(n, typ(n)) for n in a]
+
+
+def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
+    return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
+
+
+def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
+    NP = padded_state(spec)
+    return render.render(
+        f"triton/ssd_{kind}.py.jinja", spec_key=spec.key(), config_desc=repr(cfg),
+        kernel_name=kernel_name(spec, cfg, kind), args=[n for n, _ in kernel_params(spec, kind)],
+        N=spec.d_state, NP=NP, block_q=cfg.block_q,
+        block_p=cfg.bwd_block_p if kind == "bwd" else cfg.block_p,
+        heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
+        has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
+        has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
+        has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
+    cfg.check()
+    name = kernel_name(spec, cfg, kind)
+    return getattr(render.load_module("triton", name, render_source(spec, cfg, kind)), name)
+
+
+def launch_config(cfg: SSDConfig, kind: str) -> dict:
+    if kind == "bwd":
+        return dict(num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    return dict(num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
+
+
+# -- launching -----------------------------------------------------------------------------
+def heads_per_program(cfg: SSDConfig, hpg: int) -> int:
+    """bwd's heads per program: the config's, cut to a divisor of the heads per group."""
+    return math.gcd(cfg.heads_per_program, hpg)
+
+
+def check_launch(c) -> None:
+    """Limits of these kernels that argument validation does not know about."""
+    if c.batch > MAX_GRID_YZ:
+        raise ValueError(f"x: batch={c.batch} exceeds the SSD kernels' limit of {MAX_GRID_YZ} "
+                         f"batch rows per call (CUDA's grid z limit); split the batch")
+    if c.heads > MAX_GRID_YZ:
+        raise ValueError(f"x: heads={c.heads} exceeds the SSD kernels' limit of {MAX_GRID_YZ}")
+    for name in ("x", "z", "B", "C", "dt"):
+        t = getattr(c, name)
+        if t is not None and sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
+            raise ValueError(f"{name}: one batch row spans >= 2**31 elements; the SSD kernels "
+                             f"index within a row in 32 bits")
+
+
+def _args(c, spec: SSDSpec) -> dict:
+    f32 = torch.float32
+    a = dict(x_ptr=c.x, dt_ptr=c.dt, A_ptr=c.A.to(f32).contiguous(), B_ptr=c.B, C_ptr=c.C,
+             L=c.seqlen, H=c.heads, P=c.headdim, hpg=c.heads // c.groups,
+             dt_lo=c.dt_limit[0], dt_hi=c.dt_limit[1])
+    if spec.has_D:
+        a["D_ptr"] = c.D.to(f32).contiguous()
+    if spec.has_z:
+        a["z_ptr"] = c.z
+        a.update(zip(("s_zb", "s_zl", "s_zh", "s_zp"), c.z.stride()))
+    if spec.has_dt_bias:
+        a["dtb_ptr"] = c.dt_bias.to(f32).contiguous()
+    a.update(zip(("s_xb", "s_xl", "s_xh", "s_xp"), c.x.stride()))
+    a.update(zip(("s_tb", "s_tl", "s_th"), c.dt.stride()))
+    a.update(zip(("s_Bb", "s_Bl", "s_Bg", "s_Bn"), c.B.stride()))
+    a.update(zip(("s_Cb", "s_Cl", "s_Cg", "s_Cn"), c.C.stride()))
+    return a
+
+
+def _launch(spec, cfg, kind, args, grid):
+    names = [n for n, _ in kernel_params(spec, kind)]
+    missing = [n for n in names if n not in args]
+    assert not missing, f"launcher lacks kernel arguments {missing}"
+    kernel(spec, cfg, kind)[grid](*[args[n] for n in names], **launch_config(cfg, kind))
+
+
+def ckpt_dtype(spec: SSDSpec) -> torch.dtype:
+    # the state enters the tensor-core products in the input dtype: checkpoints store that
+    return getattr(torch, spec.dtype)
+
+
+def forward(c, spec: SSDSpec, cfg: SSDConfig):
+    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints)."""
+    check_launch(c)
+    b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
+    nblk = triton.cdiv(L, cfg.block_q)
+    dev = c.x.device
+    out = new((b, L, H, P), c.x.dtype, dev)
+    ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
+    final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
+    a = _args(c, spec)
+    a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
+    if spec.has_initial_state:
+        a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
+    _launch(spec, cfg, "fwd", a, (triton.cdiv(P, cfg.block_p), H, b))
+    return out, final, ckpt
+
+
+def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
+    """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_ops)."""
+    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
+    nblk = ckpt.shape[2]
+    dev, f32 = c.x.device, torch.float32
+    dout = dout.contiguous()
+    a = _args(c, spec)
+    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt)
+    dckpt = new(ckpt.shape, ckpt.dtype, dev)
+    g = {"initial_states": new((b, H, P, N), f32, dev) if spec.has_initial_state else None}
+    if spec.return_final_states:
+        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
+                           else dfinal.to(f32).contiguous())
+    a.update(dckpt_ptr=dckpt, dinit_ptr=g["initial_states"])
+    _launch(spec, cfg, "dstate", a, (triton.cdiv(P, cfg.block_p), H, b))
+
+    hb = heads_per_program(cfg, H // G)
+    if hb != cfg.heads_per_program:
+        cfg = SSDConfig(**{**asdict(cfg), "heads_per_program": hb})
+    nhb = H // hb
+    dx = new((b, L, H, P), c.x.dtype, dev)
+    ddt = new((b, L, H), c.dt.dtype, dev)
+    dz = new(dx.shape, dx.dtype, dev) if spec.has_z else None
+    dB = new((b, L, nhb, N), f32, dev)
+    dC = new((b, L, nhb, N), f32, dev)
+    dA = new((b, nblk, H), f32, dev)
+    dD = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H), f32, dev) \
+        if spec.has_D else None
+    ddtb = new((b, nblk, H), f32, dev) if spec.has_dt_bias else None
+    a.update(dx_ptr=dx, ddt_ptr=ddt, dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD,
+             ddtb_ptr=ddtb, NHB=nhb)
+    _launch(spec, cfg, "bwd", a, (nblk, nhb, b))
+    # sum the per-head-group partials over each B/C group's heads, and the partials over blocks
+    red = (b, L, G, nhb // G, N)
+    g.update(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)),
+             B=dB.view(red).sum(3).to(c.B.dtype), C=dC.view(red).sum(3).to(c.C.dtype),
+             D=None if dD is None else dD.sum((0, 1)),
+             dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
+    return g

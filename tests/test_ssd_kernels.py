@@ -1,0 +1,172 @@
+"""Mamba-2 SSD on the generated Triton kernels (backends/triton_ssd.py) against the float64
+reference: output, final states and every gradient, over random variants, sizes and kernel
+configs. On a machine without CUDA through Triton's interpreter (fp32 and fp16: the interpreter
+of Triton 3.6 computes tl.dot of bfloat16 operands wrongly, see
+test_interpreter_bf16_dot_is_broken); bf16 and the suite-sized blocks run on the GPU."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ssmgen
+from ssmgen.backends import triton_ssd
+from ssmgen.numerics import assert_close
+from ssmgen.spec import SSDSpec
+from ssmgen.ssd import ssd_ref
+from test_ssd import BF16, F16, F32, HEADS_GROUPS, INF, make_inputs, run_with_grads
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    # every buffer a kernel must write starts as NaN, so an unwritten element fails the check
+    monkeypatch.setenv("SSMGEN_POISON", "1")
+
+
+def to_dev(a):
+    return {k: v.detach().to(DEV).requires_grad_(True) for k, v in a.items()}
+
+
+def check(a, opts, ret_final, config, dtype, seed):
+    kern = run_with_grads(lambda **k: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=64, **k, **opts, backend="triton", config=config), to_dev(a), seed, ret_final)
+    ref = run_with_grads(lambda **k: ssd_ref(**k, **opts), a, seed, ret_final)
+    (out, fin, grads), (rout, rfin, rgrads) = kern, ref
+    assert out.dtype == dtype and out.shape == rout.shape
+    assert_close("out", out.cpu(), rout.to(dtype), dtype)
+    if ret_final:
+        assert fin.dtype == F32
+        assert_close("final_states", fin.cpu(), rfin, dtype)
+    for name, g in grads.items():
+        assert g.dtype == a[name].dtype, name
+        assert_close(f"d{name}", g.cpu(), rgrads[name], dtype)
+
+
+CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_from([16, 32]),
+                    bwd_block_p=st.sampled_from([16, 32]),
+                    heads_per_program=st.sampled_from([1, 2, 4]))
+
+
+@pytest.mark.interp
+@settings(max_examples=12, deadline=None)
+@given(b=st.integers(1, 2), L=st.integers(1, 50), HG=st.sampled_from(HEADS_GROUPS),
+       P=st.integers(1, 40), N=st.integers(1, 20), D=st.sampled_from([None, "h", "hp"]),
+       z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(),
+       dt_limit=st.sampled_from([(0.0, INF), (0.1, 0.4)]), h0=st.booleans(),
+       ret_final=st.booleans(), dtype=st.sampled_from([F32, F16]), dt_f32=st.booleans(),
+       config=CONFIGS, seed=st.integers(0, 2**31 - 1))
+def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, dt_limit, h0,
+                                      ret_final, dtype, dt_f32, config, seed):
+    H, G = HG
+    a = make_inputs(seed, b, L, H, P, N, G, dtype, F32 if dt_f32 else dtype, D=D, z=z,
+                    dt_bias=dt_bias, h0=h0, softplus=softplus)
+    check(a, dict(dt_softplus=softplus, dt_limit=dt_limit), ret_final, config, dtype, seed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
+def test_triton_ssd_matches_reference_gpu(shape, dtype):
+    b, L, H, P, N, G = shape
+    a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
+                    softplus=True)
+    check(a, dict(dt_softplus=True), True, None, dtype, 7)
+
+
+@pytest.mark.gpu
+@settings(max_examples=10, deadline=None)  # each example compiles its own variant
+@given(b=st.integers(1, 3), L=st.integers(1, 400), HG=st.sampled_from(HEADS_GROUPS),
+       P=st.integers(1, 80), N=st.integers(1, 140), D=st.sampled_from([None, "h", "hp"]),
+       z=st.booleans(), dt_bias=st.booleans(), h0=st.booleans(), ret_final=st.booleans(),
+       dtype=st.sampled_from([BF16, F16, F32]),
+       config=st.sampled_from([None, dict(block_q=32, block_p=16, heads_per_program=1),
+                               dict(block_q=128, block_p=32, fwd_warps=8, bwd_block_p=32)]),
+       seed=st.integers(0, 2**31 - 1))
+def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
+    H, G = HG
+    a = make_inputs(seed, b, L, H, P, N, G, dtype, dtype, D=D, z=z, dt_bias=dt_bias, h0=h0,
+                    softplus=True)
+    check(a, dict(dt_softplus=True), ret_final, config, dtype, seed)
+
+
+@pytest.mark.interp
+def test_segments_chain_like_one_call():
+    """Training over a long sequence in two calls, the state carried, equals one call."""
+    a = make_inputs(3, 1, 40, 2, 16, 16, 1, F32, D="h", z=True, h0=True, softplus=True)
+    cfg = dict(block_q=16, block_p=16, bwd_block_p=16)
+    f = lambda **k: ssmgen.mamba_chunk_scan_combined(  # noqa: E731
+        chunk_size=64, dt_softplus=True, return_final_states=True, backend="triton", config=cfg,
+        **k)
+    out, fin = f(**a)
+    cut = 23
+    part = {k: v for k, v in a.items() if k not in ("x", "dt", "B", "C", "z", "initial_states")}
+    o1, f1 = f(**{k: a[k][:, :cut] for k in ("x", "dt", "B", "C", "z")}, **part,
+               initial_states=a["initial_states"])
+    o2, f2 = f(**{k: a[k][:, cut:] for k in ("x", "dt", "B", "C", "z")}, **part,
+               initial_states=f1)
+    assert_close("out", torch.cat([o1, o2], 1), out, F32)
+    assert_close("final", f2, fin, F32)
+    g1 = torch.autograd.grad((out.sum() + fin.sum()), list(a.values()))
+    g2 = torch.autograd.grad((torch.cat([o1, o2], 1).sum() + f2.sum()), list(a.values()))
+    for name, x, y in zip(a, g2, g1):
+        assert_close(f"d{name}", x, y, F32)
+
+
+@pytest.mark.interp
+def test_interpreter_bf16_dot_is_broken():
+    """Why the interpreter tests leave bf16 out: Triton 3.6's interpreter multiplies bfloat16
+    tl.dot operands wrongly (values off by ~1e10). If this starts failing, the interpreter was
+    fixed: add BF16 to test_triton_ssd_matches_reference."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def k(a_ptr, b_ptr, o_ptr):
+        r = tl.arange(0, 16)
+        off = r[:, None] * 16 + r[None, :]
+        tl.store(o_ptr + off, tl.dot(tl.load(a_ptr + off), tl.load(b_ptr + off)))
+
+    a, b = torch.randn(16, 16).to(BF16), torch.randn(16, 16).to(BF16)
+    o = torch.empty(16, 16)
+    k[(1,)](a, b, o)
+    assert not torch.allclose(o, a.float() @ b.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    a = make_inputs(0, 1, 8, 2, 4, 4, 1)
+    if DEV == "cpu":
+        with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+            ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (dict(block_q=8), r"config\.block_q must be >= 16"),
+    (dict(block_q=256), r"config\.block_q must be <= 128"),
+    (dict(block_p=24), r"config\.block_p must be a positive power of two"),
+    (dict(heads_per_program=0), r"config\.heads_per_program"),
+])
+def test_bad_config_raises_naming_the_field(change, pattern):
+    a = make_inputs(0, 1, 8, 2, 4, 4, 1)
+    with pytest.raises(ValueError, match=pattern):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton", config=change)
+    with pytest.raises(TypeError, match="fields are"):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton",
+                                         config=dict(block_x=16))
+    with pytest.raises(ValueError, match="config applies to backend='triton' only"):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="torch", config={})
+
+
+def test_spec_names_every_field():
+    s = SSDSpec(d_state=128, headdim=64, dtype="bfloat16", dt_dtype="bfloat16", has_D=True,
+                has_z=True, has_dt_bias=True, dt_softplus=True, return_final_states=True)
+    assert s.short_name() == "n128_p64_bf16_dtbf16_D_z_db_sp_last"
+    assert SSDSpec.from_json(s.to_json()) == s
+    assert SSDSpec(16, 8).key() == "ssd1-n16-p8-bf16"
+    with pytest.raises(ValueError, match="d_state"):
+        SSDSpec(d_state=513, headdim=8)
+    with pytest.raises(ValueError, match="D_per_channel needs has_D"):
+        SSDSpec(d_state=8, headdim=8, D_per_channel=True)
+    cfg = triton_ssd.default_config(s)
+    assert triton_ssd.SSDConfig.decode(cfg.encode()) == cfg
+    assert "ssd_bwd_n128_p64" in triton_ssd.kernel_name(s, cfg, "bwd")
