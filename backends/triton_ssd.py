@@ -237,22 +237,27 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig):
     return out, final, ckpt
 
 
-def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
-    """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_ops)."""
-    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
-    nblk = ckpt.shape[2]
+def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=None):
+    """Pass 1: (the gradient of the state leaving each block (like the checkpoints), the
+    initial state's gradient fp32 or None)."""
+    b, H, P, N = c.batch, c.heads, c.headdim, c.d_state
     dev, f32 = c.x.device, torch.float32
-    dout = dout.contiguous()
     a = _args(c, spec)
-    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt)
-    dckpt = new(ckpt.shape, ckpt.dtype, dev)
-    g = {"initial_states": new((b, H, P, N), f32, dev) if spec.has_initial_state else None}
+    dckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
+    dinit = new((b, H, P, N), f32, dev) if spec.has_initial_state else None
     if spec.return_final_states:
         a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
                            else dfinal.to(f32).contiguous())
-    a.update(dckpt_ptr=dckpt, dinit_ptr=g["initial_states"])
+    a.update(nblk=nblk, dout_ptr=dout, dckpt_ptr=dckpt, dinit_ptr=dinit)
     _launch(spec, cfg, "dstate", a, (triton.cdiv(P, cfg.block_p), H, b))
+    return dckpt, dinit
 
+
+def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
+    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias."""
+    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
+    nblk = ckpt.shape[2]
+    dev, f32 = c.x.device, torch.float32
     hb = heads_per_program(cfg, H // G)
     if hb != cfg.heads_per_program:
         cfg = SSDConfig(**{**asdict(cfg), "heads_per_program": hb})
@@ -266,13 +271,22 @@ def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
     dD = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H), f32, dev) \
         if spec.has_D else None
     ddtb = new((b, nblk, H), f32, dev) if spec.has_dt_bias else None
-    a.update(dx_ptr=dx, ddt_ptr=ddt, dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD,
-             ddtb_ptr=ddtb, NHB=nhb)
+    a = _args(c, spec)
+    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
+             dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb)
     _launch(spec, cfg, "bwd", a, (nblk, nhb, b))
     # sum the per-head-group partials over each B/C group's heads, and the partials over blocks
     red = (b, L, G, nhb // G, N)
-    g.update(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)),
-             B=dB.view(red).sum(3).to(c.B.dtype), C=dC.view(red).sum(3).to(c.C.dtype),
-             D=None if dD is None else dD.sum((0, 1)),
-             dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
+    return dict(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)),
+                B=dB.view(red).sum(3).to(c.B.dtype), C=dC.view(red).sum(3).to(c.C.dtype),
+                D=None if dD is None else dD.sum((0, 1)),
+                dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
+
+
+def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
+    """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
+    dout = dout.contiguous()
+    dckpt, dinit = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal)
+    g = backward_grads(c, spec, cfg, ckpt, dckpt, dout)
+    g["initial_states"] = dinit
     return g

@@ -6,7 +6,8 @@ backward (both passes and the partial sums), forward+backward through the public
 memory, and the relative difference of out and every gradient to the peer's and to the fp32
 chunked torch path. Medians of triton.testing.do_bench.
 
-Usage: python benchmarks/ssd_sweep.py OUT.json [shape names...]
+Usage: python benchmarks/ssd_sweep.py OUT.json [shape names...] [--kernels]
+(--kernels: each kernel alone over its config grid, no peer)
 """
 import json
 import sys
@@ -35,7 +36,7 @@ CONFIGS = [
     dict(block_q=32, block_p=64, fwd_warps=4, bwd_block_p=64, heads_per_program=4, bwd_warps=4),
     dict(block_q=128, block_p=32, fwd_warps=8, bwd_block_p=32, heads_per_program=1, bwd_warps=8),
     dict(block_q=128, block_p=16, fwd_warps=8, bwd_block_p=64, heads_per_program=2, bwd_warps=8),
-    dict(block_q=64, block_p=32, fwd_warps=4, fwd_stages=3, bwd_block_p=64, heads_per_program=2,
+    dict(block_q=64, block_p=32, fwd_warps=4, fwd_stages=4, bwd_block_p=64, heads_per_program=2,
          bwd_warps=8, bwd_stages=2),
 ]
 
@@ -98,12 +99,63 @@ def run_shape(s, peer, configs, bench):
     return row
 
 
+FWD_GRID = [(q, p, w, st) for q in (16, 32, 64) for p in (16, 32, 64) for w in (4, 8)
+            for st in (1, 2) if (w == 4 or p >= 32) and not (q == 64 and p == 64 and w == 4)]
+BWD_GRID = [(q, p, hb, w) for q in (16, 32, 64) for p in (32, 64) for hb in (1, 2, 4)
+            for w in (4, 8) if not (q == 64 and w == 4 and p == 64)]
+
+
+def kernel_sweep(s, bench):
+    """Each kernel alone over its own grid: fwd and dstate per (block_q, block_p, warps,
+    stages); bwd per (block_q, bwd_block_p, heads_per_program, warps)."""
+    x = make_inputs(s)
+    dout = torch.randn_like(x["x"])
+    c = normalize_ssd(chunk_size=s["chunk"], dt_softplus=True, **x)
+    spec = spec_of(c)
+    rows = []
+    for q, p, w, st in FWD_GRID:
+        cfg = ts.SSDConfig(block_q=q, block_p=p, fwd_warps=w, fwd_stages=st)
+        r = {"kind": "fwd+dstate", "config": cfg.to_dict()}
+        try:
+            _, _, ckpt = ts.forward(c, spec, cfg)
+            r["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
+            r["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, cfg, ckpt.shape[2], dout))
+            del ckpt
+        except Exception as e:
+            r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rows.append(r)
+        print(f"  {s['name']} {cfg.tag('fwd')}: " + ", ".join(
+            f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float)), r.get("error", ""),
+            flush=True)
+    for q, p, hb, w in BWD_GRID:
+        cfg = ts.SSDConfig(block_q=q, block_p=32, fwd_warps=4, bwd_block_p=p,
+                           heads_per_program=hb, bwd_warps=w)
+        r = {"kind": "bwd", "config": cfg.to_dict()}
+        try:
+            _, _, ckpt = ts.forward(c, spec, cfg)
+            dckpt, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
+            r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout))
+            del ckpt, dckpt
+        except Exception as e:
+            r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        rows.append(r)
+        print(f"  {s['name']} {cfg.tag('bwd')}: " + ", ".join(
+            f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float)), r.get("error", ""),
+            flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main(out_path, names=()):
     shapes = [s for s in load()["ssd"] if not names or s["name"] in names]
-    peer = peer_import("mamba_ssm.ops.triton.ssd_combined")
+    peer = None if "--kernels" in names else peer_import("mamba_ssm.ops.triton.ssd_combined")
     print(f"peer: {'found' if peer else 'not found'}", flush=True)
     bench = lambda f: do_bench(f, warmup=10, rep=60, return_mode="median")  # noqa: E731
-    rows = [run_shape(s, peer, CONFIGS, bench) for s in shapes]
+    if "--kernels" in names:
+        shapes = [s for s in load()["ssd"] if s["name"] in names] or load()["ssd"]
+        rows = [{"name": s["name"], "kernels": kernel_sweep(s, bench)} for s in shapes]
+    else:
+        rows = [run_shape(s, peer, CONFIGS, bench) for s in shapes]
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "triton": __import__("triton").__version__, "peer": peer is not None}
     with open(out_path, "w") as f:
