@@ -85,14 +85,21 @@ def padded_state(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.d_state))
 
 
-def default_config(spec: SSDSpec) -> SSDConfig:
-    """Heuristic until tuned records exist: keep the fwd state tile [block_p, NP] at <= 4096
-    fp32 values (32 per thread at 4 warps) and bwd's inner tile at the whole head up to 64."""
-    NP = padded_state(spec)
+def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
+    """Heuristic from the H100 kernel sweep (benchmarks/results/*/ssd_v1/kernel_sweep.json,
+    d_state 128, headdim 64): blocks of 32 steps (64 and 128 spill in bwd: 2.5 ms at 32 vs 4.6
+    and 8.5 on ssd_1.3b); the sequential kernels take the widest channel block that still
+    gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms; ssd_long, batch 1: 16, 3.3 ms
+    vs 4.1 at 64); bwd 32 channels per step, 4 heads per program, 4 warps."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
-    bp = max(16, min(P2, 4096 // NP))
-    return SSDConfig(block_q=64, block_p=bp, bwd_block_p=min(P2, 64),
-                     heads_per_program=4, bwd_warps=8 if NP >= 64 else 4)
+    bp = 16
+    for cand in (64, 32):
+        if cand <= P2 and batch * heads * triton.cdiv(spec.headdim, cand) >= 2 * 132:
+            bp = cand
+            break
+    big = padded_state(spec) >= 256  # twice the registers per tile
+    return SSDConfig(block_q=32, block_p=bp, fwd_warps=8 if big else 4, fwd_stages=2,
+                     bwd_block_p=min(P2, 32), heads_per_program=4, bwd_warps=8 if big else 4)
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -123,24 +123,56 @@ def covering_specs() -> list:
     return [ScanSpec(**dict(zip(names, r))) for r in rows]
 
 
+def covering_ssd_specs() -> list:
+    """SSD variants that together set every SSDSpec flag both ways, each dtype, a d_state
+    that is not a power of two and one past 128."""
+    from .spec import SSDSpec
+
+    return [
+        SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
+                dt_softplus=True),
+        SSDSpec(20, 48, "float16", "float32", has_D=True, D_per_channel=True,
+                has_initial_state=True, return_final_states=True),
+        SSDSpec(256, 32, "float32", "float32", has_z=True, dt_softplus=True,
+                return_final_states=True),
+        SSDSpec(16, 8, "bfloat16", "float32"),
+    ]
+
+
+def ssd_default_config(spec):
+    from .backends.triton_ssd import default_config
+
+    return default_config(spec)
+
+
 def _job(args):
-    spec_json, kind, arch = args
-    from ssmgen.backends.triton_backend import default_config
-
-    spec = ScanSpec.from_json(spec_json)
-    cfg = getattr(default_config(spec), kind)
+    family, spec_json, kind, arch = args
     try:
-        return dataclasses.asdict(compile_kernel(spec, cfg, kind, arch)), None
+        if family == "ssd":
+            from .spec import SSDSpec
+
+            spec = SSDSpec.from_json(spec_json)
+            report = compile_ssd_kernel(spec, ssd_default_config(spec), kind, arch)
+        else:
+            from ssmgen.backends.triton_backend import default_config
+
+            spec = ScanSpec.from_json(spec_json)
+            report = compile_kernel(spec, getattr(default_config(spec), kind), kind, arch)
+        return dataclasses.asdict(report), None
     except Exception as e:  # reported per kernel; the caller decides what fails
-        return {"name": f"{kind} {spec.short_name()} sm_{arch}"}, f"{type(e).__name__}: {e}"
+        return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None):
-    """Compiles every (spec, kind, arch) with the default config in a process pool.
-    Returns (reports, errors)."""
+SSD_KINDS = ("fwd", "dstate", "bwd")
+
+
+def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):
+    """Compiles every (spec, kind, arch) with the default config in a process pool, and
+    every SSD spec's three kernels. Returns (reports, errors)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(s.to_json(), k, a) for s in specs for k in kinds for a in archs]
+    work = [("scan", s.to_json(), k, a) for s in specs for k in kinds for a in archs]
+    work += [("ssd", s.to_json(), k, a) for s in ssd_specs for k in SSD_KINDS for a in archs]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(_job, work))
@@ -168,7 +200,8 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=None)
     a = p.parse_args(argv)
     archs = tuple(int(x) for x in a.arch.split(","))
-    reports, errors = compile_all(covering_specs(), archs, jobs=a.jobs)
+    reports, errors = compile_all(covering_specs(), archs, jobs=a.jobs,
+                                  ssd_specs=covering_ssd_specs())
     print(format_table(reports))
     for name, err in errors:
         print(f"FAILED {name}: {err}")

@@ -24,12 +24,12 @@ def spec_of(c) -> SSDSpec:
                    return_final_states=c.return_final_states)
 
 
-def config_of(spec: SSDSpec, config):
-    """None (the heuristic default), an SSDConfig or a dict of its fields."""
+def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64):
+    """None (the heuristic default for these sizes), an SSDConfig or a dict of its fields."""
     from .backends import triton_ssd
 
     if config is None:
-        return triton_ssd.default_config(spec)
+        return triton_ssd.default_config(spec, batch, heads)
     if isinstance(config, dict):
         config = triton_ssd.SSDConfig.from_dict(config)
     if not isinstance(config, triton_ssd.SSDConfig):
@@ -72,6 +72,6 @@ class _SSD(torch.autograd.Function):
 def run(c, config=None):
     """out, or (out, final_states fp32) through the Triton kernels; differentiable."""
     spec = spec_of(c)
-    cfg = config_of(spec, config)
+    cfg = config_of(spec, config, c.batch, c.heads)
     meta = dataclasses.replace(c, **{n: None for n in _TENSORS})
     return _SSD.apply(meta, spec, cfg, *(getattr(c, n) for n in _TENSORS))

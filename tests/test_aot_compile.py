@@ -1,4 +1,5 @@
-"""Every template variant compiles ahead of time for sm_80 and sm_90 on a machine without a GPU.
+"""Every template variant (the selective scan's and the SSD's) compiles ahead of time for sm_80
+and sm_90 on a machine without a GPU.
 
 Runs `python -m ssmgen.aot` in a subprocess (Triton cannot compile and interpret in one process)
 and prints its table of registers, spills and shared memory per kernel."""
@@ -7,7 +8,9 @@ import os
 import subprocess
 import sys
 
-from ssmgen.aot import CompileReport, covering_specs, format_table
+from ssmgen.aot import (SSD_KINDS, CompileReport, covering_specs, covering_ssd_specs,
+                        format_table, ssd_default_config)
+from ssmgen.backends import triton_ssd
 from ssmgen.backends.triton_backend import default_config, kernel_name
 
 
@@ -22,6 +25,8 @@ def test_every_variant_compiles_for_sm80_and_sm90(tmp_path, capsys):
     reports = [CompileReport(**r) for r in data["reports"]]
     want = {(kernel_name(s, getattr(default_config(s), k), k), a)
             for s in covering_specs() for k in ("fwd", "bwd") for a in (80, 90)}
+    want |= {(triton_ssd.kernel_name(s, ssd_default_config(s), k), a)
+             for s in covering_ssd_specs() for k in SSD_KINDS for a in (80, 90)}
     assert {(r.name, r.arch) for r in reports} == want
     for r in reports:
         assert 0 < r.registers <= 255 and r.ptx_lines > 0, r
