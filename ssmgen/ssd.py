@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from . import ssd_kernels  # registers the custom ops ssmgen::ssd_fwd / ssd_bwd
 from .inputs import _check_tensor
 from .spec import MAX_D_STATE
 
@@ -297,8 +298,6 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     if config is not None and backend != "triton":
         raise ValueError(f"config applies to backend='triton' only, got backend={backend!r}")
     if backend == "triton":
-        from . import ssd_kernels
-
         ssd_kernels.check_device(x)
         return ssd_kernels.run(c, config)
     res = _ref(c) if backend == "reference" else _chunked(c)

@@ -3,8 +3,8 @@ backward reruns the state walk from the forward's per-block checkpoints (backend
 """
 from __future__ import annotations
 
-import dataclasses
 import os
+from typing import List, Optional
 
 import torch
 
@@ -44,34 +44,91 @@ def check_device(x: torch.Tensor) -> None:
                          f"Triton's CPU interpreter; x is on {x.device}")
 
 
+def _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+          return_final_states):
+    from .ssd import _normalize
+
+    return _normalize(x, dt, A, B, C, None, D=D, z=z, dt_bias=dt_bias,
+                      initial_states=initial_states, dt_softplus=dt_softplus,
+                      dt_limit=(dt_lo, dt_hi), return_final_states=return_final_states)
+
+
+# torch.library custom ops with fake implementations, so torch.compile traces through the
+# kernels (attention-gym's pattern). config: SSDConfig.encode().
+@torch.library.custom_op("ssmgen::ssd_fwd", mutates_args=())
+def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+            initial_states: Optional[torch.Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float,
+            return_final_states: bool, config: str) -> List[torch.Tensor]:
+    """[out, final states (empty when not asked for), per-block checkpoints]"""
+    from .backends import triton_ssd
+
+    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+              return_final_states)
+    out, final, ckpt = triton_ssd.forward(c, spec_of(c), triton_ssd.SSDConfig.decode(config))
+    return [out, x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt]
+
+
+@ssd_fwd.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+      return_final_states, config):
+    b, L, H, P = x.shape
+    N = B.shape[-1]
+    block_q = int(config.split(",")[0])
+    nblk = -(-L // block_q)
+    final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
+             else x.new_empty(0, dtype=torch.float32))
+    return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N))]
+
+
+@torch.library.custom_op("ssmgen::ssd_bwd", mutates_args=())
+def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+            D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
+            initial_states: Optional[torch.Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float,
+            return_final_states: bool, config: str, ckpt: torch.Tensor, dout: torch.Tensor,
+            dfinal: Optional[torch.Tensor]) -> List[torch.Tensor]:
+    """The gradients of the 9 tensor inputs in their shapes and dtypes (empty when absent)."""
+    from .backends import triton_ssd
+
+    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+              return_final_states)
+    g = triton_ssd.backward(c, spec_of(c), triton_ssd.SSDConfig.decode(config), ckpt, dout,
+                            dfinal)
+    ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    return [x.new_empty(0) if t is None else g[n].to(t.dtype) for n, t in zip(_TENSORS, ins)]
+
+
+@ssd_bwd.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+      return_final_states, config, ckpt, dout, dfinal):
+    ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
+    return [x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+            for t in ins]
+
+
 class _SSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, meta, spec, cfg, *tensors):
-        from .backends import triton_ssd
-
-        c = dataclasses.replace(meta, **dict(zip(_TENSORS, tensors)))
-        out, final, ckpt = triton_ssd.forward(c, spec, cfg)
+    def forward(ctx, flags, *tensors):
+        out, final, ckpt = torch.ops.ssmgen.ssd_fwd(*tensors, *flags)
         ctx.save_for_backward(*tensors, ckpt)
-        ctx.meta, ctx.spec, ctx.cfg = meta, spec, cfg
-        return (out, final) if spec.return_final_states else out
+        ctx.flags = flags
+        if not flags[3]:
+            ctx.mark_non_differentiable(final)  # an empty placeholder
+        return out, final
 
     @staticmethod
-    def backward(ctx, dout, dfinal=None):
-        from .backends import triton_ssd
-
+    def backward(ctx, dout, dfinal):
         *tensors, ckpt = ctx.saved_tensors
-        c = dataclasses.replace(ctx.meta, **dict(zip(_TENSORS, tensors)))
-        g = triton_ssd.backward(c, ctx.spec, ctx.cfg, ckpt, dout, dfinal)
-        grads = []
-        for name, t in zip(_TENSORS, tensors):
-            v = g[name] if t is not None else None
-            grads.append(None if v is None else v.to(t.dtype))
-        return (None, None, None, *grads)
+        ret_final = ctx.flags[3]
+        g = torch.ops.ssmgen.ssd_bwd(*tensors, *ctx.flags, ckpt, dout,
+                                     dfinal if ret_final else None)
+        return (None, *(x if t is not None else None for x, t in zip(g, tensors)))
 
 
 def run(c, config=None):
     """out, or (out, final_states fp32) through the Triton kernels; differentiable."""
     spec = spec_of(c)
     cfg = config_of(spec, config, c.batch, c.heads)
-    meta = dataclasses.replace(c, **{n: None for n in _TENSORS})
-    return _SSD.apply(meta, spec, cfg, *(getattr(c, n) for n in _TENSORS))
+    flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
+    out, final = _SSD.apply(flags, *(getattr(c, n) for n in _TENSORS))
+    return (out, final) if c.return_final_states else out

@@ -170,3 +170,38 @@ def test_spec_names_every_field():
     cfg = triton_ssd.default_config(s)
     assert triton_ssd.SSDConfig.decode(cfg.encode()) == cfg
     assert "ssd_bwd_n128_p64" in triton_ssd.kernel_name(s, cfg, "bwd")
+
+
+@pytest.mark.interp
+def test_custom_ops_pass_opcheck():
+    a = make_inputs(5, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, dt_bias=True, h0=True,
+                    softplus=True)
+    a = {k: v.detach() for k, v in a.items()}
+    cfg = triton_ssd.SSDConfig(block_q=16, block_p=16, bwd_block_p=16).encode()
+    ins = tuple(a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
+    flags = (True, 0.0, INF, True, cfg)
+    torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags,
+                          test_utils=("test_schema", "test_faketensor"))
+    out, fin, ckpt = torch.ops.ssmgen.ssd_fwd(*ins, *flags)
+    torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
+                          ins + flags + (ckpt, torch.randn_like(out), torch.randn_like(fin)),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.interp
+def test_torch_compile_fullgraph_forward_and_backward():
+    a = make_inputs(6, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, softplus=True)
+
+    def f(**kw):
+        return ssmgen.mamba_chunk_scan_combined(**kw, chunk_size=16, dt_softplus=True,
+                                                backend="triton",
+                                                config=dict(block_q=16, block_p=16,
+                                                            bwd_block_p=16))
+
+    eager = f(**a)
+    geager = torch.autograd.grad(eager.sum(), list(a.values()))
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(**a)
+    gcomp = torch.autograd.grad(out.sum(), list(a.values()))
+    assert torch.equal(out, eager)
+    for x, y in zip(gcomp, geager):
+        assert torch.equal(x, y)
