@@ -162,8 +162,13 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     # the budget is split by candidate count, so forward candidates cannot starve the backward
     share = {"fwd": len(fwd) / max(1, total), "bwd": 1.0}
 
+    tried = {"fwd": 0, "bwd": 0}
+
     def over_budget(kind):
-        return budget_s is not None and time.perf_counter() - t_start > budget_s * share[kind]
+        # the first candidate of each kind (the default) is always timed, so a spent budget
+        # still leaves a record instead of no valid candidate
+        return (budget_s is not None and tried[kind] > 0
+                and time.perf_counter() - t_start > budget_s * share[kind])
 
     def run(kind, chunk, k, cfg_dict, make_fn):
         nonlocal done
@@ -172,6 +177,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
         if over_budget(kind):
             row["error"] = "skipped: time budget spent"
         else:
+            tried[kind] += 1
             try:
                 proxy.check(backend, cfg_dict)  # a fast wrong kernel never wins
                 row["ms"] = timer(make_fn())
