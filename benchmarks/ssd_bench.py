@@ -13,6 +13,7 @@ D ~ N(0,1) fp32 (heads,); dt_bias fp32 (heads,); dt_softplus=True.
 Usage: python benchmarks/ssd_bench.py OUT.json [shape names...]
 """
 import json
+import os
 import sys
 
 import torch
@@ -46,6 +47,8 @@ def impls(peer):
         chunk_size=chunk, dt_softplus=True, backend="triton", **a),
            "ssmgen_torch": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
         chunk_size=chunk, dt_softplus=True, backend="torch", **a)}
+    if os.environ.get("SSD_TORCH", "1") == "0":  # the slow fp32 PyTorch path left out
+        del out["ssmgen_torch"]
     if peer is not None:
         out["mamba_ssm"] = lambda chunk, **a: peer.mamba_chunk_scan_combined(
             chunk_size=chunk, dt_softplus=True, **a)

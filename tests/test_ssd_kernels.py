@@ -3,6 +3,8 @@ reference: output, final states and every gradient, over random variants, sizes 
 configs. On a machine without CUDA through Triton's interpreter (fp32 and fp16: the interpreter
 of Triton 3.6 computes tl.dot of bfloat16 operands wrongly, see
 test_interpreter_bf16_dot_is_broken); bf16 and the suite-sized blocks run on the GPU."""
+import os
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -74,7 +76,7 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype):
 
 
 @pytest.mark.gpu
-@settings(max_examples=10, deadline=None)  # each example compiles its own variant
+@settings(max_examples=int(os.environ.get("SSMGEN_SSD_EXAMPLES", "10")), deadline=None)  # compiles per example
 @given(b=st.integers(1, 3), L=st.integers(1, 400), HG=st.sampled_from(HEADS_GROUPS),
        P=st.integers(1, 80), N=st.integers(1, 140), D=st.sampled_from([None, "h", "hp"]),
        z=st.booleans(), dt_bias=st.booleans(), h0=st.booleans(), ret_final=st.booleans(),
