@@ -105,6 +105,12 @@ BWD_GRID = [(q, p, hb, w) for q in (16, 32, 64) for p in (32, 64) for hb in (1, 
             for w in (4, 8) if not (q == 64 and w == 4 and p == 64)]
 
 
+def _show(s, tag, r):
+    print(f"  {s['name']} {tag}: " + ", ".join(
+        f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float)), r.get("error", ""),
+        flush=True)
+
+
 def kernel_sweep(s, bench):
     """Each kernel alone over its own grid: fwd and dstate per (block_q, block_p, warps,
     stages); bwd per (block_q, bwd_block_p, heads_per_program, warps)."""
@@ -124,9 +130,7 @@ def kernel_sweep(s, bench):
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(r)
-        print(f"  {s['name']} {cfg.tag('fwd')}: " + ", ".join(
-            f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float)), r.get("error", ""),
-            flush=True)
+        _show(s, cfg.tag("fwd"), r)
     for q, p, hb, w in BWD_GRID:
         cfg = ts.SSDConfig(block_q=q, block_p=32, fwd_warps=4, bwd_block_p=p,
                            heads_per_program=hb, bwd_warps=w)
@@ -139,9 +143,7 @@ def kernel_sweep(s, bench):
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(r)
-        print(f"  {s['name']} {cfg.tag('bwd')}: " + ", ".join(
-            f"{k}={v:.3f}" for k, v in r.items() if isinstance(v, float)), r.get("error", ""),
-            flush=True)
+        _show(s, cfg.tag("bwd"), r)
         torch.cuda.empty_cache()
     return rows
 

@@ -90,16 +90,11 @@ class ScanSpec:
         return "_".join(bits)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> "ScanSpec":
-        data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"ScanSpec.from_json: unknown fields {sorted(unknown)}")
-        return cls(**data)
+        return _from_json(cls, text)
 
     def replace(self, **changes) -> "ScanSpec":
         return dataclasses.replace(self, **changes)
@@ -123,6 +118,18 @@ class ScanSpec:
 
         return normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                          return_last_state, chunk_len=chunk_len, **variants).spec
+
+
+def _to_json(spec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def _from_json(cls, text: str):
+    data = json.loads(text)
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}.from_json: unknown fields {sorted(unknown)}")
+    return cls(**data)
 
 
 def _fmt(v) -> str:
@@ -225,12 +232,8 @@ class SSDSpec:
         return "_".join(bits)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return _to_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> "SSDSpec":
-        data = json.loads(text)
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"SSDSpec.from_json: unknown fields {sorted(unknown)}")
-        return cls(**data)
+        return _from_json(cls, text)
