@@ -77,9 +77,6 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
     """Compiles one rendered kernel for sm_<arch>; raises on any compiler error."""
     from ssmgen.backends.triton_backend import kernel, kernel_name, kernel_params
 
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
-                           "(run `python -m ssmgen.aot` in a subprocess)")
     return _compile(kernel(spec, cfg, kind), kernel_params(spec, kind),
                     kernel_name(spec, cfg, kind), cfg.num_warps, cfg.num_stages, arch)
 
@@ -88,9 +85,6 @@ def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90) -> CompileReport:
     """The same for one SSD kernel (backends/triton_ssd.py; kind: fwd, dstate or bwd)."""
     from ssmgen.backends import triton_ssd as ts
 
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("ahead-of-time compilation needs a process without TRITON_INTERPRET=1 "
-                           "(run `python -m ssmgen.aot` in a subprocess)")
     lc = ts.launch_config(cfg, kind)
     return _compile(ts.kernel(spec, cfg, kind), ts.kernel_params(spec, kind),
                     ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch)
