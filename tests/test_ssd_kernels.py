@@ -11,9 +11,9 @@ from hypothesis import given, settings, strategies as st
 
 import ssmgen
 from ssmgen.backends import triton_ssd
-from ssmgen.numerics import assert_close
+from ssmgen.numerics import FLOOR, assert_close
 from ssmgen.spec import SSDSpec
-from ssmgen.ssd import ssd_ref
+from ssmgen.ssd import _dt, _normalize, ssd_ref
 from test_ssd import BF16, F16, F32, HEADS_GROUPS, INF, make_inputs, run_with_grads
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,9 +39,28 @@ def check(a, opts, ret_final, config, dtype, seed):
     if ret_final:
         assert fin.dtype == F32
         assert_close("final_states", fin.cpu(), rfin, dtype)
+    floors = sum_floors(a, opts, rgrads) if dtype != F32 else {}
     for name, g in grads.items():
         assert g.dtype == a[name].dtype, name
-        assert_close(f"d{name}", g.cpu(), rgrads[name], dtype)
+        assert_close(f"d{name}", g.cpu(), rgrads[name], dtype, **floors.get(name, {}))
+
+
+def sum_floors(a, opts, rgrads):
+    """dA and d dt_bias are sums over (batch, L) of per-step terms that can cancel in float64
+    (seen: dA = -1.8e-4 from 33 terms of ~1e-2). The kernels, like mamba-ssm's, feed x dt decay
+    and the state to the tensor cores in the input dtype, so each term carries that rounding:
+    their error is judged against the terms' size, not the cancelled sum. Terms: d dt_bias =
+    sum_t ddt_raw_t exactly; dA_h = sum_t dt'_t da_t with A_h da_t the decay part of ddt'_t,
+    bounded here by |dt'_t ddt_raw_t| / |A_h| (softplus' <= 1)."""
+    c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None,
+                   dt_softplus=opts["dt_softplus"], dt_limit=opts.get("dt_limit", (0.0, INF)))
+    dtp = _dt(c, torch.float64)
+    ddt = rgrads["dt"].detach().double().abs()
+    f = {"A": dict(floor=max(FLOOR, ((dtp * ddt).sum((0, 1)) / a["A"].detach().double().abs())
+                             .max().item()))}
+    if "dt_bias" in a:
+        f["dt_bias"] = dict(floor=max(FLOOR, ddt.sum((0, 1)).max().item()))
+    return f
 
 
 CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_from([16, 32]),
