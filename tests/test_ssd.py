@@ -216,6 +216,151 @@ def test_matches_peer_ssd_minimal():
     assert_close("final_states", fin, rfin, F32)
 
 
+# -- packed sequences: seq_idx, cu_seqlens, return_varlen_states ----------------------------------
+SEQ = ("x", "dt", "B", "C", "z")
+
+
+def packed_inputs(seed, lens, ids, H, P, N, G, dtype=F32, **opts):
+    """Batch-1 inputs packing sequences of lengths lens (0: an empty sequence) with seq_idx ids
+    (one per sequence, increasing), and cu_seqlens (int32)."""
+    a = make_inputs(seed, 1, sum(lens), H, P, N, G, dtype, **opts)
+    seq_idx = torch.tensor(ids, dtype=torch.int32).repeat_interleave(torch.tensor(lens))[None]
+    cu = torch.tensor([0] + lens).cumsum(0).to(torch.int32)
+    return a, seq_idx, cu
+
+
+def each_alone(fn, a, seq_idx, cu, seed):
+    """fn(**inputs, return_final_states=True) on each sequence by itself, starting from
+    initial_states when it starts at step 0 with seq_idx 0 (else from zero). Returns (out,
+    final state of the last non-empty sequence, each sequence's final state (zero if empty),
+    {name: grad}), the cotangents those of run_with_grads(..., seed, True) on the packed call."""
+    L, H, P = a["x"].shape[1:]
+    N = a["B"].shape[-1]
+    g = torch.Generator().manual_seed(seed + 1)
+    gout = torch.randn((1, L, H, P), generator=g, dtype=torch.float64)
+    gfin = torch.randn((1, H, P, N), generator=g, dtype=torch.float64)
+    v = cu.tolist()
+    spans = list(zip(v, v[1:]))
+    last = max(i for i, (s, e) in enumerate(spans) if e > s)
+    outs, states, loss = [], [], 0.0
+    for i, (s, e) in enumerate(spans):
+        if e == s:
+            states.append(torch.zeros(H, P, N, dtype=torch.float64))
+            continue
+        part = {k: (t[:, s:e] if k in SEQ else t) for k, t in a.items() if k != "initial_states"}
+        if s == 0 and seq_idx[0, 0] == 0 and "initial_states" in a:
+            part["initial_states"] = a["initial_states"]
+        o, f = fn(**part, return_final_states=True)
+        outs.append(o)
+        states.append(f[0].double())
+        loss = loss + (o.double() * gout[:, s:e]).sum()
+        if i == last:
+            final = f
+            loss = loss + (f.double() * gfin).sum()
+    grads = torch.autograd.grad(loss, list(a.values()), allow_unused=True)
+    grads = {k: torch.zeros_like(a[k]) if gr is None else gr for k, gr in zip(a, grads)}
+    return torch.cat(outs, 1), final, torch.stack(states), grads
+
+
+LENS = st.lists(st.integers(0, 14), min_size=1, max_size=5).filter(lambda v: sum(v) >= 1)
+IDS = st.builds(lambda first, gap: (first, gap), st.sampled_from([0, 0, 1, 5]),
+                st.sampled_from([1, 3]))
+
+
+def ids_of(lens, first_gap):
+    first, gap = first_gap
+    return [first + gap * i for i in range(len(lens))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(lens=LENS, ids=IDS, Q=st.sampled_from([1, 4, 8, 16]), HG=st.sampled_from(HEADS_GROUPS),
+       P=st.integers(1, 6), N=st.integers(1, 8), D=st.sampled_from([None, "h", "hp"]),
+       z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(), h0=st.booleans(),
+       dtype=st.sampled_from([F32, BF16, F16]), seed=st.integers(0, 2**31 - 1))
+def test_packed_equals_each_sequence_alone(lens, ids, Q, HG, P, N, D, z, dt_bias, softplus, h0,
+                                           dtype, seed):
+    """The property seq_idx stands for: out, the final state and every gradient of one packed
+    call equal those of running each sequence by itself (the reference's, float64), for the
+    reference and the chunked path; return_varlen_states gives each sequence's own final state."""
+    H, G = HG
+    a, seq_idx, cu = packed_inputs(seed, lens, ids_of(lens, ids), H, P, N, G, dtype, D=D, z=z,
+                                   dt_bias=dt_bias, h0=h0, softplus=softplus)
+    opts = dict(dt_softplus=softplus)
+    rout, rfin, rstates, rgrads = each_alone(lambda **k: ssd_ref(**k, **opts), a, seq_idx, cu,
+                                             seed)
+    for name, fn in (("reference", lambda **k: ssd_ref(**k, seq_idx=seq_idx, **opts)),
+                     ("chunked", lambda **k: ssd_chunked(**k, chunk_size=Q, seq_idx=seq_idx,
+                                                         **opts))):
+        out, fin, grads = run_with_grads(fn, a, seed, True)
+        tol = F32 if name == "reference" else dtype
+        assert_close(f"{name} out", out.to(dtype), rout.to(dtype), tol)
+        assert_close(f"{name} final_states", fin, rfin, tol)
+        for k in grads:
+            assert_close(f"{name} d{k}", grads[k], rgrads[k], tol)
+    d = {k: t.detach() for k, t in a.items()}
+    for name, fn in (("reference", ssd_ref), ("chunked", lambda **k: ssd_chunked(**k,
+                                                                                chunk_size=Q))):
+        _, varlen = fn(**d, seq_idx=seq_idx, cu_seqlens=cu, return_varlen_states=True, **opts)
+        assert varlen.shape == (len(lens), H, P, N)
+        assert_close(f"{name} varlen_states", varlen, rstates, F32 if name == "reference"
+                     else dtype)
+
+
+def test_packed_rows_of_a_batch_are_independent():
+    """Batch rows packed differently (seq_idx per row): the chunked path equals the reference."""
+    a = make_inputs(4, 2, 37, 4, 3, 5, 2, D="hp", z=True, dt_bias=True, h0=True, softplus=True)
+    seq_idx = torch.zeros(2, 37, dtype=torch.int32)
+    seq_idx[0, 9:] = 1
+    seq_idx[0, 10:] = 2
+    seq_idx[1] = 3  # one sequence whose seq_idx is not 0: no initial state
+    seq_idx[1, 20:] = 4
+    opts = dict(seq_idx=seq_idx, dt_softplus=True)
+    out, fin, grads = run_with_grads(lambda **k: ssd_chunked(**k, chunk_size=8, **opts), a, 1,
+                                     True)
+    rout, rfin, rgrads = run_with_grads(lambda **k: ssd_ref(**k, **opts), a, 1, True)
+    assert_close("out", out, rout, F32)
+    assert_close("final_states", fin, rfin, F32)
+    for k in grads:
+        assert_close(f"d{k}", grads[k], rgrads[k], F32)
+    assert torch.equal(grads["initial_states"][1], torch.zeros_like(grads["initial_states"][1]))
+
+
+def test_initial_states_belong_to_sequence_0():
+    """As in mamba-ssm (seq_idx is 0 before step 0): the initial state starts the first packed
+    sequence when its seq_idx is 0 and is dropped otherwise."""
+    a = {k: v.detach() for k, v in make_inputs(8, 1, 12, 2, 2, 3, 1, h0=True).items()}
+    no_h0 = {k: v for k, v in a.items() if k != "initial_states"}
+    for fn in (ssd_ref, lambda **k: ssd_chunked(**k, chunk_size=4)):
+        for first, same in ((0, False), (2, True)):
+            seq_idx = torch.full((1, 12), first, dtype=torch.int32)
+            seq_idx[:, 7:] += 1
+            with_h0, without = fn(**a, seq_idx=seq_idx), fn(**no_h0, seq_idx=seq_idx)
+            assert torch.equal(with_h0, without) == same
+            assert_close("out after the first sequence", with_h0[:, 7:], without[:, 7:], F32)
+
+
+def test_public_call_packed_returns():
+    """The peer's return order and dtypes: (out, varlen_states), (out, final_states,
+    varlen_states); varlen_states in x's dtype and without gradient, while out still
+    differentiates; cu_seqlens is ignored without return_varlen_states."""
+    a, seq_idx, cu = packed_inputs(2, [6, 0, 9, 4], [0, 1, 2, 3], 4, 3, 5, 2, BF16, D="h",
+                                   z=True, h0=True)
+    kw = dict(chunk_size=8, seq_idx=seq_idx, cu_seqlens=cu)
+    out, varlen = mamba_chunk_scan_combined(**a, **kw, return_varlen_states=True)
+    assert out.dtype == BF16 and varlen.dtype == BF16 and varlen.shape == (4, 4, 3, 5)
+    assert not varlen.requires_grad and out.requires_grad
+    out.float().sum().backward()
+    out2, fin, varlen2 = mamba_chunk_scan_combined(**a, **kw, return_final_states=True,
+                                                   return_varlen_states=True)
+    assert fin.dtype == F32 and torch.equal(varlen2, varlen) and torch.equal(out2, out)
+    assert_close("last varlen state", varlen[-1], fin[0], BF16)
+    assert torch.equal(mamba_chunk_scan_combined(**a, **kw), out)
+    ref_out, ref_varlen = mamba_chunk_scan_combined(**a, **kw, return_varlen_states=True,
+                                                    backend="reference")
+    assert_close("out", out, ref_out, BF16)
+    assert_close("varlen_states", varlen, ref_varlen, BF16)
+
+
 # -- input checks ------------------------------------------------------------------------------
 b_, L_, H_, P_, N_, G_ = 2, 10, 4, 3, 5, 2
 
@@ -269,12 +414,33 @@ BAD = [  # (name, change to the valid arguments, error, message pattern)
     ("dt_limit nan", dict(dt_limit=(math.nan, 1.0)), ValueError, "^dt_limit"),
     ("dt_limit scalar", dict(dt_limit=0.5), ValueError, "^dt_limit"),
     ("return_final_states int", dict(return_final_states=1), TypeError, "^return_final_states"),
-    ("seq_idx", dict(seq_idx=torch.zeros(b_, L_, dtype=torch.int32)), ValueError,
-     "^seq_idx is not supported yet"),
-    ("cu_seqlens", dict(cu_seqlens=torch.tensor([0, L_])), ValueError,
-     "^cu_seqlens is not supported yet"),
-    ("return_varlen_states", dict(return_varlen_states=True), ValueError,
-     "^return_varlen_states is not supported yet"),
+    ("seq_idx not a tensor", dict(seq_idx=[0] * L_), TypeError, "^seq_idx must be a torch.Tensor"),
+    ("seq_idx int64", dict(seq_idx=torch.zeros(b_, L_, dtype=torch.int64)), TypeError,
+     "^seq_idx must be int32"),
+    ("seq_idx shape", dict(seq_idx=torch.zeros(1, L_, dtype=torch.int32)), ValueError,
+     r"^seq_idx must have shape \(batch, seqlen\)"),
+    ("seq_idx on another device", dict(seq_idx=torch.empty(b_, L_, dtype=torch.int32,
+                                                           device="meta")), ValueError,
+     "^seq_idx is on meta"),
+    ("seq_idx decreasing", dict(seq_idx=torch.tensor([[0] * 5 + [1] * 5, [1] * 5 + [0] * 5],
+                                                     dtype=torch.int32)), ValueError,
+     "^seq_idx must never decrease"),
+    ("cu_seqlens 2-D", dict(cu_seqlens=torch.tensor([[0, L_]])), ValueError,
+     "^cu_seqlens must be 1-D"),
+    ("cu_seqlens one entry", dict(cu_seqlens=torch.tensor([0])), ValueError,
+     "^cu_seqlens must be 1-D"),
+    ("cu_seqlens float", dict(cu_seqlens=torch.tensor([0.0, L_])), TypeError,
+     "^cu_seqlens must be int32 or int64"),
+    ("cu_seqlens on another device", dict(cu_seqlens=torch.empty(2, dtype=torch.int32,
+                                                                 device="meta")), ValueError,
+     "^cu_seqlens is on meta"),
+    ("return_varlen_states without cu_seqlens", dict(return_varlen_states=True), ValueError,
+     "^return_varlen_states=True needs cu_seqlens"),
+    ("return_varlen_states with batch 2", dict(return_varlen_states=True,
+                                               cu_seqlens=torch.tensor([0, L_])), ValueError,
+     "^return_varlen_states needs packed inputs with batch = 1"),
+    ("return_varlen_states int", dict(return_varlen_states=1), TypeError,
+     "^return_varlen_states must be a bool"),
 ]
 
 
@@ -285,6 +451,56 @@ def test_bad_argument_raises_naming_it(change, error, pattern):
         normalize_ssd(**args)
     with pytest.raises(error, match=pattern):
         mamba_chunk_scan_combined(**args)
+
+
+def valid_packed():
+    """Batch 1, sequences [0, 4) and [4, 10)."""
+    a = {k: v[:1] if k in SEQ + ("initial_states",) else v for k, v in valid().items()}
+    seq_idx = torch.tensor([[0] * 4 + [1] * 6], dtype=torch.int32)
+    return dict(a, seq_idx=seq_idx, cu_seqlens=torch.tensor([0, 4, L_], dtype=torch.int32),
+                return_varlen_states=True)
+
+
+BAD_PACKED = [  # changes to valid_packed(), all ValueError
+    ("cu_seqlens not from 0", dict(cu_seqlens=torch.tensor([1, 4, L_])),
+     "^cu_seqlens must start at 0, never decrease and end at L=10; got \\[1, 4, 10\\]"),
+    ("cu_seqlens not to L", dict(cu_seqlens=torch.tensor([0, 4, L_ - 1])),
+     "^cu_seqlens must start at 0"),
+    ("cu_seqlens decreasing", dict(cu_seqlens=torch.tensor([0, 6, 4, L_])),
+     "^cu_seqlens must start at 0"),
+    ("cu_seqlens elsewhere than seq_idx", dict(cu_seqlens=torch.tensor([0, 5, L_])),
+     "^cu_seqlens must mark the sequences seq_idx marks"),
+    ("cu_seqlens misses a sequence", dict(cu_seqlens=torch.tensor([0, L_])),
+     "^cu_seqlens must mark the sequences seq_idx marks"),
+    ("cu_seqlens of many sequences without seq_idx", dict(seq_idx=None),
+     "^cu_seqlens must mark the sequences seq_idx marks .*without seq_idx there is one sequence"),
+]
+
+
+@pytest.mark.parametrize("change,pattern", [c[1:] for c in BAD_PACKED],
+                         ids=[c[0] for c in BAD_PACKED])
+def test_bad_packing_raises_naming_it(change, pattern):
+    args = dict(valid_packed(), **change)
+    for fn in (normalize_ssd, mamba_chunk_scan_combined):
+        with pytest.raises(ValueError, match=pattern):
+            fn(**args)
+
+
+def test_packing_that_passes_the_checks():
+    """Empty sequences anywhere; one sequence without seq_idx; cu_seqlens ignored without
+    return_varlen_states (the peer ignores it then)."""
+    a = valid_packed()
+    for cu in ([0, 0, 4, 4, L_], [0, 4, L_, L_]):
+        _, varlen = mamba_chunk_scan_combined(**dict(a, cu_seqlens=torch.tensor(cu)))
+        assert varlen.shape == (len(cu) - 1, H_, P_, N_)
+        empty = varlen[torch.tensor(cu[1:]) == torch.tensor(cu[:-1])]
+        assert len(empty) >= 1 and not empty.any()
+    _, varlen = mamba_chunk_scan_combined(**dict(a, seq_idx=None,
+                                                 cu_seqlens=torch.tensor([0, 0, L_])))
+    assert varlen.shape == (2, H_, P_, N_)
+    out = mamba_chunk_scan_combined(**dict(a, return_varlen_states=False,
+                                           cu_seqlens=torch.tensor([3, 1])))
+    assert out.shape == a["x"].shape
 
 
 @pytest.mark.parametrize("backend", ["cuda", "ref", ""])
