@@ -1,7 +1,8 @@
 """Output and gradient buffers every backend's kernels write, in one layout:
 out (batch, dim, L) in u's dtype; checkpoints (batch, dim, n_chunks, N[, 2]) fp32; last state
 (batch or num_seqs, dim, N[, 2]) fp32 (and its gradient, read by backward); initial state's
-gradient (batch, dim, N[, 2]) fp32; the varlen position table (L,) int32; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
+gradient (batch or num_seqs, dim, N[, 2]) fp32; the varlen position table (L,) int32, (2, L)
+with initial states; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
 constant dB / dC as per-batch-row fp32 partials (summed here after the kernel, no atomics);
 variable dB / dC as fp32 zeros the kernel adds into (atomics), or, for a deterministic backward,
 one fp32 partial per channel block of a group, summed here in a fixed order."""
@@ -40,12 +41,20 @@ def forward_buffers(call: Call, save_ckpt: bool):
     return out, ckpt, last
 
 
+def _empty_seqs(call: Call, like):
+    """Packed sequences with no step (no kernel writes their rows), shaped to mask `like`."""
+    cu = call.cu_seqlens
+    return (cu[1:] == cu[:-1]).view((-1,) + (1,) * (like.dim() - 1))
+
+
 def finish_last(call: Call, last):
     if last is None:
         return None
-    if call.cu_seqlens is not None:  # an empty sequence's state never left zero
-        cu = call.cu_seqlens
-        last.masked_fill_((cu[1:] == cu[:-1]).view((-1,) + (1,) * (last.dim() - 1)), 0.0)
+    if call.cu_seqlens is not None:  # an empty sequence's state never left its start
+        if call.spec.has_initial_state:
+            last = torch.where(_empty_seqs(call, last), initial_state(call), last)
+        else:
+            last.masked_fill_(_empty_seqs(call, last), 0.0)
     return torch.view_as_complex(last) if call.spec.complex_A else last
 
 
@@ -70,9 +79,11 @@ def dlast(call: Call, g):
 
 
 def varlen_info(call: Call):
-    """Per timestep (in memory order) of a packed batch: bit 0 = the state resets to zero before
-    this step (a sequence's first step in scan order); bits 1.. = 1 + the index of the sequence
-    whose last step (in scan order) this is, else 0. Built on the device, no host sync."""
+    """Per timestep (in memory order) of a packed batch: bit 0 = the state resets before this
+    step (a sequence's first step in scan order); bits 1.. = 1 + the index of the sequence whose
+    last step (in scan order) this is, else 0. With initial states a second row follows: the
+    index of the sequence each step belongs to (whose initial state a reset takes). Built on
+    the device, no host sync."""
     if call.cu_seqlens is None:
         return None
     cu, L = call.cu_seqlens, call.seqlen
@@ -84,6 +95,10 @@ def varlen_info(call: Call):
     # empty sequences add 0 (their clamped index may be another sequence's step)
     info.index_put_((first.clamp(0, L - 1),), nonempty, accumulate=True)
     info.index_put_((last.clamp(0, L - 1),), 2 * seq * nonempty, accumulate=True)
+    if call.spec.has_initial_state:
+        steps = torch.arange(L, dtype=cu.dtype, device=cu.device)
+        owner = torch.searchsorted(cu[1:], steps, right=True, out_int32=True)
+        info = torch.stack([info, owner])
     return info
 
 
@@ -99,7 +114,8 @@ def grad_buffers(call: Call, slots: dict | None = None) -> dict:
              dA=new((b, d, N) + _kx(call), **f32),
              dD=new((b, d), **f32) if spec.has_D else None,
              ddbias=new((b, d), **f32) if spec.has_delta_bias else None,
-             dinit=new((b, d, N) + _kx(call), **f32) if spec.has_initial_state else None)
+             dinit=(new((call.num_states, d, N) + _kx(call), **f32) if spec.has_initial_state
+                    else None))
     for X in ("B", "C"):
         t = getattr(call, X)
         if t.dim() == 4 and slots:
@@ -111,8 +127,13 @@ def grad_buffers(call: Call, slots: dict | None = None) -> dict:
     return g
 
 
-def finish_grads(call: Call, g: dict) -> dict:
-    """Sums the per-batch-row partials."""
+def finish_grads(call: Call, g: dict, dlast=None) -> dict:
+    """Sums the per-batch-row partials. dlast (fp32, as `dlast` makes it, or None): an empty
+    packed sequence's initial state is its last state, so it takes that gradient (or zero)."""
+    if call.cu_seqlens is not None and g["dinit"] is not None:
+        empty = _empty_seqs(call, g["dinit"])
+        g["dinit"] = (g["dinit"].masked_fill_(empty, 0.0) if dlast is None
+                      else torch.where(empty, dlast, g["dinit"]))
     for n in ("dA", "dD", "ddbias"):
         if g[n] is not None:
             g[n] = g[n].sum(0)
@@ -165,23 +186,27 @@ def step_out(call):
 def forward_bytes(call: Call, save_ckpt: bool) -> int:
     """What forward allocates: out (u's shape and dtype), the chunk checkpoints (fp32
     (batch, dim, ceil(L / chunk_len), N[, 2]), only when a backward can follow) and the last
-    state (fp32 (rows, dim, N[, 2])); varlen adds an int32 per step."""
+    state (fp32 (rows, dim, N[, 2])); varlen adds an int32 per step (two with initial
+    states)."""
     b, d, L, N, k = call.batch, call.dim, call.seqlen, call.spec.d_state, len(_kx(call)) + 1
     io = call.u.element_size()
     total = b * d * L * io + (b * d * n_chunks(call) * N * k * 4 if save_ckpt else 4)
     total += call.num_states * d * N * k * 4 if call.spec.return_last_state else 0
-    return total + (L * 4 if call.cu_seqlens is not None else 0)
+    return total + (L * 4 * (1 + call.spec.has_initial_state) if call.cu_seqlens is not None
+                    else 0)
 
 
 def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0) -> int:
     """What backward allocates at its peak: the gradient buffers of grad_buffers (du, ddelta,
-    dz in u's dtype; fp32 per-row partials (batch, dim, N[, 2]) for dA, dinit and constant
-    dB / dC, (batch, dim) for dD and d(delta_bias); fp32 variable dB / dC, times `slots` in
-    deterministic mode), the backend's scratch bytes, a zero dlast when none is given, and
-    the variable dB / dC cast to their input's dtype (alive together with the fp32 sums)."""
+    dz in u's dtype; fp32 per-row partials (batch, dim, N[, 2]) for dA and constant dB / dC,
+    (batch, dim) for dD and d(delta_bias); fp32 dinit (rows, dim, N[, 2]); fp32 variable
+    dB / dC, times `slots` in deterministic mode), the backend's scratch bytes, a zero dlast
+    when none is given, and the variable dB / dC cast to their input's dtype (alive together
+    with the fp32 sums)."""
     s, b, d, L, N = call.spec, call.batch, call.dim, call.seqlen, call.spec.d_state
     k, io = len(_kx(call)) + 1, call.u.element_size()
-    total = (2 + s.has_z) * b * d * L * io + b * d * N * k * 4 * (1 + s.has_initial_state)
+    total = (2 + s.has_z) * b * d * L * io
+    total += (b + call.num_states * s.has_initial_state) * d * N * k * 4
     total += b * d * 4 * (s.has_D + s.has_delta_bias) + scratch
     total += call.num_states * d * N * k * 4 if s.return_last_state else 0
     for X in ("B", "C"):

@@ -141,7 +141,8 @@ def kernel_params(spec: ScanSpec, kind: str) -> list:
     if kind == "fwd":
         a += ["init_ptr"] if spec.has_initial_state else []
         a += ["out_ptr", "ckpt_ptr"] + (["last_ptr"] if spec.return_last_state else [])
-    else:
+    else:  # packed sequences' initial states enter at their first steps, in every walk
+        a += ["init_ptr"] if spec.varlen and spec.has_initial_state else []
         a += ["ckpt_ptr", "dout_ptr"] + (["dlast_ptr"] if spec.return_last_state else [])
         a += ["scratch_ptr", "du_ptr", "ddelta_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
@@ -235,8 +236,9 @@ def _as_real(t):
 def _common_args(call: Call, kind: str, cfg: KernelConfig) -> dict:
     a = dict(u_ptr=call.u, delta_ptr=call.delta, A_ptr=_as_real(call.A), B_ptr=_as_real(call.B),
              C_ptr=_as_real(call.C), D_ptr=call.D, z_ptr=call.z, dbias_ptr=call.delta_bias,
-             dim=call.dim, L=call.seqlen, s_ub=call.u.stride(0), s_ud=call.u.stride(1),
-             s_db=call.delta.stride(0), s_dd=call.delta.stride(1))
+             init_ptr=buffers.initial_state(call), dim=call.dim, L=call.seqlen,
+             s_ub=call.u.stride(0), s_ud=call.u.stride(1), s_db=call.delta.stride(0),
+             s_dd=call.delta.stride(1))
     if call.z is not None:
         a.update(s_zb=call.z.stride(0), s_zd=call.z.stride(1))
     if call.spec.varlen:
@@ -287,7 +289,7 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     args = _common_args(call, "fwd", cfg.fwd)
     args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
-                SAVE_CKPT=save_ckpt, init_ptr=buffers.initial_state(call))
+                SAVE_CKPT=save_ckpt)
     grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
     _launch(call.spec, cfg.fwd, "fwd", args, grid)
     return out, buffers.finish_last(call, last), ckpt
@@ -319,16 +321,16 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     grid = (triton.cdiv(call.dim, k.block_d), call.batch)
     scratch = _new(scratch_shape, torch.float32, call.u.device)
     g = buffers.grad_buffers(call, slots)
+    dlast = buffers.dlast(call, dlast)
     args = _common_args(call, "bwd", k)
-    args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch,
-                dlast_ptr=buffers.dlast(call, dlast),
+    args.update(ckpt_ptr=ckpt, dout_ptr=dout, scratch_ptr=scratch, dlast_ptr=dlast,
                 n_chunks=buffers.n_chunks(call), s_gb=dout.stride(0), s_gd=dout.stride(1),
                 **{f"{n}_ptr": v for n, v in g.items()})
     if slots:
         args.update({f"ds_{X}slot": g["d" + X].stride(0) for X in ("B", "C")
                      if g["d" + X].dim() == 5})
     _launch(spec, k, "bwd", args, grid)
-    return buffers.finish_grads(call, g)
+    return buffers.finish_grads(call, g, dlast)
 
 
 # -- the decode step ---------------------------------------------------------------------------
