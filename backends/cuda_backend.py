@@ -201,6 +201,8 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
         if var:
             arrays += [(f"S_{X}{p}", g["TL"] * g["NP"]) for p in parts]
     arrays += [("S_RST", g["TL"]), ("S_END", g["TL"])] if spec.varlen else []
+    # the sequence of each step of the tile, whose initial state a sequence start takes
+    arrays += [("S_SEQ", g["TL"])] if spec.varlen and spec.has_initial_state else []
     if kind == "bwd":
         arrays += [(f"S_HS{p}", spec.chunk_len // g["TB"] * g["THREADS"] * g["K"]) for p in parts]
         for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
@@ -232,7 +234,8 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
     ins += [("int", "info")] if spec.varlen else []
     if kind == "fwd":
         ins += [(f32, "init")] if spec.has_initial_state else []
-    else:
+    else:  # packed sequences' initial states enter at their first steps, in every walk
+        ins += [(f32, "init")] if spec.varlen and spec.has_initial_state else []
         ins += [(f32, "ckpt"), (io, "dout")] + ([(f32, "dlast")] if spec.return_last_state else [])
     p = [(f"const {t}* __restrict__", n) for t, n in ins]
     if kind == "fwd":
@@ -398,10 +401,10 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
             if slots:
                 extra[f"ds_{X}slot"] = dX.stride(0)
     t = _inputs(call)
-    t.update(ckpt=ckpt, dout=dout, dlast=buffers.dlast(call, dlast),
-             **{n: v for n, v in g.items() if v is not None})
+    dlast = buffers.dlast(call, dlast)
+    t.update(ckpt=ckpt, dout=dout, dlast=dlast, **{n: v for n, v in g.items() if v is not None})
     _run(call, cfg.bwd, "bwd", t, extra)
-    return buffers.finish_grads(call, g)
+    return buffers.finish_grads(call, g, dlast)
 
 
 # -- the decode step ---------------------------------------------------------------------------
