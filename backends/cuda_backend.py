@@ -457,13 +457,22 @@ def step(call, k: KernelConfig) -> torch.Tensor:
     """One decode step in place on call.state; returns out (batch, heads, headdim)."""
     if call.batch > MAX_GRID_Y or call.heads > MAX_GRID_Y:
         raise ValueError(f"x: batch={call.batch} and heads={call.heads} must be <= {MAX_GRID_Y}")
-    spec = call.spec
     out = buffers.step_out(call)
     a = buffers.step_args(call, out)
-    dev = call.x.device.index or 0
-    fn = cuda_runtime.function(step_kernel_name(spec, k), render_step(spec, k), dev, 0)
-    args = [a[n].data_ptr() if kind != "int" else int(a[n])
-            for n, kind in buffers.step_params(spec)]
+    launch_step(call, k, [a[n] for n, _ in buffers.step_params(call.spec)])
+    return out
+
+
+def step_launcher(call, k: KernelConfig, slots):
+    """A launcher of this call shape's step kernel: values -> None (ssmgen.step's plans)."""
+    return functools.partial(launch_step, call, k)
+
+
+def launch_step(call, k: KernelConfig, values: list) -> None:
+    """Launches the step kernel on `values` (buffers.step_params order: tensors and ints) for a
+    call's shape (spec, batch, heads, headdim: its tensors are not read)."""
+    dev = values[0].device.index or 0  # the state
+    fn = cuda_runtime.function(step_kernel_name(call.spec, k), render_step(call.spec, k), dev, 0)
+    args = [v.data_ptr() if isinstance(v, torch.Tensor) else int(v) for v in values]
     grid = (-(-call.headdim // (k.threads // k.lpc)), call.batch, call.heads)
     cuda_runtime.launch(fn, grid, k.threads, 0, args, dev)
-    return out

@@ -258,8 +258,55 @@ def function(name: str, source: str, device_index: int, smem_bytes: int):
     return fn
 
 
+@functools.lru_cache(maxsize=None)
+def _cu_launch():
+    """The driver's cuLaunchKernel through ctypes, or None (no libcuda, SSMGEN_CUDA_LAUNCH=cupy)."""
+    if os.environ.get("SSMGEN_CUDA_LAUNCH") == "cupy":
+        return None
+    import ctypes
+
+    try:
+        f = ctypes.CDLL("libcuda.so.1").cuLaunchKernel
+    except (OSError, AttributeError):
+        return None
+    u = ctypes.c_uint
+    f.argtypes = [ctypes.c_void_p, u, u, u, u, u, u, u, ctypes.c_void_p, ctypes.c_void_p,
+                  ctypes.c_void_p]
+    f.restype = ctypes.c_int
+    return f
+
+
 def launch(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:
-    """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order."""
+    """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order.
+
+    The launch goes to the driver directly (cuLaunchKernel: one int64 array for the values and
+    one array of their addresses, which the driver copies at the call) where the device is the
+    current one; CuPy's launcher, which costs ~10-20 us more per call in argument boxing and
+    device / stream context switches, where it is not or the driver call fails (it then raises
+    CuPy's error for a real fault)."""
+    import numpy as np
+    import torch
+
+    cu = _cu_launch()
+    if cu is not None and torch.cuda.current_device() == device_index:
+        vals = np.array(args, dtype=np.int64)
+        addrs = vals.ctypes.data + _offsets(len(args))
+        g = tuple(grid) + (1, 1)
+        stream = torch._C._cuda_getCurrentRawStream(device_index)
+        if cu(fn.ptr, g[0], g[1], g[2], threads, 1, 1, smem_bytes, stream, addrs.ctypes.data,
+              None) == 0:
+            return
+    _launch_cupy(fn, grid, threads, smem_bytes, args, device_index)
+
+
+@functools.lru_cache(maxsize=None)
+def _offsets(n: int):
+    import numpy as np
+
+    return np.arange(n, dtype=np.uint64) * 8
+
+
+def _launch_cupy(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:
     import cupy
     import numpy as np
     import torch

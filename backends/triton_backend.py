@@ -20,7 +20,7 @@ from ssmgen import render
 from ssmgen.inputs import Call
 from ssmgen.spec import ScanSpec
 
-from . import buffers
+from . import buffers, triton_launch
 from .config import ScanConfigBase
 
 TEMPLATES = ("triton/fwd.py.jinja", "triton/bwd.py.jinja", "triton/macros.jinja",
@@ -250,10 +250,11 @@ def _common_args(call: Call, kind: str, cfg: KernelConfig) -> dict:
 
 def _launch(spec, cfg, kind, args: dict, grid):
     fn = kernel(spec, cfg, kind)
-    names = [n for n, _ in kernel_params(spec, kind)]
-    missing = [n for n in names if n not in args]
-    assert not missing, f"launcher lacks kernel arguments {missing}"
-    fn[grid](*[args[n] for n in names], num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    try:
+        values = [args[n] for n, _ in kernel_params(spec, kind)]
+    except KeyError as e:
+        raise AssertionError(f"launcher lacks kernel argument {e}") from None
+    triton_launch.launch(fn, grid, values, cfg.num_warps, cfg.num_stages)
 
 
 _new = buffers.new
@@ -400,7 +401,19 @@ def step(call, k: KernelConfig) -> torch.Tensor:
                          f"index (at most 2**31 - 1); use the CUDA backend")
     out = buffers.step_out(call)
     a = buffers.step_args(call, out)
-    fn = step_kernel(call.spec, k)
-    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
-    fn[grid](*[a[n] for n, _ in buffers.step_params(call.spec)], num_warps=k.num_warps)
+    launch_step(call, k, [a[n] for n, _ in buffers.step_params(call.spec)])
     return out
+
+
+def step_launcher(call, k: KernelConfig, slots):
+    """A launcher of this call shape's step kernel: values -> None, where only the tensors at
+    `slots` (and out) differ from call to call (ssmgen.step's plans)."""
+    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
+    return triton_launch.Bound(step_kernel(call.spec, k), grid, slots, k.num_warps)
+
+
+def launch_step(call, k: KernelConfig, values: list) -> None:
+    """Launches the step kernel on `values` (buffers.step_params order) for a call's shape
+    (spec, batch, heads, headdim: its tensors are not read)."""
+    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
+    triton_launch.launch(step_kernel(call.spec, k), grid, values, k.num_warps)

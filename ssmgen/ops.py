@@ -7,12 +7,13 @@ autograd Function saves the inputs and the chunk checkpoints only; backward reco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import List, Optional
 
 import torch
 
-from . import fallback
+from . import backends, fallback, plans
 from .inputs import normalize
 from .reference import selective_scan_ref
 
@@ -112,6 +113,7 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 
 
 # -- custom ops ------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=256)
 def _decode(config: str):
     """"backend:encoded config" -> (backend module, ScanConfig)."""
     from ssmgen import backends
@@ -130,9 +132,13 @@ def scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
                      reverse=reverse, check_values=False)  # checked by selective_scan
+    return _forward(call, config, save_ckpt)
+
+
+def _forward(call, config: str, save_ckpt: bool) -> List[torch.Tensor]:
     mod, cfg = _decode(config)
     out, last, ckpt = mod.forward(call, cfg, save_ckpt)
-    return [out, u.new_empty(0, dtype=torch.float32) if last is None else last, ckpt]
+    return [out, call.u.new_empty(0, dtype=torch.float32) if last is None else last, ckpt]
 
 
 @scan_fwd.register_fake
@@ -159,6 +165,13 @@ def scan_bwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) in the inputs' own
     shapes and dtypes; an absent optional input gets an empty tensor. dlast: the last state's
     gradient (None: zero). deterministic: variable dB / dC without atomics."""
+    return _backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
+                     delta_softplus, return_last_state, reverse, chunk_len, config, ckpt, dout,
+                     dlast, deterministic)
+
+
+def _backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_softplus,
+              return_last_state, reverse, chunk_len, config, ckpt, dout, dlast, deterministic):
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      chunk_len, initial_state=initial_state, cu_seqlens=cu_seqlens,
                      reverse=reverse, check_values=False)  # checked by selective_scan
@@ -192,16 +205,23 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, delta_soft
 class SelectiveScanFn(torch.autograd.Function):
     """Saves the inputs and the chunk checkpoints (never per-timestep states)."""
 
+    # Eager calls (`call` given: selective_scan validated it) run the ops' implementations
+    # directly: the custom-op dispatch and a second validation cost ~60 us of Python per call.
+    # Under torch.compile `call` is None and the custom ops are what the graph records.
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
-                delta_softplus, return_last_state, reverse, chunk_len, config):
+                delta_softplus, return_last_state, reverse, chunk_len, config, call=None):
         # checkpoints only when a backward can follow (grad mode is off inside forward itself)
         save = any(isinstance(x, torch.Tensor) and x.requires_grad
                    for x in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-        out, last, ckpt = torch.ops.ssmgen.scan_fwd(u, delta, A, B, C, D, z, delta_bias,
-                                                    initial_state, cu_seqlens, delta_softplus,
-                                                    return_last_state, reverse, chunk_len,
-                                                    config, save)
+        if call is not None:
+            out, last, ckpt = _forward(call, config, save)
+        else:
+            out, last, ckpt = torch.ops.ssmgen.scan_fwd(u, delta, A, B, C, D, z, delta_bias,
+                                                        initial_state, cu_seqlens, delta_softplus,
+                                                        return_last_state, reverse, chunk_len,
+                                                        config, save)
+        ctx.eager = call is not None
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens,
                               ckpt)
         ctx.flags = (delta_softplus, return_last_state, reverse, chunk_len, config)
@@ -213,12 +233,13 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, h0, cu, ckpt = ctx.saved_tensors
         softplus, ret_last, reverse, chunk_len, config = ctx.flags
-        g = torch.ops.ssmgen.scan_bwd(u, delta, A, B, C, D, z, delta_bias, h0, cu, softplus,
-                                      ret_last, reverse, chunk_len, config, ckpt, dout,
-                                      dlast if ret_last else None, deterministic_mode())
+        eager = ctx.eager and not torch.compiler.is_compiling()  # compiled autograd: the op
+        bwd = _backward if eager else torch.ops.ssmgen.scan_bwd
+        g = bwd(u, delta, A, B, C, D, z, delta_bias, h0, cu, softplus, ret_last, reverse,
+                chunk_len, config, ckpt, dout, dlast if ret_last else None, deterministic_mode())
         opt = [x if inp is not None else None
                for x, inp in zip(g[5:], (D, z, delta_bias, h0))]
-        return (*g[:5], *opt, None, None, None, None, None, None)
+        return (*g[:5], *opt, None, None, None, None, None, None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -243,9 +264,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     fields (both kernels), or {"fwd": {...}, "bwd": {...}}, optionally with "chunk_len"; None
     takes the tuned record or the default.
     """
-    chunk_len, cfg = _split_config(config)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     variants = dict(initial_state=initial_state, cu_seqlens=cu_seqlens, reverse=reverse)
+    key = _signature(args, variants, backend) if config is None and plans.enabled() else None
+    plan = _plans.get(key) if key is not None else None
+    if plan is not None:  # seen before: validation (it passes again), backend, config, kernels
+        call = normalize(*args, chunk_len=plan[1], **variants)  # these tensors' canonical views
+        return _apply(plan[0], call, args, variants)
+    chunk_len, cfg = _split_config(config)
     # every input check, before any rendering
     call = normalize(*args, chunk_len=chunk_len, **variants)
     name = pick_backend(backend, call.u.device)
@@ -256,7 +282,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     auto = backend is None and config is None and not torch.compiler.is_compiling()
     while name != "reference":
         try:
-            return _kernel_call(name, call, cfg, chunk_len, args, variants, auto)
+            return _kernel_call(name, call, cfg, chunk_len, args, variants, auto, key)
         except fallback.faults() as e:
             if not auto:
                 raise
@@ -267,19 +293,45 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return res[0].to(u.dtype), res[1].to(A.dtype)
 
 
-def _kernel_call(name, call, cfg, chunk_len, args, variants, prepare):
-    from ssmgen import backends
-
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
+def _kernel_call(name, call, cfg, chunk_len, args, variants, prepare, key):
+    """Runs the call on a kernel backend; stores its plan under `key` (if not None) once it ran."""
     call, cfg = _kernel_config(name, call, cfg, chunk_len, args, variants)
     backends.get(name).check_launch(call)
     if prepare:
         needs_grad = torch.is_grad_enabled() and any(
             isinstance(x, torch.Tensor) and x.requires_grad
-            for x in (u, delta, A, B, C, D, z, delta_bias, call.initial_state))
+            for x in args[:8] + (call.initial_state,))
         fallback.prepare(name, call, cfg, needs_grad)
+    res = _apply(_encode(name, cfg), call, args, variants)
+    if key is not None:
+        _plans.put(key, (_encode(name, cfg), call.spec.chunk_len))
+    return res
+
+
+def _apply(config: str, call, args, variants):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
+    # plain tensors with memory; meta / fake tensors and tracing take the op (its fake runs)
+    eager = (type(u) is torch.Tensor and u.device.type != "meta"
+             and not torch.compiler.is_compiling())
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, call.initial_state,
                                       call.cu_seqlens, delta_softplus, return_last_state,
                                       variants["reverse"], call.spec.chunk_len,
-                                      f"{name}:{cfg.encode()}")
+                                      config, call if eager else None)
     return (out, last) if return_last_state else out
+
+
+_plans = plans.Table()
+
+
+def _signature(args, variants, backend):
+    """The key of a call's plan, or None where an argument has no strided metadata (the full
+    path then reports it)."""
+    try:
+        return (backend, torch.is_grad_enabled(), *map(plans.meta, args),
+                *map(plans.meta, variants.values()))
+    except (RuntimeError, NotImplementedError):  # sparse / nested tensors have no strides
+        return None
+
+
+def _encode(name, cfg) -> str:
+    return f"{name}:{cfg.encode()}"

@@ -155,14 +155,14 @@ def write_records(records: list, path: Path | None = None, replace_all: bool = F
                 raise
     except OSError as e:
         _unsaved[key] = pending
-        _cache.clear()
+        _changed()
         if key not in _write_warned:
             _write_warned.add(key)
             warnings.warn(f"ssmgen: cannot write tuning cache {path}: {e}; results kept in "
                           f"memory for this process")
         return False
     _unsaved.pop(key, None)
-    _cache.clear()
+    _changed()
     return True
 
 
@@ -186,6 +186,13 @@ def _read_for_write(path: Path) -> list:
 
 
 _cache: dict = {}
+writes = 0  # records this process wrote (or kept unsaved): call plans built before are stale
+
+
+def _changed() -> None:
+    global writes
+    writes += 1
+    _cache.clear()
 
 
 def _stamp(f: Path) -> int:

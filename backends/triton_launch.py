@@ -1,0 +1,89 @@
+"""Launching a @triton.jit kernel without the JIT's per-call binding.
+
+`fn[grid](*args)` binds every argument, computes Triton's specialization key (dtype and 16-byte
+alignment of each pointer, the value class of each int), hashes it and looks the compiled kernel
+up, on every call: tens of microseconds of Python for the ~40 arguments of a scan or decode-step
+kernel, more than the step kernel itself runs (benchmarks/NOTES.md, "Host overhead").
+
+`launch` keys the compiled kernel by a superset of that specialization (each pointer's dtype and
+16-byte alignment, each int, bool and None by value, floats by type: Triton does not specialize
+them), the launch options and the device, so a repeated call is one tuple, one dict lookup and
+the compiled kernel's own launcher. A miss, an interpreted run or a launch hook (profilers set
+them) goes through the JIT as before; the kernel the JIT returns is kept for the next call.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_kernels: dict = {}
+_MAX_KERNELS = 4096  # one entry per (kernel, shapes' ints, alignments): bounded, cleared when full
+
+
+def _arg_key(a):
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() & 15 == 0
+    if isinstance(a, float):
+        return float
+    return a  # int, bool, None: Triton specializes on (classes of) their values
+
+
+def _jit_only() -> bool:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True
+    from triton import knobs
+
+    return knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None
+
+
+def launch(fn, grid, args, num_warps: int, num_stages: int | None = None) -> None:
+    """fn[grid](*args, num_warps=..., num_stages=...); args: every kernel parameter in order
+    (constexprs included, as the JIT takes them)."""
+    opts = {"num_warps": num_warps}
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
+    if _jit_only():
+        fn[grid](*args, **opts)
+        return
+    dev = torch.cuda.current_device()
+    key = (fn, dev, num_warps, num_stages, *map(_arg_key, args))
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = fn[grid](*args, **opts)  # compiles on a miss; returns the CompiledKernel
+        if len(_kernels) >= _MAX_KERNELS:
+            _kernels.clear()
+        _kernels[key] = kernel
+        return
+    g = tuple(grid) + (1, 1)
+    stream = torch._C._cuda_getCurrentRawStream(dev)
+    kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None, None, None,
+               *args)
+
+
+class Bound:
+    """One kernel on one grid whose integer arguments are fixed (a call plan's sizes and
+    strides): only the tensors, at positions `slots`, change from call to call, so the
+    compiled kernel is keyed by their dtypes and alignments alone."""
+
+    def __init__(self, fn, grid, slots, num_warps: int, num_stages: int | None = None):
+        self.fn, self.slots = fn, tuple(slots)
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.opts = {"num_warps": num_warps}
+        if num_stages is not None:
+            self.opts["num_stages"] = num_stages
+        self.kernels: dict = {}
+
+    def __call__(self, values: list) -> None:
+        if _jit_only():
+            self.fn[self.grid](*values, **self.opts)
+            return
+        dev = torch.cuda.current_device()
+        key = (dev, *[(values[i].dtype, values[i].data_ptr() & 15 == 0) for i in self.slots])
+        kernel = self.kernels.get(key)
+        if kernel is None:
+            self.kernels[key] = self.fn[self.grid](*values, **self.opts)
+            return
+        g = self.grid
+        kernel.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(dev), kernel.function,
+                   kernel.packed_metadata, None, None, None, *values)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One device call for the host-overhead change (call plans, direct launches): install, build the
+# peer in the background while the gpu tests of the changed paths run, then the host-overhead
+# comparison (benchmarks/host_overhead.py) and the suite benchmark (ssmgen bench), side by side
+# with mamba-ssm. Results go to $OUT. Carry: .peer (mamba-ssm sdist, einops/packaging wheels).
+set -u
+export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out} SSMGEN_CACHE_DIR=/tmp/ssmgen_cache
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+python3 -m pip install -q --no-index --no-deps .peer/*.whl >> "$OUT/install.log" 2>&1
+export SSMGEN_PEER_SRC=$PWD/$(ls -d .peer/mamba_ssm-*/ | head -1)
+(python3 benchmarks/build_peer.py "$SSMGEN_PEER_SRC" /tmp/peerbuild > "$OUT/peer_build.log" 2>&1; echo "peer build rc=$?" >> "$OUT/peer_build.log") &
+PEER_PID=$!
+SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-25} timeout ${TEST_S:-160} python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/test_plans.py tests/test_step.py tests/test_api.py} 2>&1 | tail -12 | tee "$OUT/gpu_tests.log"
+wait $PEER_PID; tail -2 "$OUT/peer_build.log"
+export PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-}
+timeout ${HOST_S:-120} python3 benchmarks/host_overhead.py "$OUT/host_overhead.json" 2>&1 | tail -40 | tee "$OUT/host_overhead.log"
+timeout ${BENCH_S:-230} python3 -m ssmgen bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30

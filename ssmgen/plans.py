@@ -1,0 +1,72 @@
+"""Call plans: what a repeated call with the same tensor metadata would decide again, decided once.
+
+A public call validates its arguments, picks a backend, looks up the tuned config (which stats
+the cache files) and builds the kernels: ~180 us of Python on a CPU core, more than the decode
+step's kernel and a third of a small scan's forward (benchmarks/NOTES.md, "Host overhead"). All
+of it depends only on the arguments' metadata (shapes, strides, dtypes, devices, conj / neg bits,
+requires_grad), the flags and the grad mode, so the outcome is kept under that signature. A call
+with an unseen signature takes the full path; the plan is stored only after it succeeded, so a
+call that raises never leaves one behind.
+
+Plans go stale when tuning records change: at once when this process writes one, within
+RECHECK_S when another process does (re-reading the record files costs ~50 us, so it is not
+done on every call).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from . import tunecache
+
+RECHECK_S = 1.0
+_MAX = 1024  # signatures kept; the table is cleared when full (a new shape per call never hits)
+
+
+def meta(t):
+    """The metadata of one argument that validation and kernel choice read."""
+    if isinstance(t, torch.Tensor):
+        return (t.shape, t.stride(), t.dtype, t.device, t.requires_grad, t.is_conj(), t.is_neg())
+    return t if t is None or isinstance(t, (bool, int, float, str)) else type(t)
+
+
+def enabled() -> bool:
+    return os.environ.get("SSMGEN_PLANS", "1") != "0" and not torch.compiler.is_compiling()
+
+
+class Table:
+    """signature -> plan, with the tuning records' state each plan was made under."""
+
+    def __init__(self):
+        self._plans: dict = {}
+
+    def get(self, key):
+        hit = self._plans.get(key)
+        if hit is None:
+            return None
+        plan, writes, recs, checked = hit
+        if writes != tunecache.writes:
+            return self._drop(key)
+        now = time.monotonic()
+        if now - checked > RECHECK_S:
+            if tunecache.all_records() is not recs:
+                return self._drop(key)
+            self._plans[key] = (plan, writes, recs, now)
+        return plan
+
+    def put(self, key, plan) -> None:
+        if len(self._plans) >= _MAX:
+            self._plans.clear()
+        self._plans[key] = (plan, tunecache.writes, tunecache.all_records(), time.monotonic())
+
+    def _drop(self, key):
+        self._plans.pop(key, None)
+        return None
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def __len__(self):
+        return len(self._plans)

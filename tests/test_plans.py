@@ -1,0 +1,214 @@
+"""Call plans (ssmgen.plans): a repeated call with the same signature skips validation, backend
+choice, config lookup and kernel building, and must give what the full path gives.
+
+Checked: the second call of a signature takes the plan (no re-validation, no config lookup) and
+matches the float64 reference like the first, outputs and every gradient; a value-dependent
+check (cu_seqlens) still runs on a hit; a call whose normalization copies an argument makes no
+step plan and stays correct; plans keep no caller tensor alive; plans go stale when tuning
+records change; the fast launchers (Triton's compiled-kernel launch, the driver launch of the
+CUDA backend) match the slow ones on the GPU, misaligned pointers included.
+"""
+import gc
+import weakref
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ssmgen
+from ssmgen import ops, plans, step, tunecache
+from ssmgen.numerics import assert_close
+from ssmgen.reference import selective_scan_ref
+
+from test_step import HAS_CUDA, DEV, BACKENDS, check, make, step_cases
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    monkeypatch.setenv("SSMGEN_POISON", "1")
+    monkeypatch.delenv("SSMGEN_PLANS", raising=False)
+    ops._plans.clear()
+    step._plans.clear()
+    yield
+    ops._plans.clear()
+    step._plans.clear()
+
+
+def counting(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def wrapper(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+# -- decode step ---------------------------------------------------------------------------------
+@settings(max_examples=8 if not HAS_CUDA else 40, deadline=None)
+@given(c=step_cases(), seed=st.integers(0, 2**31 - 2))
+def test_step_plan_matches_reference(c, seed):
+    for backend in BACKENDS:
+        step._plans.clear()
+        check(c, backend, seed)          # full path; leaves a plan
+        assert len(step._plans) == 1, "every argument here is read in place: a plan is made"
+        looked_up = []
+        real = step.step_config
+        step.step_config = lambda *a, **k: looked_up.append(1) or real(*a, **k)
+        try:
+            check(c, backend, seed + 1)  # new values, same signature: the plan
+        finally:
+            step.step_config = real
+        assert not looked_up, "a planned call must not look its config up again"
+
+
+def test_step_copied_arguments_make_no_plan():
+    """int32 indices and fp16 D are converted by normalize_step (a copy): no plan, still right."""
+    c = dict(batch=3, heads=2, headdim=5, N=4, groups=1, complex=False, dtype=torch.float32,
+             mamba2=True, indices=True, D=True, z=True, bias=True, softplus=True,
+             complex_tensor=False, tie=False)
+    for seed in (0, 1):
+        args = make(c, seed)
+        args[10] = args[10].to(torch.int32)
+        args[6] = args[6].half()
+        state0 = args[0].clone()
+        y_ref, rows = step.selective_state_update_ref(*args)
+        y = ssmgen.selective_state_update(*args, backend="triton")
+        live = args[10] >= 0
+        assert_close("out", y[live], y_ref[live], torch.float32)
+        assert_close("state", args[0][args[10][live].long()], rows[live], torch.float32)
+        assert not torch.equal(args[0], state0)
+    assert len(step._plans) == 0
+
+
+def test_step_plan_keeps_no_tensor_alive():
+    c = dict(batch=2, heads=1, headdim=4, N=3, groups=1, complex=False, dtype=torch.float32,
+             mamba2=False, indices=False, D=True, z=False, bias=False, softplus=False,
+             complex_tensor=False, tie=False)
+    args = make(c)
+    ssmgen.selective_state_update(*args, backend="triton")
+    assert len(step._plans) == 1
+    refs = [weakref.ref(t) for t in args if isinstance(t, torch.Tensor)]
+    del args
+    gc.collect()
+    assert all(r() is None for r in refs), "a plan holds a caller's tensor"
+
+
+def test_step_bad_input_after_a_plan_still_raises():
+    c = dict(batch=2, heads=1, headdim=4, N=3, groups=1, complex=False, dtype=torch.float32,
+             mamba2=False, indices=False, D=False, z=False, bias=False, softplus=False,
+             complex_tensor=False, tie=False)
+    args = make(c)
+    ssmgen.selective_state_update(*args, backend="triton")
+    args[1] = args[1][:, :3]  # x no longer matches the state
+    with pytest.raises(ValueError, match="state must be"):
+        ssmgen.selective_state_update(*args, backend="triton")
+
+
+# -- selective_scan ------------------------------------------------------------------------------
+def scan_inputs(seed, b=2, d=3, L=12, N=4, dtype=torch.float32, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    t = dict(u=torch.randn(b, d, L, generator=g), delta=0.5 * torch.rand(b, d, L, generator=g),
+             A=-0.5 * torch.rand(d, N, generator=g), B=torch.randn(b, 1, N, L, generator=g),
+             C=torch.randn(b, N, L, generator=g), D=torch.randn(d, generator=g),
+             z=torch.randn(b, d, L, generator=g), delta_bias=0.1 * torch.rand(d, generator=g))
+    return {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).to(DEV)
+            .requires_grad_(grad) for k, v in t.items()}
+
+
+def scan_check(x, backend, dtype):
+    """Out, last state and every gradient against the float64 reference."""
+    out, last = ssmgen.selective_scan(**x, delta_softplus=True, return_last_state=True,
+                                      backend=backend)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}  # computed in f64
+    ref, ref_last = selective_scan_ref(**leaves, delta_softplus=True, return_last_state=True)
+    assert_close("out", out, ref, dtype)
+    assert_close("last", last, ref_last, torch.float32)
+    g_out, g_last = torch.randn_like(ref), torch.randn_like(ref_last)
+    got = torch.autograd.grad((out.double() * g_out).sum() + (last.double() * g_last).sum(),
+                              list(x.values()))
+    want = torch.autograd.grad((ref * g_out).sum() + (ref_last * g_last).sum(),
+                               list(leaves.values()))
+    for name, gk, gr in zip(x, got, want):
+        assert_close(f"d{name}", gk, gr, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_plan_matches_reference_and_skips_the_lookup(backend, monkeypatch):
+    dtype = torch.float32
+    scan_check(scan_inputs(0, dtype=dtype), backend, dtype)  # full path; leaves a plan
+    assert len(ops._plans) == 1
+    looked_up = counting(monkeypatch, ops, "_kernel_config")
+    scan_check(scan_inputs(1, dtype=dtype), backend, dtype)  # the plan
+    assert not looked_up, "a planned call must not look its config up again"
+    assert len(ops._plans) == 1
+    # another signature (no gradients wanted: no checkpoints) is its own plan
+    with torch.no_grad():
+        ssmgen.selective_scan(**scan_inputs(2, grad=False), backend=backend)
+    assert len(ops._plans) == 2 and len(looked_up) == 1
+
+
+def test_scan_plan_still_checks_cu_seqlens_values():
+    x = scan_inputs(0, b=1, grad=False)
+    cu = torch.tensor([0, 5, 12], device=DEV)
+    ssmgen.selective_scan(**x, cu_seqlens=cu, backend="triton")
+    assert len(ops._plans) == 1
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        ssmgen.selective_scan(**x, cu_seqlens=torch.tensor([0, 7, 5], device=DEV),
+                              backend="triton")
+
+
+def test_plans_go_stale_when_records_change(monkeypatch):
+    t = plans.Table()
+    t.put("k", "plan")
+    assert t.get("k") == "plan"
+    tunecache._changed()  # this process wrote a record
+    assert t.get("k") is None and len(t) == 0
+    t.put("k", "plan")
+    now = [0.0]
+    monkeypatch.setattr(plans.time, "monotonic", lambda: now[0])
+    t.put("k", "plan")
+    monkeypatch.setattr(tunecache, "all_records", lambda: [])  # another process wrote one
+    now[0] = plans.RECHECK_S / 2
+    assert t.get("k") == "plan", "records are re-read at most every RECHECK_S"
+    now[0] = 2 * plans.RECHECK_S
+    assert t.get("k") is None
+
+
+def test_plans_off_switch(monkeypatch):
+    monkeypatch.setenv("SSMGEN_PLANS", "0")
+    with torch.no_grad():
+        ssmgen.selective_scan(**scan_inputs(0, grad=False), backend="triton")
+    assert len(ops._plans) == 0
+
+
+# -- fast launchers (GPU) ------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_triton_fast_launch_handles_misaligned_pointers():
+    """The compiled kernel is keyed by pointer alignment: an offset view (4 bytes off) after an
+    aligned call must not reuse the kernel compiled for 16-byte-aligned pointers."""
+    for off in (0, 1, 0, 3):
+        base = torch.randn(2, 3, 64 + 3, device="cuda")
+        x = scan_inputs(0, L=64, grad=False)
+        x["u"] = base[:, :, off:off + 64].copy_(x["u"])
+        with torch.no_grad():
+            out = ssmgen.selective_scan(**x, delta_softplus=True, backend="triton")
+            ref = selective_scan_ref(**{k: v.double() for k, v in x.items()}, delta_softplus=True)
+        assert_close("out", out, ref, torch.float32)
+
+
+@pytest.mark.gpu
+def test_cuda_driver_launch_matches_cupy(monkeypatch):
+    from ssmgen.backends import cuda_runtime as cr
+
+    x = scan_inputs(0, b=2, d=8, L=64, grad=False)
+    outs = []
+    for mode in ("cupy", "driver"):
+        monkeypatch.setenv("SSMGEN_CUDA_LAUNCH", mode)
+        cr._cu_launch.cache_clear()
+        with torch.no_grad():
+            outs.append(ssmgen.selective_scan(**x, delta_softplus=True, backend="cuda"))
+    cr._cu_launch.cache_clear()
+    assert cr._cu_launch() is not None
+    assert torch.equal(outs[0], outs[1])
