@@ -15,4 +15,4 @@ SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-25} timeout ${TEST_S:-160} python3 -m pytest 
 wait $PEER_PID; tail -2 "$OUT/peer_build.log"
 export PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-}
 timeout ${HOST_S:-120} python3 benchmarks/host_overhead.py "$OUT/host_overhead.json" 2>&1 | tail -40 | tee "$OUT/host_overhead.log"
-timeout ${BENCH_S:-230} python3 -m ssmgen bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30
+[ "${BENCH:-1}" = 1 ] && timeout ${BENCH_S:-230} python3 -m ssmgen bench --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -30
