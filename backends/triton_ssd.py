@@ -8,6 +8,9 @@ Three kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels"):
   dstate  the same walk from the end: the gradient of the state leaving each block.
   bwd     one program per (block, group of heads_per_program heads, batch row), all blocks in
           parallel: every input gradient from the two checkpoints of its block.
+With seq_idx (packed sequences), each kernel reads the block's seq_idx and the one of the step
+before it: C B^T terms only within a sequence, the carried state (fwd) or its gradient (dstate)
+restarts where a sequence starts.
 The kernels' parameter lists are built here once (`kernel_params`) and used for the rendered
 signature, the launch and ahead-of-time compilation.
 """
@@ -113,7 +116,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> list:
     """(name, Triton signature type) of the kernel's parameters, in order."""
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
-                          ("dtb_ptr", spec.has_dt_bias)) if on]
+                          ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
     if kind == "fwd":
         a += ["init_ptr"] if spec.has_initial_state else []
         a += ["out_ptr", "ckpt_ptr"] + (["final_ptr"] if spec.return_final_states else [])
@@ -130,6 +133,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> list:
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
     a += ["s_zb", "s_zl", "s_zh", "s_zp"] if spec.has_z else []
+    a += ["s_sb", "s_sl"] if spec.has_seq_idx else []
     io = "*" + _TY[spec.dtype]
 
     def typ(n):
@@ -141,6 +145,8 @@ def kernel_params(spec: SSDSpec, kind: str) -> list:
             return io
         if n in ("dt_ptr", "ddt_ptr"):
             return "*" + _TY[spec.dt_dtype]
+        if n == "seq_ptr":
+            return "*i32"
         return "*fp32"
 
     return [(n, typ(n)) for n in a]
@@ -160,7 +166,8 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
         heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
-        has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states)
+        has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
+        has_seq_idx=spec.has_seq_idx)
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,7 +196,7 @@ def check_launch(c) -> None:
                          f"batch rows per call (CUDA's grid z limit); split the batch")
     if c.heads > MAX_GRID_YZ:
         raise ValueError(f"x: heads={c.heads} exceeds the SSD kernels' limit of {MAX_GRID_YZ}")
-    for name in ("x", "z", "B", "C", "dt"):
+    for name in ("x", "z", "B", "C", "dt", "seq_idx"):
         t = getattr(c, name)
         if t is not None and sum((n - 1) * s for n, s in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
             raise ValueError(f"{name}: one batch row spans >= 2**31 elements; the SSD kernels "
@@ -208,6 +215,9 @@ def _args(c, spec: SSDSpec) -> dict:
         a.update(zip(("s_zb", "s_zl", "s_zh", "s_zp"), c.z.stride()))
     if spec.has_dt_bias:
         a["dtb_ptr"] = c.dt_bias.to(f32).contiguous()
+    if spec.has_seq_idx:
+        a["seq_ptr"] = c.seq_idx
+        a.update(zip(("s_sb", "s_sl"), c.seq_idx.stride()))
     a.update(zip(("s_xb", "s_xl", "s_xh", "s_xp"), c.x.stride()))
     a.update(zip(("s_tb", "s_tl", "s_th"), c.dt.stride()))
     a.update(zip(("s_Bb", "s_Bl", "s_Bg", "s_Bn"), c.B.stride()))

@@ -179,6 +179,9 @@ class SSDSpec:
                     runtime argument, always applied as a clamp).
     has_initial_state, return_final_states: start from a given state / return the last one,
                     both (batch, heads, headdim, d_state) fp32, with gradients.
+    has_seq_idx:    packed sequences (seq_idx (batch, seqlen) int32): C B^T terms only within a
+                    sequence, and the state (forward) and its gradient (backward) restart where
+                    seq_idx changes.
     Groups, heads, seqlen and batch are runtime sizes; the user's chunk_size is not part of the
     variant: the kernels' block length is a tuning choice (it moves only rounding).
     """
@@ -194,6 +197,8 @@ class SSDSpec:
     dt_softplus: bool = False
     has_initial_state: bool = False
     return_final_states: bool = False
+    # Fields added later go below with a default, so key() stays the same for older specs.
+    has_seq_idx: bool = False
 
     def __post_init__(self):
         for name in ("d_state", "headdim"):
@@ -226,7 +231,8 @@ class SSDSpec:
                 "dt" + DTYPE_SHORT[self.dt_dtype]]
         for flag, tag in (("has_D", "D"), ("D_per_channel", "Dp"), ("has_z", "z"),
                           ("has_dt_bias", "db"), ("dt_softplus", "sp"),
-                          ("has_initial_state", "h0"), ("return_final_states", "last")):
+                          ("has_initial_state", "h0"), ("return_final_states", "last"),
+                          ("has_seq_idx", "seq")):
             if getattr(self, flag):
                 bits.append(tag)
         return "_".join(bits)

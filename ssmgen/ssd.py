@@ -485,11 +485,8 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     if config is not None and backend != "triton":
         raise ValueError(f"config applies to backend='triton' only, got backend={backend!r}")
     if backend == "triton":
-        if c.seq_idx is not None or c.return_varlen_states:
-            raise ValueError("backend='triton' does not take seq_idx or return_varlen_states yet")
         ssd_kernels.check_device(x)
-        res = ssd_kernels.run(c, config)
-        out, final, varlen = (*res, None) if c.return_final_states else (res, res, None)
+        out, final, varlen = ssd_kernels.run(c, config)
     else:
         out, final, varlen = _ref(c) if backend == "reference" else _chunked(c)
     return _returns(c, out.to(x.dtype), final.to(torch.float32),

@@ -1,5 +1,7 @@
 """The SSD scan on generated kernels: the call's SSDSpec, and the autograd Function whose
 backward reruns the state walk from the forward's per-block checkpoints (backends/triton_ssd.py).
+seq_idx rides along as a non-differentiable input; varlen states are computed after the kernels
+from their checkpoints (ssmgen.ssd.varlen_states), without gradient.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def spec_of(c) -> SSDSpec:
                    has_D=c.D is not None, D_per_channel=c.D is not None and c.D.dim() == 2,
                    has_z=c.z is not None, has_dt_bias=c.dt_bias is not None,
                    dt_softplus=c.dt_softplus, has_initial_state=c.initial_states is not None,
-                   return_final_states=c.return_final_states)
+                   return_final_states=c.return_final_states, has_seq_idx=c.seq_idx is not None)
 
 
 def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64):
@@ -44,13 +46,15 @@ def check_device(x: torch.Tensor) -> None:
                          f"Triton's CPU interpreter; x is on {x.device}")
 
 
-def _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+def _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
           return_final_states):
     from .ssd import _normalize
 
+    # seq_idx's order was checked by the public call: no second device-to-host copy here
     return _normalize(x, dt, A, B, C, None, D=D, z=z, dt_bias=dt_bias,
-                      initial_states=initial_states, dt_softplus=dt_softplus,
-                      dt_limit=(dt_lo, dt_hi), return_final_states=return_final_states)
+                      initial_states=initial_states, seq_idx=seq_idx, dt_softplus=dt_softplus,
+                      dt_limit=(dt_lo, dt_hi), return_final_states=return_final_states,
+                      check_values=False)
 
 
 # torch.library custom ops with fake implementations, so torch.compile traces through the
@@ -58,19 +62,20 @@ def _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_
 @torch.library.custom_op("ssmgen::ssd_fwd", mutates_args=())
 def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
-            initial_states: Optional[torch.Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float,
-            return_final_states: bool, config: str) -> List[torch.Tensor]:
+            initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+            dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
+            config: str) -> List[torch.Tensor]:
     """[out, final states (empty when not asked for), per-block checkpoints]"""
     from .backends import triton_ssd
 
-    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
     out, final, ckpt = triton_ssd.forward(c, spec_of(c), triton_ssd.SSDConfig.decode(config))
     return [out, x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt]
 
 
 @ssd_fwd.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
       return_final_states, config):
     b, L, H, P = x.shape
     N = B.shape[-1]
@@ -84,13 +89,14 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
 @torch.library.custom_op("ssmgen::ssd_bwd", mutates_args=())
 def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
-            initial_states: Optional[torch.Tensor], dt_softplus: bool, dt_lo: float, dt_hi: float,
-            return_final_states: bool, config: str, ckpt: torch.Tensor, dout: torch.Tensor,
+            initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+            dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
+            config: str, ckpt: torch.Tensor, dout: torch.Tensor,
             dfinal: Optional[torch.Tensor]) -> List[torch.Tensor]:
-    """The gradients of the 9 tensor inputs in their shapes and dtypes (empty when absent)."""
+    """The gradients of the 9 float inputs in their shapes and dtypes (empty when absent)."""
     from .backends import triton_ssd
 
-    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+    c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
     g = triton_ssd.backward(c, spec_of(c), triton_ssd.SSDConfig.decode(config), ckpt, dout,
                             dfinal)
@@ -99,7 +105,7 @@ def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 
 
 @ssd_bwd.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
+def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
       return_final_states, config, ckpt, dout, dfinal):
     ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     return [x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
@@ -108,27 +114,37 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, dt_softplus, dt_lo, dt_hi,
 
 class _SSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, flags, *tensors):
-        out, final, ckpt = torch.ops.ssmgen.ssd_fwd(*tensors, *flags)
-        ctx.save_for_backward(*tensors, ckpt)
+    def forward(ctx, flags, seq_idx, *tensors):
+        out, final, ckpt = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags)
+        ctx.save_for_backward(seq_idx, *tensors, ckpt)
         ctx.flags = flags
         if not flags[3]:
             ctx.mark_non_differentiable(final)  # an empty placeholder
-        return out, final
+        ctx.mark_non_differentiable(ckpt)  # returned for the varlen states only
+        return out, final, ckpt
 
     @staticmethod
-    def backward(ctx, dout, dfinal):
-        *tensors, ckpt = ctx.saved_tensors
+    def backward(ctx, dout, dfinal, _):
+        seq_idx, *tensors, ckpt = ctx.saved_tensors
         ret_final = ctx.flags[3]
-        g = torch.ops.ssmgen.ssd_bwd(*tensors, *ctx.flags, ckpt, dout,
+        g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, dout,
                                      dfinal if ret_final else None)
-        return (None, *(x if t is not None else None for x, t in zip(g, tensors)))
+        return (None, None, *(x if t is not None else None for x, t in zip(g, tensors)))
 
 
 def run(c, config=None):
-    """out, or (out, final_states fp32) through the Triton kernels; differentiable."""
+    """(out, final_states fp32 (an empty placeholder unless asked for), varlen states fp32 or
+    None) through the Triton kernels; out and final_states are differentiable."""
+    from .ssd import varlen_states
+
     spec = spec_of(c)
     cfg = config_of(spec, config, c.batch, c.heads)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
-    out, final = _SSD.apply(flags, *(getattr(c, n) for n in _TENSORS))
-    return (out, final) if c.return_final_states else out
+    out, final, ckpt = _SSD.apply(flags, c.seq_idx, *(getattr(c, n) for n in _TENSORS))
+    varlen = None
+    if c.return_varlen_states:
+        # the checkpoints hold the state entering each block of block_q steps, rounded to x's
+        # dtype (the peer reads its chunk states rounded to x's dtype here too)
+        with torch.no_grad():
+            varlen = varlen_states(c, ckpt[0].transpose(0, 1), cfg.block_q)
+    return out, final, varlen

@@ -1,6 +1,7 @@
 """Mamba-2 SSD on the generated Triton kernels (backends/triton_ssd.py) against the float64
 reference: output, final states and every gradient, over random variants, sizes and kernel
-configs. On a machine without CUDA through Triton's interpreter (fp32 and fp16: the interpreter
+configs; packed sequences (seq_idx) against each sequence run alone, and the varlen states.
+On a machine without CUDA through Triton's interpreter (fp32 and fp16: the interpreter
 of Triton 3.6 computes tl.dot of bfloat16 operands wrongly, see
 test_interpreter_bf16_dot_is_broken); bf16 and the suite-sized blocks run on the GPU."""
 import os
@@ -14,7 +15,8 @@ from ssmgen.backends import triton_ssd
 from ssmgen.numerics import FLOOR, assert_close
 from ssmgen.spec import SSDSpec
 from ssmgen.ssd import _dt, _normalize, ssd_ref
-from test_ssd import BF16, F16, F32, HEADS_GROUPS, INF, make_inputs, run_with_grads
+from test_ssd import (BF16, F16, F32, HEADS_GROUPS, IDS, INF, each_alone, ids_of, make_inputs,
+                      packed_inputs, run_with_grads)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -29,10 +31,17 @@ def to_dev(a):
     return {k: v.detach().to(DEV).requires_grad_(True) for k, v in a.items()}
 
 
-def check(a, opts, ret_final, config, dtype, seed):
+def on_dev(opts):
+    return {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
+
+
+def check(a, opts, ret_final, config, dtype, seed, ref=None):
+    """The kernels against the reference with the same arguments (opts: seq_idx too), or
+    against ref = (out, final, grads) when given."""
     kern = run_with_grads(lambda **k: ssmgen.mamba_chunk_scan_combined(
-        chunk_size=64, **k, **opts, backend="triton", config=config), to_dev(a), seed, ret_final)
-    ref = run_with_grads(lambda **k: ssd_ref(**k, **opts), a, seed, ret_final)
+        chunk_size=64, **k, **on_dev(opts), backend="triton", config=config), to_dev(a), seed,
+        ret_final)
+    ref = ref or run_with_grads(lambda **k: ssd_ref(**k, **opts), a, seed, ret_final)
     (out, fin, grads), (rout, rfin, rgrads) = kern, ref
     assert out.dtype == dtype and out.shape == rout.shape
     assert_close("out", out.cpu(), rout.to(dtype), dtype)
@@ -53,7 +62,8 @@ def sum_floors(a, opts, rgrads):
     sum_t ddt_raw_t exactly; dA_h = sum_t dt'_t da_t with A_h da_t the decay part of ddt'_t,
     bounded here by |dt'_t ddt_raw_t| / |A_h| (softplus' <= 1)."""
     c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None,
-                   dt_softplus=opts["dt_softplus"], dt_limit=opts.get("dt_limit", (0.0, INF)))
+                   dt_softplus=opts["dt_softplus"], dt_limit=opts.get("dt_limit", (0.0, INF)),
+                   check_values=False)
     dtp = _dt(c, torch.float64)
     ddt = rgrads["dt"].detach().double().abs()
     f = {"A": dict(floor=max(FLOOR, ((dtp * ddt).sum((0, 1)) / a["A"].detach().double().abs())
@@ -95,6 +105,36 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+@pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
+def test_triton_ssd_packed_gpu(shape, dtype):
+    """seq_idx on a realistic shape: 10 sequences per row at random places (row 1 not
+    starting at seq_idx 0, so without the initial state), against the reference on the same
+    packing; with batch 1 also the varlen states."""
+    b, L, H, P, N, G = shape
+    a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
+                    softplus=True)
+    g = torch.Generator().manual_seed(L)
+    starts = [sorted((torch.randperm(L - 2, generator=g)[:8] + 1).tolist()) + [L - 1]
+              for _ in range(b)]  # the last sequence is one step long
+    seq_idx = torch.zeros(b, L, dtype=torch.int32)
+    for r in range(b):
+        for s in starts[r]:
+            seq_idx[r, s:] += 1
+        seq_idx[r] += 3 * r
+    opts = dict(dt_softplus=True, seq_idx=seq_idx)
+    check(a, opts, True, None, dtype, 7)
+    if b == 1:
+        cu = torch.tensor([0] + starts[0] + [L], dtype=torch.int32)
+        d = {k: v.detach() for k, v in a.items()}
+        _, rvar = ssd_ref(**d, **opts, cu_seqlens=cu, return_varlen_states=True)
+        _, var = ssmgen.mamba_chunk_scan_combined(
+            **to_dev(d), chunk_size=64, **on_dev(opts), cu_seqlens=cu.to(DEV),
+            return_varlen_states=True, backend="triton")
+        assert_close("varlen_states", var.cpu(), rvar.to(dtype), dtype)
+
+
+@pytest.mark.gpu
 @settings(max_examples=int(os.environ.get("SSMGEN_SSD_EXAMPLES", "10")), deadline=None)  # compiles per example
 @given(b=st.integers(1, 3), L=st.integers(1, 400), HG=st.sampled_from(HEADS_GROUPS),
        P=st.integers(1, 80), N=st.integers(1, 140), D=st.sampled_from([None, "h", "hp"]),
@@ -131,6 +171,51 @@ def test_segments_chain_like_one_call():
     g2 = torch.autograd.grad((torch.cat([o1, o2], 1).sum() + f2.sum()), list(a.values()))
     for name, x, y in zip(a, g2, g1):
         assert_close(f"d{name}", x, y, F32)
+
+
+# Packed sequences: small enough for the interpreter, L <= 48 over blocks of 16 or 32 steps.
+LENS = st.lists(st.integers(0, 20), min_size=1, max_size=4).filter(lambda v: 1 <= sum(v) <= 48)
+
+
+def check_packed(a, seq_idx, cu, opts, config, dtype, seed):
+    """The kernels on the packed call against the reference run on each sequence alone: out,
+    final state, every gradient; and the varlen states against each sequence's final state."""
+    rout, rfin, rstates, rgrads = each_alone(lambda **k: ssd_ref(**k, **opts), a, seq_idx, cu,
+                                             seed)
+    check(a, dict(opts, seq_idx=seq_idx), True, config, dtype, seed, ref=(rout, rfin, rgrads))
+    d = {k: v.detach().to(DEV) for k, v in a.items()}
+    out, fin, varlen = ssmgen.mamba_chunk_scan_combined(
+        **d, chunk_size=64, **on_dev(opts), seq_idx=seq_idx.to(DEV), cu_seqlens=cu.to(DEV),
+        return_final_states=True, return_varlen_states=True, backend="triton", config=config)
+    assert varlen.dtype == dtype and varlen.shape == (len(cu) - 1,) + rfin.shape[1:]
+    assert_close("varlen_states", varlen.cpu(), rstates.to(dtype), dtype)
+
+
+@pytest.mark.interp
+@settings(max_examples=8, deadline=None)
+@given(lens=LENS, ids=IDS, HG=st.sampled_from(HEADS_GROUPS), P=st.integers(1, 16),
+       N=st.integers(1, 16), D=st.sampled_from([None, "h", "hp"]), z=st.booleans(),
+       dt_bias=st.booleans(), softplus=st.booleans(), h0=st.booleans(),
+       dtype=st.sampled_from([F32, F16]), config=CONFIGS, seed=st.integers(0, 2**31 - 1))
+def test_triton_packed_equals_each_sequence_alone(lens, ids, HG, P, N, D, z, dt_bias, softplus,
+                                                  h0, dtype, config, seed):
+    H, G = HG
+    a, seq_idx, cu = packed_inputs(seed, lens, ids_of(lens, ids), H, P, N, G, dtype, D=D, z=z,
+                                   dt_bias=dt_bias, h0=h0, softplus=softplus)
+    check_packed(a, seq_idx, cu, dict(dt_softplus=softplus), config, dtype, seed)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("first_id", [0, 2])
+def test_triton_packed_at_block_edges(first_id):
+    """Blocks of 16 steps: a sequence starting exactly at a block (16), one of one step, an
+    empty one, one across a block edge, one ending with L; the initial state is the first
+    sequence's only when its seq_idx is 0."""
+    lens = [16, 1, 20, 0, 10]
+    a, seq_idx, cu = packed_inputs(9, lens, [first_id + i for i in range(5)], 2, 16, 16, 1, F32,
+                                   D="hp", z=True, dt_bias=True, h0=True, softplus=True)
+    check_packed(a, seq_idx, cu, dict(dt_softplus=True),
+                 dict(block_q=16, block_p=16, bwd_block_p=16, heads_per_program=2), F32, 9)
 
 
 @pytest.mark.interp
@@ -183,6 +268,11 @@ def test_spec_names_every_field():
     assert s.short_name() == "n128_p64_bf16_dtbf16_D_z_db_sp_last"
     assert SSDSpec.from_json(s.to_json()) == s
     assert SSDSpec(16, 8).key() == "ssd1-n16-p8-bf16"
+    packed = SSDSpec(d_state=16, headdim=8, has_seq_idx=True)
+    assert packed.short_name() == "n16_p8_bf16_dtf32_seq"
+    assert packed.key() == "ssd1-n16-p8-bf16-has_seq_idx=1"
+    assert "seq_ptr" in dict(triton_ssd.kernel_params(packed, "bwd"))
+    assert "seq_ptr" not in dict(triton_ssd.kernel_params(s, "bwd"))
     with pytest.raises(ValueError, match="d_state"):
         SSDSpec(d_state=513, headdim=8)
     with pytest.raises(ValueError, match="D_per_channel needs has_D"):
@@ -193,12 +283,15 @@ def test_spec_names_every_field():
 
 
 @pytest.mark.interp
-def test_custom_ops_pass_opcheck():
+@pytest.mark.parametrize("packed", [False, True])
+def test_custom_ops_pass_opcheck(packed):
     a = make_inputs(5, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, dt_bias=True, h0=True,
                     softplus=True)
     a = {k: v.detach() for k, v in a.items()}
     cfg = triton_ssd.SSDConfig(block_q=16, block_p=16, bwd_block_p=16).encode()
+    seq_idx = (torch.arange(20, dtype=torch.int32) // 7)[None] if packed else None
     ins = tuple(a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
+    ins += (seq_idx,)
     flags = (True, 0.0, INF, True, cfg)
     torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags,
                           test_utils=("test_schema", "test_faketensor"))
@@ -209,12 +302,14 @@ def test_custom_ops_pass_opcheck():
 
 
 @pytest.mark.interp
-def test_torch_compile_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("packed", [False, True])
+def test_torch_compile_fullgraph_forward_and_backward(packed):
     a = make_inputs(6, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, softplus=True)
+    seq_idx = (torch.arange(20, dtype=torch.int32) // 7)[None] if packed else None
 
     def f(**kw):
         return ssmgen.mamba_chunk_scan_combined(**kw, chunk_size=16, dt_softplus=True,
-                                                backend="triton",
+                                                seq_idx=seq_idx, backend="triton",
                                                 config=dict(block_q=16, block_p=16,
                                                             bwd_block_p=16))
 
