@@ -119,12 +119,16 @@ def covering_specs() -> list:
 
 def covering_ssd_specs() -> list:
     """SSD variants that together set every SSDSpec flag both ways, each dtype, a d_state
-    that is not a power of two and one past 128."""
+    that is not a power of two and one past 128; packed sequences (seq_idx) at Mamba-2's
+    sizes with every option on."""
     from .spec import SSDSpec
 
     return [
         SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
                 dt_softplus=True),
+        SSDSpec(128, 64, "bfloat16", "float32", has_D=True, has_z=True, has_dt_bias=True,
+                dt_softplus=True, has_initial_state=True, return_final_states=True,
+                has_seq_idx=True),
         SSDSpec(20, 48, "float16", "float32", has_D=True, D_per_channel=True,
                 has_initial_state=True, return_final_states=True),
         SSDSpec(256, 32, "float32", "float32", has_z=True, dt_softplus=True,
