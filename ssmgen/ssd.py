@@ -11,10 +11,13 @@ Semantics, per head h (B and C of the head's group h // (heads // groups)):
 The clamp is always applied, as in the peer's fused kernel: with the default (0, inf) it sends a
 negative dt' (possible only without softplus) to zero. softplus(v) = v for v > 20, as in the peer.
 
-Two implementations:
+Three implementations, each with every argument below (packed sequences included), forward
+and backward:
   ssd_ref      the specification: a float64 loop over L, differentiable by autograd (slow).
   ssd_chunked  the chunked algorithm in PyTorch (fp32; inputs are cast to fp32 before the
                matmuls, so bf16 inputs do not yet use bf16 tensor cores), autograd backward.
+  kernels      generated Triton kernels (ssmgen.ssd_kernels, backends/triton_ssd.py), the
+               default on CUDA tensors.
 
 Packed sequences (mamba-ssm's semantics, with s_{-1} = 0):
 
@@ -27,10 +30,12 @@ Packed sequences (mamba-ssm's semantics, with s_{-1} = 0):
       <= cu[-1] = seqlen): also return each sequence's state after its last step,
       (num_seqs, heads, headdim, d_state) in x's dtype (as the peer), h at step cu[i+1] - 1;
       an empty sequence's state is zero. Returned without gradient: the peer's backward refuses
-      them; out and final_states still differentiate. cu_seqlens must mark the sequences
-      seq_idx marks (one sequence when seq_idx is None): the peer mixes neighbouring sequences'
-      states otherwise. Without return_varlen_states, cu_seqlens is ignored (as in the peer)
-      beyond its type checks.
+      them; out and final_states still differentiate. They are computed after the scan from
+      the state entering the block of each sequence's last step (varlen_states): the kernels'
+      checkpoints, which hold it rounded to x's dtype, as the peer's chunk states do.
+      cu_seqlens must mark the sequences seq_idx marks (one sequence when seq_idx is None):
+      the peer mixes neighbouring sequences' states otherwise. Without return_varlen_states,
+      cu_seqlens is ignored (as in the peer) beyond its type checks.
     Returns out, (out, final_states), (out, varlen_states) or (out, final_states,
     varlen_states), the peer's order.
 
