@@ -464,8 +464,22 @@ def step(call, k: KernelConfig) -> torch.Tensor:
 
 
 def step_launcher(call, k: KernelConfig, slots):
-    """A launcher of this call shape's step kernel: values -> None (ssmgen.step's plans)."""
-    return functools.partial(launch_step, call, k)
+    """A launcher of this call shape's step kernel: values -> None, where only the tensors at
+    `slots` differ from call to call (ssmgen.step's plans); one prepared launch per device."""
+    prepared: dict = {}
+    slots = tuple(slots)
+
+    def launch(values):
+        dev = values[slots[0]].device.index or 0
+        p = prepared.get(dev)
+        if p is None:
+            fn = cuda_runtime.function(step_kernel_name(call.spec, k), render_step(call.spec, k),
+                                       dev, 0)
+            grid = (-(-call.headdim // (k.threads // k.lpc)), call.batch, call.heads)
+            ints = [0 if isinstance(v, torch.Tensor) else int(v) for v in values]
+            p = prepared[dev] = cuda_runtime.Prepared(fn, grid, k.threads, 0, ints, dev)
+        p([(i, values[i].data_ptr()) for i in slots])
+    return launch
 
 
 def launch_step(call, k: KernelConfig, values: list) -> None:

@@ -293,10 +293,59 @@ def launch(fn, grid, threads: int, smem_bytes: int, args: list, device_index: in
         addrs = vals.ctypes.data + _offsets(len(args))
         g = tuple(grid) + (1, 1)
         stream = torch._C._cuda_getCurrentRawStream(device_index)
-        if cu(fn.ptr, g[0], g[1], g[2], threads, 1, 1, smem_bytes, stream, addrs.ctypes.data,
+        if cu(_ptr(fn), g[0], g[1], g[2], threads, 1, 1, smem_bytes, stream, addrs.ctypes.data,
               None) == 0:
             return
     _launch_cupy(fn, grid, threads, smem_bytes, args, device_index)
+
+
+_fn_ptrs: dict = {}
+
+
+def _ptr(fn) -> int:
+    """The CUfunction handle of a loaded kernel (CuPy's RawKernel wraps a Function)."""
+    p = _fn_ptrs.get(id(fn))
+    if p is None:  # loaded kernels live in _functions for the process: their ids stay unique
+        p = _fn_ptrs[id(fn)] = getattr(fn, "ptr", None) or fn.kernel.ptr
+    return p
+
+
+class Prepared:
+    """A launch whose arguments change only at a few positions from call to call (a call
+    plan's pointers): the int64 values and their address array are built once, a call writes
+    the changed values and goes to the driver (~2 us of Python). The driver copies the values
+    at the call, so the arrays are reused; a lock keeps two threads from interleaving."""
+
+    def __init__(self, fn, grid, threads: int, smem_bytes: int, args: list, device_index: int):
+        import ctypes
+        import threading
+
+        self.fn, self.threads, self.smem, self.dev = fn, threads, smem_bytes, device_index
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        n = len(args)
+        self._vals = (ctypes.c_int64 * n)(*args)
+        base = ctypes.addressof(self._vals)
+        self._addrs = (ctypes.c_void_p * n)(*range(base, base + 8 * n, 8))
+        self._lock = threading.Lock()
+
+    def __call__(self, changes) -> None:
+        """changes: (position, int value) pairs."""
+        import torch
+
+        cu = _cu_launch()
+        if cu is not None and torch.cuda.current_device() == self.dev:
+            stream = torch._C._cuda_getCurrentRawStream(self.dev)
+            g = self.grid
+            with self._lock:
+                for i, v in changes:
+                    self._vals[i] = v
+                if cu(_ptr(self.fn), g[0], g[1], g[2], self.threads, 1, 1, self.smem, stream,
+                      self._addrs, None) == 0:
+                    return
+        args = list(self._vals)
+        for i, v in changes:
+            args[i] = v
+        _launch_cupy(self.fn, self.grid, self.threads, self.smem, args, self.dev)
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,6 +67,12 @@ def main(out_path):
         rows.append(dict(what=what, impl=impl, mode=mode, value=value, unit=unit))
         print(json.dumps(rows[-1]), flush=True)
 
+    def measure(fn):  # a failing implementation is reported, the others still run
+        try:
+            return fn()
+        except Exception as e:
+            return f"{type(e).__name__}: {str(e)[:200]}"
+
     tiny = (1, 64, 64, 16)
     xf = scan_inputs(*tiny, torch.float32, grad=False)
     xg = scan_inputs(*tiny, torch.float32, grad=True)
@@ -74,21 +80,23 @@ def main(out_path):
     for be in ("cuda", "triton"):
         for mode, env in modes(be):
             f = lambda: ssmgen.selective_scan(*xf, delta_softplus=True, backend=be)  # noqa
-            add("scan_fwd_b1_d64_L64", be, mode, with_env(env, lambda: us(f)))
+            add("scan_fwd_b1_d64_L64", be, mode, measure(lambda: with_env(env, lambda: us(f))))
             fb = lambda: torch.autograd.backward(  # noqa: E731
                 ssmgen.selective_scan(*xg, delta_softplus=True, backend=be), dout)
-            add("scan_fwdbwd_b1_d64_L64", be, mode, with_env(env, lambda: us(fb, 100)))
+            add("scan_fwdbwd_b1_d64_L64", be, mode,
+                measure(lambda: with_env(env, lambda: us(fb, 100))))
     ssi = bench.peer_import("mamba_ssm.ops.selective_scan_interface")
     if ssi is not None:
         f = lambda: ssi.selective_scan_fn(*xf, delta_softplus=True)  # noqa: E731
-        add("scan_fwd_b1_d64_L64", "mamba-ssm selective_scan_fn", "-", us(f))
+        add("scan_fwd_b1_d64_L64", "mamba-ssm selective_scan_fn", "-", measure(lambda: us(f)))
         fb = lambda: torch.autograd.backward(ssi.selective_scan_fn(*xg, delta_softplus=True), dout)  # noqa
-        add("scan_fwdbwd_b1_d64_L64", "mamba-ssm selective_scan_fn", "-", us(fb, 100))
+        add("scan_fwdbwd_b1_d64_L64", "mamba-ssm selective_scan_fn", "-",
+            measure(lambda: us(fb, 100)))
         peer = bench._peer()
         if peer is not None:
             f = lambda: peer.fwd(*xf, True)  # noqa: E731
             add("scan_fwd_b1_d64_L64", "mamba-ssm selective_scan_cuda.fwd (no Python)", "-",
-                us(f))
+                measure(lambda: us(f)))
 
     peer_step = bench._peer_step()
     for name, s in (("step_b1_d64_n16", dict(batch=1, dim=64, d_state=16, dtype="bfloat16")),
@@ -99,10 +107,10 @@ def main(out_path):
         for be in ("triton", "cuda"):
             for mode, env in modes(be):
                 f = lambda: ssmgen.selective_state_update(*a[:7], **kw, backend=be)  # noqa
-                add(name, be, mode, with_env(env, lambda: us(f, 500)))
+                add(name, be, mode, measure(lambda: with_env(env, lambda: us(f, 500))))
         if peer_step is not None:
             f = lambda: peer_step(*a[:7], **kw)  # noqa: E731
-            add(name, "mamba-ssm selective_state_update", "-", us(f, 500))
+            add(name, "mamba-ssm selective_state_update", "-", measure(lambda: us(f, 500)))
 
     from triton.testing import do_bench
 
@@ -112,9 +120,9 @@ def main(out_path):
         for mode, env in modes(be):
             with torch.no_grad():
                 f = lambda: ssmgen.selective_scan(*x, delta_softplus=True, backend=be)  # noqa
-                ms = with_env(env, lambda: do_bench(f, warmup=10, rep=100,
-                                                    return_mode="median"))
-            add("m1_130m_bf16 fwd (do_bench)", be, mode, round(ms, 4), "ms")
+                ms = measure(lambda: round(with_env(env, lambda: do_bench(
+                    f, warmup=10, rep=100, return_mode="median")), 4))
+            add("m1_130m_bf16 fwd (do_bench)", be, mode, ms, "ms")
     with open(out_path, "w") as fh:
         json.dump(res, fh, indent=1)
 

@@ -109,6 +109,10 @@ def covering_specs() -> list:
         (128, "float32", True, "constant", "constant", 0, 0, 0, 0, 1, 0, 0, 1, 0),
         (512, "bfloat16", False, "variable", "variable", 1, 1, 1, 1, 1, 1, 0, 0, 0),
         (300, "float32", True, "variable", "variable", 0, 0, 0, 1, 1, 0, 1, 0, 1),
+        # packed sequences from per-sequence initial states
+        (16, "bfloat16", False, "variable", "variable", 1, 1, 1, 1, 1, 1, 1, 1, 0),
+        (16, "float32", True, "variable", "constant", 0, 0, 0, 0, 0, 1, 0, 1, 1),
+        (300, "float32", True, "variable", "variable", 0, 0, 0, 1, 1, 1, 1, 1, 1),
     ]
     names = ("d_state", "dtype", "complex_A", "B_layout", "C_layout", "has_D", "has_z",
              "has_delta_bias", "delta_softplus", "return_last_state", "has_initial_state",

@@ -7,7 +7,7 @@ and what was expected. The canonical forms are what kernels read:
   B, C variable     (batch, groups, N, L) real; complex as interleaved real (batch, groups, N, 2L)
   B, C constant     (dim, N) float32, or complex64
   D, delta_bias     (dim,) float32
-  initial_state     (batch, dim, N) float32, or complex64
+  initial_state     (batch, dim, N) float32, or complex64; (num_seqs, dim, N) with cu_seqlens
   cu_seqlens        (num_seqs + 1,) int64, 0 = cu_seqlens[0] <= ... <= cu_seqlens[-1] = L
 """
 from __future__ import annotations
@@ -140,11 +140,16 @@ def _norm_vec(name, x, dim, device):
     return _resolved(x).float().contiguous()
 
 
-def _norm_initial(h0, batch, dim, N, cplx, device):
+def _norm_initial(h0, batch, dim, N, cplx, device, cu):
+    """cu: the normalized cu_seqlens or None; packed sequences take one initial state each."""
     if h0 is None:
         return None
     _check_tensor("initial_state", h0)
-    if tuple(h0.shape) != (batch, dim, N):
+    if cu is not None and tuple(h0.shape) != (cu.numel() - 1, dim, N):
+        raise ValueError(f"initial_state with cu_seqlens must have shape (num_seqs, dim, d_state) "
+                         f"= {(cu.numel() - 1, dim, N)} (one state per packed sequence), got "
+                         f"{tuple(h0.shape)}")
+    if cu is None and tuple(h0.shape) != (batch, dim, N):
         raise ValueError(f"initial_state must have shape (batch, dim, d_state) = {(batch, dim, N)}, "
                          f"got {tuple(h0.shape)}")
     want = torch.complex64 if cplx else torch.float32
@@ -220,11 +225,8 @@ def normalize(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
         raise TypeError("delta_softplus and return_last_state must be bools")
     if not isinstance(reverse, bool):
         raise TypeError(f"reverse must be a bool, got {reverse!r}")
-    h0 = _norm_initial(initial_state, batch, dim, N, is_cplx, device)
     cu = _norm_cu_seqlens(cu_seqlens, batch, L, device, check_values)
-    if h0 is not None and cu is not None:
-        raise ValueError("initial_state with cu_seqlens is not supported: every packed sequence "
-                         "starts from a zero state")
+    h0 = _norm_initial(initial_state, batch, dim, N, is_cplx, device, cu)
     spec = ScanSpec(d_state=int(N), dtype=_DTYPE_NAMES[u.dtype], complex_A=is_cplx,
                     B_layout=b_layout, C_layout=c_layout, has_D=D is not None,
                     has_z=z is not None, has_delta_bias=delta_bias is not None,

@@ -56,7 +56,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     `ssmgen.selective_scan` accepts.
 
     initial_state: the state before the first step (the last one when reverse); cu_seqlens:
-    packed sequences, each scanned alone from zero; reverse: the scan runs from t = L-1 to 0."""
+    packed sequences, each scanned alone, from zero or from its row of initial_state
+    (num_seqs, dim, N); reverse: the scan runs from t = L-1 to 0."""
     call = normalize(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                      initial_state=initial_state, cu_seqlens=cu_seqlens, reverse=reverse)
     s = call.spec
@@ -74,13 +75,14 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         x0 = (_as_f64(call.initial_state, cplx) if s.has_initial_state
               else zero.expand(call.batch, -1, -1))
         out, last = _scan(dt, u64, A64, Bx, Cx, x0, reverse)
-    else:  # each packed sequence alone, from zero
+    else:  # each packed sequence alone, from zero or its own initial state
         bounds = call.cu_seqlens.tolist()
         outs, lasts = [], []
-        for a, b in zip(bounds, bounds[1:]):
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
             def cut(X):
                 return X if X.dim() == 2 else X[..., a:b]
-            o, x = _scan(dt[..., a:b], u64[..., a:b], A64, cut(Bx), cut(Cx), zero, reverse)
+            x0 = _as_f64(call.initial_state[i:i + 1], cplx) if s.has_initial_state else zero
+            o, x = _scan(dt[..., a:b], u64[..., a:b], A64, cut(Bx), cut(Cx), x0, reverse)
             outs.append(o)
             lasts.append(x)
         out, last = torch.cat(outs, dim=-1), torch.cat(lasts, dim=0)

@@ -29,11 +29,13 @@ class ScanSpec:
     B_layout/C_layout: "constant" = (dim, N) fp32/complex64; "variable" = (batch, groups, N, L).
     has_D, has_z, has_delta_bias, delta_softplus, return_last_state: the options of selective_scan_fn.
     chunk_len:        timesteps between state checkpoints saved for backward (power of two, 16..4096).
-    has_initial_state: the scan starts from a given state (batch, dim, N) instead of zero; its
-                      gradient is returned. (The final state's gradient always flows back.)
+    has_initial_state: the scan starts from a given state (batch, dim, N), with varlen one per
+                      sequence (num_seqs, dim, N), instead of zero; its gradient is returned.
+                      (The final state's gradient always flows back.)
     reverse:          the scan runs from the last timestep to the first (bidirectional models).
-    varlen:           packed sequences (batch 1, boundaries in cu_seqlens): the state resets to
-                      zero at every sequence start; the last state is per sequence.
+    varlen:           packed sequences (batch 1, boundaries in cu_seqlens): the state resets at
+                      every sequence start, to zero or to the sequence's initial state; the last
+                      state is per sequence.
     has_state_indices: decode step only: each batch row's state is picked from a pool by index
                       (mamba-ssm's state_batch_indices).
     deterministic:    backward only, with variable B or C: their gradients are summed over the
@@ -159,8 +161,6 @@ def _validate(s: ScanSpec) -> None:
          f"chunk_len must be a power of two in 16..4096, got {c!r}")
     need(not s.deterministic or s.is_variable_B or s.is_variable_C,
          "deterministic only changes the backward of variable B or C (the rest has no atomics)")
-    need(not (s.varlen and s.has_initial_state),
-         "varlen with an initial state is not supported (each packed sequence starts from zero)")
 
 
 SSD_KEY_VERSION = "ssd1"
