@@ -26,6 +26,7 @@ import triton
 from ssmgen import render
 from ssmgen.spec import SSDSpec
 
+from . import triton_launch
 from .buffers import new
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
@@ -229,7 +230,8 @@ def _launch(spec, cfg, kind, args, grid):
     names = [n for n, _ in kernel_params(spec, kind)]
     missing = [n for n in names if n not in args]
     assert not missing, f"launcher lacks kernel arguments {missing}"
-    kernel(spec, cfg, kind)[grid](*[args[n] for n in names], **launch_config(cfg, kind))
+    triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
+                         **launch_config(cfg, kind))
 
 
 def ckpt_dtype(spec: SSDSpec) -> torch.dtype:

@@ -66,12 +66,16 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
             config: str) -> List[torch.Tensor]:
     """[out, final states (empty when not asked for), per-block checkpoints]"""
-    from .backends import triton_ssd
-
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
+    return _forward(c, config)
+
+
+def _forward(c, config: str) -> List[torch.Tensor]:
+    from .backends import triton_ssd
+
     out, final, ckpt = triton_ssd.forward(c, spec_of(c), triton_ssd.SSDConfig.decode(config))
-    return [out, x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt]
+    return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt]
 
 
 @ssd_fwd.register_fake
@@ -113,9 +117,15 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
 
 
 class _SSD(torch.autograd.Function):
+    # call: the validated SSDCall for an eager call on real tensors, which then runs the ops'
+    # implementation directly (no custom-op dispatch, no second validation); None under
+    # tracing or for meta / fake tensors, which take the op and its fake
     @staticmethod
-    def forward(ctx, flags, seq_idx, *tensors):
-        out, final, ckpt = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags)
+    def forward(ctx, flags, call, seq_idx, *tensors):
+        if call is not None:
+            out, final, ckpt = _forward(call, flags[-1])
+        else:
+            out, final, ckpt = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags)
         ctx.save_for_backward(seq_idx, *tensors, ckpt)
         ctx.flags = flags
         if not flags[3]:
@@ -129,7 +139,7 @@ class _SSD(torch.autograd.Function):
         ret_final = ctx.flags[3]
         g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, dout,
                                      dfinal if ret_final else None)
-        return (None, None, *(x if t is not None else None for x, t in zip(g, tensors)))
+        return (None, None, None, *(x if t is not None else None for x, t in zip(g, tensors)))
 
 
 def run(c, config=None):
@@ -140,7 +150,10 @@ def run(c, config=None):
     spec = spec_of(c)
     cfg = config_of(spec, config, c.batch, c.heads)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
-    out, final, ckpt = _SSD.apply(flags, c.seq_idx, *(getattr(c, n) for n in _TENSORS))
+    eager = (type(c.x) is torch.Tensor and c.x.device.type != "meta"
+             and not torch.compiler.is_compiling())
+    out, final, ckpt = _SSD.apply(flags, c if eager else None, c.seq_idx,
+                                  *(getattr(c, n) for n in _TENSORS))
     varlen = None
     if c.return_varlen_states:
         # the checkpoints hold the state entering each block of block_q steps, rounded to x's
