@@ -15,5 +15,5 @@ if [ "${TUNE:-1}" = 1 ]; then
 fi
 SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-10} timeout ${TEST_S:-150} python3 -m pytest -m gpu -q -p no:cacheprovider ${TESTS:-tests/test_ssd_kernels.py tests/test_variants.py} 2>&1 | tail -15 > "$OUT/gpu_tests.log"; cat "$OUT/gpu_tests.log"
 # the non-finite input tests run on both backends where CUDA is present
-timeout ${FAULT_S:-120} python3 -m pytest -q -p no:cacheprovider tests/test_input_faults.py -k "like_the_reference or leak or nonfinite" 2>&1 | tail -15 > "$OUT/gpu_fault_tests.log"; cat "$OUT/gpu_fault_tests.log"
-timeout ${SSD_S:-120} python3 benchmarks/ssd_bench.py "$OUT/ssd_bench.json" 2>&1 | tail -8 | tee "$OUT/ssd_bench.log"
+[ "${FAULTS:-1}" = 1 ] && timeout ${FAULT_S:-120} python3 -m pytest -q -p no:cacheprovider tests/test_input_faults.py -k "like_the_reference or leak or nonfinite" 2>&1 | tail -15 > "$OUT/gpu_fault_tests.log"; cat "$OUT/gpu_fault_tests.log"
+[ "${SSD:-1}" = 1 ] && timeout ${SSD_S:-120} python3 benchmarks/ssd_bench.py "$OUT/ssd_bench.json" 2>&1 | tail -8 | tee "$OUT/ssd_bench.log"
