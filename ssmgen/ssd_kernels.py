@@ -131,12 +131,17 @@ class _SSD(torch.autograd.Function):
         if not flags[3]:
             ctx.mark_non_differentiable(final)  # an empty placeholder
         ctx.mark_non_differentiable(ckpt)  # returned for the varlen states only
+        # no zero gradient made for outputs the loss does not reach: for ckpt that would be a
+        # checkpoint-sized buffer (512 MiB on ssd_1.3b) alive during the backward
+        ctx.set_materialize_grads(False)
         return out, final, ckpt
 
     @staticmethod
     def backward(ctx, dout, dfinal, _):
         seq_idx, *tensors, ckpt = ctx.saved_tensors
         ret_final = ctx.flags[3]
+        if dout is None:  # only the final states reach the loss
+            dout = torch.zeros_like(tensors[0])
         g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, dout,
                                      dfinal if ret_final else None)
         return (None, None, None, *(x if t is not None else None for x, t in zip(g, tensors)))

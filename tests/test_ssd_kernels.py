@@ -320,3 +320,28 @@ def test_torch_compile_fullgraph_forward_and_backward(packed):
     assert torch.equal(out, eager)
     for x, y in zip(gcomp, geager):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("which", ["final", "out"])
+def test_gradient_of_one_output_only(which):
+    """Only the final states (or only out) reach the loss: the backward gets no gradient for the
+    other output (no zero buffer is made for it) and still gives every input's gradient."""
+    a = make_inputs(5, b=1, L=20, H=2, P=4, N=8, G=1, D="h", z=True, dt_bias=True, h0=True,
+                    softplus=True)
+    opts = dict(dt_softplus=True)
+
+    def grads(fn, inputs):
+        out, fin = fn(**inputs, **opts, return_final_states=True)
+        g = torch.Generator().manual_seed(1)
+        t = fin if which == "final" else out
+        loss = (t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)
+                .to(t.device)).sum()
+        g = torch.autograd.grad(loss, list(inputs.values()), allow_unused=True)
+        return [torch.zeros_like(v) if d is None else d for d, v in zip(g, inputs.values())]
+
+    got = grads(lambda **k: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=64, **k, backend="triton", config=dict(block_q=16, block_p=16,
+                                                           bwd_block_p=16)), to_dev(a))
+    want = grads(ssd_ref, {k: v.detach().requires_grad_(True) for k, v in a.items()})
+    for name, g, r in zip(a, got, want):
+        assert_close(f"d{name}", g.cpu(), r, F32)
