@@ -254,8 +254,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Beyond mamba-ssm (keyword-only): initial_state (batch, dim, N) float32 / complex64, the state
     before the first step, with its gradient; cu_seqlens (num_seqs + 1,) int: u is a packed
-    (1, dim, total_L) batch of sequences, each scanned from a zero state, last_state per
-    sequence (num_seqs, dim, N); reverse=True scans from t = L-1 down to 0.
+    (1, dim, total_L) batch of sequences, each scanned from a zero state or, with
+    initial_state (num_seqs, dim, N), from its own row, last_state per sequence
+    (num_seqs, dim, N); reverse=True scans from t = L-1 down to 0.
 
     backend: "triton", "cuda", "reference" or None (on CUDA tensors the CUDA backend where
     CuPy and a CUDA compiler are present and batch x dim > FEW_ROWS, else Triton (then, if

@@ -163,13 +163,15 @@ def test_torch_compile_fullgraph_forward_and_backward():
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("variant", ["plain", "initial_state", "varlen"])
+@pytest.mark.parametrize("variant", ["plain", "initial_state", "varlen", "varlen_h0"])
 def test_custom_ops_pass_opcheck(variant):
-    a = good(L=12, N=2, b=1 if variant == "varlen" else 2)
+    packed = variant.startswith("varlen")
+    a = good(L=12, N=2, b=1 if packed else 2)
     cfg = triton_backend.ScanConfig.from_dict({"block_l": 4, "block_d": 2}).encode()
     cfg = "triton:" + cfg
-    h0 = torch.randn(2, 4, 2) if variant == "initial_state" else None
-    cu = torch.tensor([0, 5, 12]) if variant == "varlen" else None
+    # per-sequence initial states when packed: (num_seqs, dim, N)
+    h0 = torch.randn(2, 4, 2) if variant in ("initial_state", "varlen_h0") else None
+    cu = torch.tensor([0, 5, 12]) if packed else None
     ins = (a["u"], a["delta"], a["A"], a["B"], a["C"], a["D"], a["z"], a["delta_bias"], h0, cu)
     fwd_args = ins + (True, True, variant == "plain", 16, cfg, True)
     torch.library.opcheck(torch.ops.ssmgen.scan_fwd, fwd_args,
