@@ -161,15 +161,20 @@ def _norm_initial(h0, batch, dim, N, cplx, device, cu):
     return _resolved(h0).contiguous()
 
 
-def _norm_cu_seqlens(cu, batch, L, device, check_values):
-    if cu is None:
-        return None
+def check_cu_seqlens_form(cu) -> None:
+    """cu_seqlens' type, rank, length and dtype (shared by the scan and the SSD)."""
     _check_tensor("cu_seqlens", cu)
     if cu.dim() != 1 or cu.numel() < 2:
         raise ValueError(f"cu_seqlens must be 1-D with num_seqs + 1 >= 2 entries, got shape "
                          f"{tuple(cu.shape)}")
     if cu.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"cu_seqlens must be int32 or int64, got {cu.dtype}")
+
+
+def _norm_cu_seqlens(cu, batch, L, device, check_values):
+    if cu is None:
+        return None
+    check_cu_seqlens_form(cu)
     if cu.device != device:
         raise ValueError(f"cu_seqlens is on {cu.device} but u is on {device}")
     if batch != 1:

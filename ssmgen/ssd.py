@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ssd_kernels  # registers the custom ops ssmgen::ssd_fwd / ssd_bwd
-from .inputs import _check_tensor
+from .inputs import _check_tensor, check_cu_seqlens_form
 from .spec import MAX_D_STATE
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -163,12 +163,7 @@ def _normalize(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial
         if seq_idx.dtype != torch.int32:
             raise TypeError(f"seq_idx must be int32, got {seq_idx.dtype}")
     if cu_seqlens is not None:
-        _check_tensor("cu_seqlens", cu_seqlens)
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must be 1-D with num_seqs + 1 >= 2 entries, got shape "
-                             f"{tuple(cu_seqlens.shape)}")
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        check_cu_seqlens_form(cu_seqlens)
     for name, t in (("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
                     ("dt_bias", dt_bias), ("initial_states", initial_states),
                     ("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)):
