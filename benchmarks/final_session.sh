@@ -3,11 +3,7 @@
 # run the gpu tests of the changed code, and the SSD comparison with mamba-ssm's Triton SSD.
 # Results and the records ($OUT/records.json) land in $OUT. Needs `.peer/` carried.
 set -u
-export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out} SSMGEN_CACHE_DIR=/tmp/ssmgen_cache
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-python3 -m pip install -q --no-index --no-deps .peer/*.whl >> "$OUT/install.log" 2>&1
-export SSMGEN_PEER_SRC=$PWD/$(ls -d .peer/mamba_ssm-*/ | head -1)
+source benchmarks/device_setup.sh
 if [ "${TUNE:-1}" = 1 ]; then
   timeout 200 python3 -m ssmgen tune --backends cuda --budget-s ${CUDA_BUDGET:-150} 2>&1 | tr '\r' '\n' > "$OUT/tune_cuda.log"; grep -A10 "^tuned" "$OUT/tune_cuda.log"
   timeout 150 python3 -m ssmgen tune --backends triton --budget-s ${TRITON_BUDGET:-100} 2>&1 | tr '\r' '\n' > "$OUT/tune_triton.log"; grep -A10 "^tuned" "$OUT/tune_triton.log"

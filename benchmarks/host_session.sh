@@ -4,11 +4,7 @@
 # comparison (benchmarks/host_overhead.py) and the suite benchmark (ssmgen bench), side by side
 # with mamba-ssm. Results go to $OUT. Carry: .peer (mamba-ssm sdist, einops/packaging wheels).
 set -u
-export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out} SSMGEN_CACHE_DIR=/tmp/ssmgen_cache
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-python3 -m pip install -q --no-index --no-deps .peer/*.whl >> "$OUT/install.log" 2>&1
-export SSMGEN_PEER_SRC=$PWD/$(ls -d .peer/mamba_ssm-*/ | head -1)
+source benchmarks/device_setup.sh
 # a peer build brought back from an earlier call (carry .peerbuild) saves its ~160 s
 if ls .peerbuild/selective_scan_cuda*.so >/dev/null 2>&1; then mkdir -p /tmp/peerbuild && cp .peerbuild/* /tmp/peerbuild/; fi
 if ! ls /tmp/peerbuild/selective_scan_cuda*.so >/dev/null 2>&1; then

@@ -1,0 +1,8 @@
+# Sourced by the device-session scripts: environment, results folder $OUT, ssmgen installed
+# in place, the peer's wheels (einops, packaging) and SSMGEN_PEER_SRC (the mamba-ssm sdist tree
+# in the carried .peer/).
+export PYTHONUNBUFFERED=1 OUT=${OUT:-/tmp/out} SSMGEN_CACHE_DIR=/tmp/ssmgen_cache
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+python3 -m pip install -q --no-index --no-deps .peer/*.whl >> "$OUT/install.log" 2>&1
+export SSMGEN_PEER_SRC=$PWD/$(ls -d .peer/mamba_ssm-*/ | head -1)
