@@ -20,14 +20,14 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None, backend: str = "t
     c["L"] = draw(st.one_of(st.integers(1, ch - 1), st.just(ch), st.just(2 * ch),
                             st.integers(ch + 1, (4 if big else 2) * ch + ch // 2)))
     c["batch"] = draw(st.integers(1, 3 if big else 2))
-    # variants: a start state, the scan direction, packed sequences (batch 1; boundaries drawn
-    # anywhere, empty sequences included)
+    # variants: a start state (per sequence when packed), the scan direction, packed sequences
+    # (batch 1; boundaries drawn anywhere, empty sequences included)
     c["varlen"] = draw(st.booleans())
     if c["varlen"]:
         c["batch"] = 1
         cuts = draw(st.lists(st.integers(0, c["L"]), min_size=0, max_size=4))
         c["cu_seqlens"] = [0] + sorted(cuts) + [c["L"]]
-    c["initial_state"] = not c["varlen"] and draw(st.booleans())
+    c["initial_state"] = draw(st.booleans())
     c["reverse"] = draw(st.booleans())
     c["dim"] = draw(st.integers(1, 48 if big else 6))
     bls = [b for b in ([8, 16, 32, 64] if big else [2, 4, 8, 16]) if b <= ch]
@@ -158,7 +158,8 @@ def make_variants(c: dict, device, seed: int) -> dict:
     v = {"reverse": c.get("reverse", False)}
     if c.get("initial_state"):
         sdt = torch.complex64 if c["complex"] else torch.float32
-        v["initial_state"] = _normal(torch.empty(c["batch"], c["dim"], c["N"], dtype=sdt), gen
+        rows = len(c["cu_seqlens"]) - 1 if c.get("varlen") else c["batch"]
+        v["initial_state"] = _normal(torch.empty(rows, c["dim"], c["N"], dtype=sdt), gen
                                      ).to(device)
     if c.get("varlen"):
         v["cu_seqlens"] = torch.tensor(c["cu_seqlens"], dtype=torch.int32, device=device)

@@ -165,7 +165,7 @@ def test_odd_strides_and_views_match_the_reference(launches, label, cplx, mutate
 
 # -- refused before launch, naming the argument ----------------------------------------------
 def _every_arg(arg):
-    """Arguments with every optional tensor present (initial_state excludes cu_seqlens)."""
+    """Arguments with every optional tensor present, one of initial_state and cu_seqlens."""
     a = scan_args(b=1)
     if arg == "initial_state":
         a["initial_state"] = torch.zeros(1, 4, 3)
