@@ -473,11 +473,7 @@ def step_launcher(call, k: KernelConfig, slots):
         dev = values[slots[0]].device.index or 0
         p = prepared.get(dev)
         if p is None:
-            fn = cuda_runtime.function(step_kernel_name(call.spec, k), render_step(call.spec, k),
-                                       dev, 0)
-            grid = (-(-call.headdim // (k.threads // k.lpc)), call.batch, call.heads)
-            ints = [0 if isinstance(v, torch.Tensor) else int(v) for v in values]
-            p = prepared[dev] = cuda_runtime.Prepared(fn, grid, k.threads, 0, ints, dev)
+            p = prepared[dev] = _step_prepared(call, k, values, dev)
         p([(i, values[i].data_ptr()) for i in slots])
     return launch
 
@@ -485,8 +481,11 @@ def step_launcher(call, k: KernelConfig, slots):
 def launch_step(call, k: KernelConfig, values: list) -> None:
     """Launches the step kernel on `values` (buffers.step_params order: tensors and ints) for a
     call's shape (spec, batch, heads, headdim: its tensors are not read)."""
-    dev = values[0].device.index or 0  # the state
+    _step_prepared(call, k, values, values[0].device.index or 0)([])  # values[0]: the state
+
+
+def _step_prepared(call, k: KernelConfig, values: list, dev: int):
     fn = cuda_runtime.function(step_kernel_name(call.spec, k), render_step(call.spec, k), dev, 0)
     args = [v.data_ptr() if isinstance(v, torch.Tensor) else int(v) for v in values]
     grid = (-(-call.headdim // (k.threads // k.lpc)), call.batch, call.heads)
-    cuda_runtime.launch(fn, grid, k.threads, 0, args, dev)
+    return cuda_runtime.Prepared(fn, grid, k.threads, 0, args, dev)

@@ -277,26 +277,8 @@ def _cu_launch():
 
 
 def launch(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:
-    """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order.
-
-    The launch goes to the driver directly (cuLaunchKernel: one int64 array for the values and
-    one array of their addresses, which the driver copies at the call) where the device is the
-    current one; CuPy's launcher, which costs ~10-20 us more per call in argument boxing and
-    device / stream context switches, where it is not or the driver call fails (it then raises
-    CuPy's error for a real fault)."""
-    import numpy as np
-    import torch
-
-    cu = _cu_launch()
-    if cu is not None and torch.cuda.current_device() == device_index:
-        vals = np.array(args, dtype=np.int64)
-        addrs = vals.ctypes.data + _offsets(len(args))
-        g = tuple(grid) + (1, 1)
-        stream = torch._C._cuda_getCurrentRawStream(device_index)
-        if cu(_ptr(fn), g[0], g[1], g[2], threads, 1, 1, smem_bytes, stream, addrs.ctypes.data,
-              None) == 0:
-            return
-    _launch_cupy(fn, grid, threads, smem_bytes, args, device_index)
+    """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order."""
+    Prepared(fn, grid, threads, smem_bytes, args, device_index)([])
 
 
 _fn_ptrs: dict = {}
@@ -311,10 +293,13 @@ def _ptr(fn) -> int:
 
 
 class Prepared:
-    """A launch whose arguments change only at a few positions from call to call (a call
+    """A kernel launch whose arguments may change at a few positions from call to call (a call
     plan's pointers): the int64 values and their address array are built once, a call writes
-    the changed values and goes to the driver (~2 us of Python). The driver copies the values
-    at the call, so the arrays are reused; a lock keeps two threads from interleaving."""
+    the changed values and goes to the driver's cuLaunchKernel (~2 us of Python; the driver
+    copies the values at the call, so the arrays are reused, a lock keeping two threads from
+    interleaving). CuPy's launcher, ~10-20 us more per call in argument boxing and device /
+    stream switches, where the device is not the current one or the driver call fails (CuPy
+    then raises its error for a real fault)."""
 
     def __init__(self, fn, grid, threads: int, smem_bytes: int, args: list, device_index: int):
         import ctypes
@@ -346,13 +331,6 @@ class Prepared:
         for i, v in changes:
             args[i] = v
         _launch_cupy(self.fn, self.grid, self.threads, self.smem, args, self.dev)
-
-
-@functools.lru_cache(maxsize=None)
-def _offsets(n: int):
-    import numpy as np
-
-    return np.arange(n, dtype=np.uint64) * 8
 
 
 def _launch_cupy(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:

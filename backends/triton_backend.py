@@ -408,12 +408,14 @@ def step(call, k: KernelConfig) -> torch.Tensor:
 def step_launcher(call, k: KernelConfig, slots):
     """A launcher of this call shape's step kernel: values -> None, where only the tensors at
     `slots` (and out) differ from call to call (ssmgen.step's plans)."""
-    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
-    return triton_launch.Bound(step_kernel(call.spec, k), grid, slots, k.num_warps)
+    return triton_launch.Bound(step_kernel(call.spec, k), _step_grid(call, k), slots, k.num_warps)
 
 
 def launch_step(call, k: KernelConfig, values: list) -> None:
     """Launches the step kernel on `values` (buffers.step_params order) for a call's shape
     (spec, batch, heads, headdim: its tensors are not read)."""
-    grid = (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)
-    triton_launch.launch(step_kernel(call.spec, k), grid, values, k.num_warps)
+    triton_launch.launch(step_kernel(call.spec, k), _step_grid(call, k), values, k.num_warps)
+
+
+def _step_grid(call, k: KernelConfig) -> tuple:
+    return (triton.cdiv(call.headdim, k.block_d), call.batch, call.heads)

@@ -49,12 +49,22 @@ def _raw(values: list) -> list:
     return [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
 
 
+def _options(num_warps: int, num_stages: int | None) -> dict:
+    return {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps,
+                                                               "num_stages": num_stages}
+
+
+def _run(kernel, grid, dev: int, args: list) -> None:
+    """A compiled kernel's own launcher on the current stream, hooks off (checked by _jit_only)."""
+    g = tuple(grid) + (1,) * (3 - len(grid))
+    kernel.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(dev), kernel.function,
+               kernel.packed_metadata, None, None, None, *args)
+
+
 def launch(fn, grid, args, num_warps: int, num_stages: int | None = None) -> None:
     """fn[grid](*args, num_warps=..., num_stages=...); args: every kernel parameter in order
     (constexprs included, as the JIT takes them)."""
-    opts = {"num_warps": num_warps}
-    if num_stages is not None:
-        opts["num_stages"] = num_stages
+    opts = _options(num_warps, num_stages)
     if _jit_only():
         fn[grid](*args, **opts)
         return
@@ -67,10 +77,7 @@ def launch(fn, grid, args, num_warps: int, num_stages: int | None = None) -> Non
             _kernels.clear()
         _kernels[key] = kernel
         return
-    g = tuple(grid) + (1, 1)
-    stream = torch._C._cuda_getCurrentRawStream(dev)
-    kernel.run(g[0], g[1], g[2], stream, kernel.function, kernel.packed_metadata, None, None, None,
-               *_raw(args))
+    _run(kernel, grid, dev, _raw(args))
 
 
 class Bound:
@@ -80,10 +87,8 @@ class Bound:
 
     def __init__(self, fn, grid, slots, num_warps: int, num_stages: int | None = None):
         self.fn, self.slots = fn, tuple(slots)
-        self.grid = tuple(grid) + (1,) * (3 - len(grid))
-        self.opts = {"num_warps": num_warps}
-        if num_stages is not None:
-            self.opts["num_stages"] = num_stages
+        self.grid = grid
+        self.opts = _options(num_warps, num_stages)
         self.kernels: dict = {}
 
     def __call__(self, values: list) -> None:
@@ -100,6 +105,4 @@ class Bound:
         args = list(values)
         for i, p in zip(self.slots, ptrs):
             args[i] = p
-        g = self.grid
-        kernel.run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(dev), kernel.function,
-                   kernel.packed_metadata, None, None, None, *args)
+        _run(kernel, self.grid, dev, args)

@@ -267,7 +267,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     variants = dict(initial_state=initial_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    key = _signature(args, variants, backend) if config is None and plans.enabled() else None
+    key = (plans.signature((backend, torch.is_grad_enabled()), args + tuple(variants.values()))
+           if config is None and plans.enabled() else None)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:  # seen before: validation (it passes again), backend, config, kernels
         call = normalize(*args, chunk_len=plan[1], **variants)  # these tensors' canonical views
@@ -303,17 +304,16 @@ def _kernel_call(name, call, cfg, chunk_len, args, variants, prepare, key):
             isinstance(x, torch.Tensor) and x.requires_grad
             for x in args[:8] + (call.initial_state,))
         fallback.prepare(name, call, cfg, needs_grad)
-    res = _apply(_encode(name, cfg), call, args, variants)
+    config = _encode(name, cfg)
+    res = _apply(config, call, args, variants)
     if key is not None:
-        _plans.put(key, (_encode(name, cfg), call.spec.chunk_len))
+        _plans.put(key, (config, call.spec.chunk_len))
     return res
 
 
 def _apply(config: str, call, args, variants):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state = args
-    # plain tensors with memory; meta / fake tensors and tracing take the op (its fake runs)
-    eager = (type(u) is torch.Tensor and u.device.type != "meta"
-             and not torch.compiler.is_compiling())
+    eager = plans.runs_kernels_directly(u)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, call.initial_state,
                                       call.cu_seqlens, delta_softplus, return_last_state,
                                       variants["reverse"], call.spec.chunk_len,
@@ -322,16 +322,6 @@ def _apply(config: str, call, args, variants):
 
 
 _plans = plans.Table()
-
-
-def _signature(args, variants, backend):
-    """The key of a call's plan, or None where an argument has no strided metadata (the full
-    path then reports it)."""
-    try:
-        return (backend, torch.is_grad_enabled(), *map(plans.meta, args),
-                *map(plans.meta, variants.values()))
-    except (RuntimeError, NotImplementedError):  # sparse / nested tensors have no strides
-        return None
 
 
 def _encode(name, cfg) -> str:

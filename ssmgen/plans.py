@@ -32,8 +32,24 @@ def meta(t):
     return t if t is None or isinstance(t, (bool, int, float, str)) else type(t)
 
 
+def signature(flags: tuple, args) -> tuple | None:
+    """A call's plan key: its flags and every argument's metadata; None where an argument has
+    no strided metadata (sparse / nested tensors: the full path then reports it)."""
+    try:
+        return (*flags, *map(meta, args))
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def enabled() -> bool:
     return os.environ.get("SSMGEN_PLANS", "1") != "0" and not torch.compiler.is_compiling()
+
+
+def runs_kernels_directly(t: torch.Tensor) -> bool:
+    """An eager call on plain tensors with memory may run the custom ops' implementation without
+    their dispatch; meta / fake tensors and tracing take the op (its fake implementation)."""
+    return (type(t) is torch.Tensor and t.device.type != "meta"
+            and not torch.compiler.is_compiling())
 
 
 class Table:

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import torch
 
+from . import plans
 from .spec import SSDSpec
 
 _TENSORS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
@@ -155,8 +156,7 @@ def run(c, config=None):
     spec = spec_of(c)
     cfg = config_of(spec, config, c.batch, c.heads)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
-    eager = (type(c.x) is torch.Tensor and c.x.device.type != "meta"
-             and not torch.compiler.is_compiling())
+    eager = plans.runs_kernels_directly(c.x)
     out, final, ckpt = _SSD.apply(flags, c if eager else None, c.seq_idx,
                                   *(getattr(c, n) for n in _TENSORS))
     varlen = None

@@ -224,7 +224,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     from .ops import pick_backend
 
     raw = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
-    key = _signature(raw, dt_softplus, backend) if config is None and plans.enabled() else None
+    key = (plans.signature((backend, dt_softplus), raw) if config is None and plans.enabled()
+           else None)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
         return plan.run(raw)
@@ -261,13 +262,6 @@ _plans = plans.Table()
 # in selective_state_update's arguments
 _RAW = {"state": 0, "x": 1, "dt": 2, "A": 3, "B": 4, "C": 5, "D": 6, "z": 7, "dbias": 8,
         "idx": 9}
-
-
-def _signature(raw, dt_softplus, backend):
-    try:
-        return (backend, dt_softplus, *map(plans.meta, raw))
-    except (RuntimeError, NotImplementedError):  # sparse / nested tensors have no strides
-        return None
 
 
 @dataclass
