@@ -192,7 +192,7 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     arrays = [("S_DT", chan), ("S_DTU", chan), ("S_U", chan)]
     if kind == "fwd":
         arrays += [("S_Z", chan)] if spec.has_z else []
-        arrays += [("S_Y", chan)]
+        arrays += [("S_Y", g["CPB"] * _partials(k) * (g["TL"] + 1))]
     else:
         arrays += [("S_DY", chan)] + ([("S_DZF", chan)] if spec.has_z else [])
         arrays += ([("S_SIG", chan)] if spec.delta_softplus else [])
@@ -213,6 +213,22 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
         offsets[name] = off
         off += -(-size // 4) * 4
     return offsets, off * 4
+
+
+def _partials(k: KernelConfig, kind: str = "fwd") -> int:
+    """YP: partial sums per (channel, step) that a step stores for its epilogue instead of
+    summing all LPC lanes by shuffles (forward only: the backward's shared memory bounds its
+    occupancy)."""
+    return min(k.lpc, 4) if kind == "fwd" else 1
+
+
+def _elements(spec: ScanSpec, k: KernelConfig) -> dict:
+    """The forward's tile elements per thread (IT) and the per-channel values it keeps in
+    registers across tiles: only where IT <= 8 (at lpc 1 IT reaches 32, and the prefetch
+    already holds 2-3 registers per element)."""
+    it = -(-(k.threads // k.lpc) * k.tl // k.threads)
+    names = [n for n, on in (("dbias", spec.has_delta_bias), ("D", spec.has_D)) if on]
+    return dict(chan_vals=names, chan_regs=it <= 8)
 
 
 def smem_bytes(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
@@ -275,7 +291,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
-        smem=offsets, **geometry(spec, k))
+        smem=offsets, YP=_partials(k, kind), **geometry(spec, k), **_elements(spec, k))
 
 
 def render_source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
