@@ -222,13 +222,41 @@ def _partials(k: KernelConfig, kind: str = "fwd") -> int:
     return min(k.lpc, 4) if kind == "fwd" else 1
 
 
-def _elements(spec: ScanSpec, k: KernelConfig) -> dict:
-    """The forward's tile elements per thread (IT) and the per-channel values it keeps in
-    registers across tiles: only where IT <= 8 (at lpc 1 IT reaches 32, and the prefetch
-    already holds 2-3 registers per element)."""
-    it = -(-(k.threads // k.lpc) * k.tl // k.threads)
+def _elements(spec: ScanSpec, k: KernelConfig, vec: int) -> dict:
+    """The forward's tile elements per thread (IT: values, or 16-byte vectors of `vec` steps)
+    and the per-channel values it keeps in registers across tiles: only where IT <= 8 (at lpc 1
+    IT reaches 32, and the prefetch already holds 2-3 registers per element)."""
+    it = -(-(k.threads // k.lpc) * k.tl // (k.threads * max(vec, 1)))
     names = [n for n, on in (("dbias", spec.has_delta_bias), ("D", spec.has_D)) if on]
-    return dict(chan_vals=names, chan_regs=it <= 8)
+    return dict(IT=it, VEC=vec, chan_vals=names, chan_regs=it <= 8)
+
+
+def vector_steps(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
+    """Steps per 16-byte vector of the forward's per-channel tiles (u, delta, z, out), or 0
+    where the tile is not a whole number of vectors. Whether a call may take the vector
+    kernel is `vector_ok` (alignment, per call)."""
+    v = 16 // {"float32": 4, "bfloat16": 2, "float16": 2}[spec.dtype]
+    return v if kind == "fwd" and k.tl % v == 0 else 0
+
+
+def variants(spec: ScanSpec, k: KernelConfig, kind: str) -> list:
+    """The vector widths a (spec, config, kind) is rendered with: 0 (element loads) always."""
+    return [0] + ([vector_steps(spec, k, kind)] if vector_steps(spec, k, kind) else [])
+
+
+def vector_ok(call: Call, v: int, tensors: dict) -> bool:
+    """16-byte loads and stores of v steps are legal for this call: L a multiple of v, and
+    every per-channel tensor at unit step stride, its row and batch strides multiples of v,
+    its pointer 16-byte aligned (checked per call: plans key on metadata, not pointers)."""
+    if not v or call.seqlen % v:
+        return False
+    for n in ("u", "delta", "z", "out"):
+        t = tensors.get(n)
+        if t is None:
+            continue
+        if t.stride(-1) != 1 or t.stride(0) % v or t.stride(1) % v or t.data_ptr() % 16:
+            return False
+    return True
 
 
 def smem_bytes(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
@@ -276,14 +304,14 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
 _IO = {"float32": "float", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def kernel_name(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
-    return f"ssmgen_cuda_{kind}_{spec.short_name()}__{k.tag()}"
+def kernel_name(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str:
+    return f"ssmgen_cuda_{kind}_{spec.short_name()}__{k.tag()}" + (f"_v{vec}" if vec else "")
 
 
-def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
+def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
     offsets, _ = smem_layout(spec, k, kind)
     return dict(
-        spec_key=spec.key(), config_desc=repr(k), kernel_name=kernel_name(spec, k, kind),
+        spec_key=spec.key(), config_desc=repr(k), kernel_name=kernel_name(spec, k, kind, vec),
         params=[f"{t} {n}" for t, n in kernel_params(spec, kind)], N=spec.d_state,
         CHUNK=spec.chunk_len, io=_IO[spec.dtype], complex_A=spec.complex_A,
         variable={"B": spec.is_variable_B, "C": spec.is_variable_C}, has_D=spec.has_D,
@@ -291,26 +319,32 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
-        smem=offsets, YP=_partials(k, kind), **geometry(spec, k), **_elements(spec, k))
+        smem=offsets, YP=_partials(k, kind), **geometry(spec, k), **_elements(spec, k, vec))
 
 
-def render_source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
-    return render.render(f"cuda/{kind}.cu.jinja", **context(spec, k, kind))
+def render_source(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str:
+    if vec and vec != vector_steps(spec, k, kind):
+        raise ValueError(f"vec={vec}: this {kind} kernel takes vectors of "
+                         f"{vector_steps(spec, k, kind) or 'no'} steps")
+    return render.render(f"cuda/{kind}.cu.jinja", **context(spec, k, kind, vec))
 
 
 @functools.lru_cache(maxsize=None)
-def _source(spec: ScanSpec, k: KernelConfig, kind: str) -> str:
+def _source(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str:
     k.check(spec, kind)
-    return render_source(spec, k, kind)
+    return render_source(spec, k, kind, vec)
 
 
 def build(call: Call, cfg: ScanConfig, kinds) -> None:
-    """Renders, compiles and loads (no launch) the call's kernels of these kinds."""
+    """Renders, compiles and loads (no launch) the call's kernels of these kinds (the forward
+    in the variant its inputs allow; its output is ours, so always aligned)."""
     dev = call.u.device.index or 0
     for kind in kinds:
         k = getattr(cfg, kind)
-        cuda_runtime.function(kernel_name(call.spec, k, kind), _source(call.spec, k, kind), dev,
-                              smem_bytes(call.spec, k, kind))
+        v = vector_steps(call.spec, k, kind)
+        v = v if vector_ok(call, v, _inputs(call)) else 0
+        cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
+                              dev, smem_bytes(call.spec, k, kind))
 
 
 # -- launching -----------------------------------------------------------------------------
@@ -358,8 +392,10 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> 
     spec = call.spec
     dseg, bps, gx = _segments(call, k)
     ints = _int_args(call, dseg, bps, extra)
-    src = _source(spec, k, kind)
-    name = kernel_name(spec, k, kind)
+    v = vector_steps(spec, k, kind)
+    v = v if vector_ok(call, v, tensors) else 0
+    src = _source(spec, k, kind, v)
+    name = kernel_name(spec, k, kind, v)
     dev = call.u.device.index or 0
     smem = smem_bytes(spec, k, kind)
     fn = cuda_runtime.function(name, src, dev, smem)

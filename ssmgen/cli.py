@@ -247,7 +247,8 @@ def build_ext_cmd(a) -> int:
         for kind in ("fwd", "bwd"):
             k = getattr(sc, kind)
             k.check(s, kind)
-            kernels.append((cb.kernel_name(s, k, kind), cb.render_source(s, k, kind)))
+            kernels += [(cb.kernel_name(s, k, kind, v), cb.render_source(s, k, kind, v))
+                        for v in cb.variants(s, k, kind)]
     archs = [int(x) for x in a.arch.split(",")]
     t0 = time.perf_counter()
     paths = cuda_runtime.build_pack(kernels, archs, Path(a.out))

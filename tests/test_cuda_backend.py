@@ -18,11 +18,14 @@ needs_nvcc = pytest.mark.skipif(cr.nvcc_path() is None, reason="nvcc (CUDA toolk
 
 
 def _variants():
+    """(spec, config, kind, vector width) of every covering spec at its default configs: the
+    forward with element loads and, where its tile allows, with 16-byte vectors."""
     out = []
     for s in covering_specs():
         s = s.replace(chunk_len=cb.default_chunk_len(s))
         cfg = cb.default_config(s)
-        out += [(s, getattr(cfg, kind), kind) for kind in ("fwd", "bwd")]
+        out += [(s, getattr(cfg, kind), kind, v) for kind in ("fwd", "bwd")
+                for v in cb.variants(s, getattr(cfg, kind), kind)]
     return out
 
 
@@ -32,14 +35,16 @@ def test_every_variant_compiles_without_spills(arch, tmp_path, monkeypatch, caps
     monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
 
     def job(v):
-        s, k, kind = v
+        s, k, kind, vec = v
         t = time.perf_counter()
-        use = cr.resource_usage(cb.kernel_name(s, k, kind), cb.render_source(s, k, kind), arch)
-        return cb.kernel_name(s, k, kind), use, cb.smem_bytes(s, k, kind), time.perf_counter() - t
+        name = cb.kernel_name(s, k, kind, vec)
+        use = cr.resource_usage(name, cb.render_source(s, k, kind, vec), arch)
+        return name, use, cb.smem_bytes(s, k, kind), time.perf_counter() - t
 
     with ThreadPoolExecutor(2) as pool:
         rows = list(pool.map(job, _variants()))
-    assert len(rows) == 2 * len(covering_specs())
+    assert len(rows) >= 2 * len(covering_specs())
+    assert any(name.endswith(("_v8", "_v4")) for name, *_ in rows)  # vector forwards compiled
     lines = [f"| kernel (sm_{arch}) | regs | spill st/ld B | smem B | nvcc s |", "|---|---|---|---|---|"]
     for name, use, smem, sec in rows:
         lines.append(f"| {name} | {use['registers']} | {use['spill_stores']}/{use['spill_loads']} "
@@ -163,7 +168,9 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
                         "--arch", "90", "--out", str(pack)], capture_output=True, text=True,
                        env={**__import__("os").environ, "SSMGEN_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
-    assert len(list(pack.glob("*.cubin"))) == 4
+    # per spec: fwd with element loads and with 16-byte vectors (both default tiles allow
+    # them), and bwd
+    assert len(list(pack.glob("*.cubin"))) == 6
     # a deployment with no compiler at all: the pack answers
     monkeypatch.setenv("SSMGEN_CUDA_PACK", str(pack))
     monkeypatch.setattr(cr, "_nvrtc", lambda: None)
@@ -173,8 +180,41 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
     s = ScanSpec(d_state=16, dtype="bfloat16", has_D=True, delta_softplus=True, chunk_len=128)
     for kind in ("fwd", "bwd"):
         k = getattr(cb.default_config(s), kind)
-        p = cr.compile_cubin(cb.kernel_name(s, k, kind), cb.render_source(s, k, kind), 90)
-        assert p.parent == pack
+        for v in cb.variants(s, k, kind):
+            p = cr.compile_cubin(cb.kernel_name(s, k, kind, v), cb.render_source(s, k, kind, v), 90)
+            assert p.parent == pack
     k = cb.default_config(s).fwd
     with pytest.raises(cr.CudaCompileError, match="no CUDA compiler|nvcc not found"):  # not packed
         cr.compile_cubin(cb.kernel_name(s, k, "fwd"), cb.render_source(s, k, "fwd") + "\n", 80)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_vector_and_element_forwards_agree(dtype, reverse):
+    """An aligned call takes the 16-byte-vector forward; the same values 2 bytes off (a view into
+    a wider buffer: strides still multiples of the vector) take the element forward. Both match
+    the float64 reference, and the misaligned call does not reuse the vector kernel."""
+    from ssmgen.numerics import assert_close
+    from ssmgen.reference import selective_scan_ref
+
+    g = torch.Generator().manual_seed(3)
+    b, d, L, N = 2, 40, 96, 16
+    x = dict(u=torch.randn(b, d, L, generator=g), delta=0.5 * torch.rand(b, d, L, generator=g),
+             A=-0.5 * torch.rand(d, N, generator=g), B=torch.randn(b, 1, N, L, generator=g),
+             C=torch.randn(b, 1, N, L, generator=g), D=torch.randn(d, generator=g),
+             z=torch.randn(b, d, L, generator=g), delta_bias=0.1 * torch.rand(d, generator=g))
+    x = {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).cuda() for k, v in x.items()}
+    ref = selective_scan_ref(**x, delta_softplus=True, reverse=reverse)  # computed in float64
+    outs = []
+    for off in (0, 1, 0):  # vector, element, vector again
+        y = dict(x)
+        for n in ("u", "delta", "z"):
+            wide = torch.full((b, d, L + 16), float("nan"), dtype=dtype, device="cuda")
+            y[n] = wide[:, :, off:off + L].copy_(x[n])
+        assert (y["u"].data_ptr() % 16 == 0) == (off == 0)
+        with torch.no_grad():
+            outs.append(ssmgen.selective_scan(**y, delta_softplus=True, reverse=reverse,
+                                              backend="cuda"))
+        assert_close(f"out (offset {off})", outs[-1], ref, dtype)
+    assert torch.equal(outs[0], outs[2])
