@@ -20,7 +20,7 @@ import torch
 
 from ssmgen import render
 from ssmgen.inputs import Call
-from ssmgen.spec import ScanSpec
+from ssmgen.spec import DTYPE_BYTES, ScanSpec
 
 from . import buffers, cuda_runtime
 from .config import ScanConfigBase
@@ -235,7 +235,7 @@ def vector_steps(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
     """Steps per 16-byte vector of the forward's per-channel tiles (u, delta, z, out), or 0
     where the tile is not a whole number of vectors. Whether a call may take the vector
     kernel is `vector_ok` (alignment, per call)."""
-    v = 16 // {"float32": 4, "bfloat16": 2, "float16": 2}[spec.dtype]
+    v = 16 // DTYPE_BYTES[spec.dtype]
     return v if kind == "fwd" and k.tl % v == 0 else 0
 
 
@@ -342,7 +342,7 @@ def build(call: Call, cfg: ScanConfig, kinds) -> None:
     for kind in kinds:
         k = getattr(cfg, kind)
         v = vector_steps(call.spec, k, kind)
-        v = v if vector_ok(call, v, _inputs(call)) else 0
+        v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z)) else 0
         cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
                               dev, smem_bytes(call.spec, k, kind))
 

@@ -14,13 +14,13 @@ import time
 
 import torch
 
-ESIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
+from .spec import DTYPE_BYTES
 
 
 def floor_ms(s: dict, copy_bw: float, exp_rate: float) -> dict:
     """Byte and exp floors (ms) of a suite shape, forward and forward+backward."""
     b, d, L, N, g = s["batch"], s["dim"], s["seqlen"], s["d_state"], s.get("groups", 1)
-    e = ESIZE[s["dtype"]]
+    e = DTYPE_BYTES[s["dtype"]]
     cplx = s.get("A", "real") == "complex"
     bc = 2 * b * g * N * L * e * (2 if cplx else 1)  # B and C (complex: re and im)
     act = b * d * L * e  # one (batch, dim, L) tensor
@@ -170,7 +170,7 @@ def _peer_step():
 def step_floor_ms(s: dict, copy_bw: float) -> float:
     """Bytes of one decode step over the copy bandwidth: the fp32 state read and written;
     x, dt, z read and out written; B, C, A, D, dt_bias read."""
-    b, d, N, e = s["batch"], s["dim"], s["d_state"], ESIZE[s["dtype"]]
+    b, d, N, e = s["batch"], s["dim"], s["d_state"], DTYPE_BYTES[s["dtype"]]
     byts = 2 * b * d * N * 4 + 4 * b * d * e + 2 * b * N * e + d * N * 4 + 2 * d * 4
     return byts / copy_bw * 1e3
 

@@ -184,19 +184,21 @@ def _progress(done, total, text):
 def tune_cmd(a) -> int:
     import torch
 
-    from ssmgen import autotune, backends, suite
+    from ssmgen import autotune, backends, bench, suite
 
     if not torch.cuda.is_available():
         print("ssmgen tune measures kernels on a CUDA GPU; none is visible here", file=sys.stderr)
         return 2
     shapes = suite.scan_shapes(a.suite)
+    steps = suite.load(a.suite).get("step", [])
     if a.shapes:
         want = set(a.shapes.split(","))
-        unknown = want - {s["name"] for s in shapes}
+        unknown = want - {s["name"] for s in shapes + steps}
         if unknown:
             print(f"unknown shapes {sorted(unknown)}", file=sys.stderr)
             return 2
         shapes = [s for s in shapes if s["name"] in want]
+        steps = [s for s in steps if s["name"] in want]
     t0 = time.perf_counter()
     rows = []
     for i, s in enumerate(shapes):
@@ -207,6 +209,11 @@ def tune_cmd(a) -> int:
             rec = autotune.tune(suite.make_inputs(s), True, backend, max_fwd=a.max_fwd,
                                 max_bwd=a.max_bwd, budget_s=per_shape, progress=_progress)
             rows.append((s["name"], backend, rec))
+    step_rows = []
+    for s in steps:  # the decode step: seconds, not budgeted
+        for backend in a.backends.split(","):
+            rec = autotune.tune_step(bench.step_inputs(s) + [True, None], backend)
+            step_rows.append((s["name"], backend, rec))
     print(f"\ntuned {len(rows)} shapes in {time.perf_counter() - t0:.0f} s "
           f"(records in {__import__('ssmgen.tunecache').tunecache.user_file()})")
     print("| shape | backend | chunk | fwd config | fwd ms (default) | bwd config | bwd ms (default) "
@@ -220,6 +227,12 @@ def tune_cmd(a) -> int:
         print(f"| {name} | {backend} | {c['chunk_len']} | {tag(c['fwd'])} | {r['fwd_ms']:.3f} "
               f"({d['fwd_ms'] or float('nan'):.3f}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
               f"({d['bwd_ms'] or float('nan'):.3f}) | {db / fb:.2f}x |")
+    if step_rows:
+        print("\n| decode step | backend | config | us (default) |\n|---|---|---|---|")
+    for name, backend, r in step_rows:
+        d = r["default"]["step_ms"]
+        print(f"| {name} | {backend} | {r['config']['step']} | {r['step_ms'] * 1e3:.2f} "
+              f"({d * 1e3 if d else float('nan'):.2f}) |")
     return 0
 
 
@@ -308,7 +321,8 @@ def main(argv=None):
     x.add_argument("--out", default="ssmgen_cuda_pack")
     sub.add_parser("aot", help="compile every template variant for sm_80/sm_90, print resources")
     sub.add_parser("_check", help=argparse.SUPPRESS)
-    t = sub.add_parser("tune", help="tune suite shapes on this GPU into the user cache")
+    t = sub.add_parser("tune", help="tune the suite's scan and decode-step shapes on this GPU "
+                                    "into the user cache")
     t.add_argument("--suite", default=None, help="suite file (default: the one ssmgen ships)")
     t.add_argument("--shapes", default=None, help="comma-separated shape names (default: all)")
     t.add_argument("--backends", default="triton")

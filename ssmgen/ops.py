@@ -116,8 +116,6 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=256)
 def _decode(config: str):
     """"backend:encoded config" -> (backend module, ScanConfig)."""
-    from ssmgen import backends
-
     name, enc = config.split(":", 1)
     mod = backends.get(name)
     return mod, mod.ScanConfig.decode(enc)

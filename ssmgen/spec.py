@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 MAX_D_STATE = 512
 DTYPES = ("float32", "float16", "bfloat16")
 DTYPE_SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 BC_LAYOUTS = ("constant", "variable")
 KEY_VERSION = "ss1"
 
