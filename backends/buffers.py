@@ -5,7 +5,9 @@ gradient (batch or num_seqs, dim, N[, 2]) fp32; the varlen position table (L,) i
 with initial states; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
 constant dB / dC as per-batch-row fp32 partials (summed here after the kernel, no atomics);
 variable dB / dC as fp32 zeros the kernel adds into (atomics), or, for a deterministic backward,
-one fp32 partial per channel block of a group, summed here in a fixed order."""
+one fp32 partial per channel block of a group, summed here in a fixed order. A backward whose
+sequence is cut into splits (CUDA) keeps one per-row partial per (split, batch row); the
+splits' end states (or adjoints) and decays are fp32 (splits, batch, dim, N[, 2]) each."""
 from __future__ import annotations
 
 import os
@@ -102,15 +104,25 @@ def varlen_info(call: Call):
     return info
 
 
-def grad_buffers(call: Call, slots: dict | None = None) -> dict:
+def split_buffers(call: Call, splits: int):
+    """(end states or adjoints, decays) of a call's sequence splits; 1-element dummies for one
+    split (nothing reads them)."""
+    shape = (splits, call.batch, call.dim, call.spec.d_state) + _kx(call) if splits > 1 else (1,)
+    return (new(shape, torch.float32, call.u.device), new(shape, torch.float32, call.u.device))
+
+
+def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
     """slots (deterministic backward): {"B": S, "C": S}, the partials per group of variable
-    dB / dC, one per channel block of a group, summed in finish_grads."""
+    dB / dC, one per channel block of a group, summed in finish_grads. rows: per-row partials
+    per batch row (the splits of a split backward)."""
     spec, dev = call.spec, call.u.device
-    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    d, L, N = call.dim, call.seqlen, spec.d_state
+    b = call.batch * rows  # the per-row partials' rows; du, ddelta, dz take call.batch
     f32 = dict(dtype=torch.float32, device=dev)
     io = dict(dtype=call.u.dtype, device=dev)
-    g = dict(du=new((b, d, L), **io), ddelta=new((b, d, L), **io),
-             dz=new((b, d, L), **io) if spec.has_z else None,
+    bl = call.batch
+    g = dict(du=new((bl, d, L), **io), ddelta=new((bl, d, L), **io),
+             dz=new((bl, d, L), **io) if spec.has_z else None,
              dA=new((b, d, N) + _kx(call), **f32),
              dD=new((b, d), **f32) if spec.has_D else None,
              ddbias=new((b, d), **f32) if spec.has_delta_bias else None,
@@ -183,31 +195,33 @@ def step_out(call):
 
 
 # -- documented memory -------------------------------------------------------------------------
-def forward_bytes(call: Call, save_ckpt: bool) -> int:
+def forward_bytes(call: Call, save_ckpt: bool, splits: int = 1) -> int:
     """What forward allocates: out (u's shape and dtype), the chunk checkpoints (fp32
     (batch, dim, ceil(L / chunk_len), N[, 2]), only when a backward can follow) and the last
     state (fp32 (rows, dim, N[, 2])); varlen adds an int32 per step (two with initial
-    states)."""
+    states); a split forward adds its split buffers while it runs."""
     b, d, L, N, k = call.batch, call.dim, call.seqlen, call.spec.d_state, len(_kx(call)) + 1
     io = call.u.element_size()
     total = b * d * L * io + (b * d * n_chunks(call) * N * k * 4 if save_ckpt else 4)
+    total += 2 * splits * b * d * N * k * 4 if splits > 1 else 0
     total += call.num_states * d * N * k * 4 if call.spec.return_last_state else 0
     return total + (L * 4 * (1 + call.spec.has_initial_state) if call.cu_seqlens is not None
                     else 0)
 
 
-def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0) -> int:
+def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0,
+                   rows: int = 1) -> int:
     """What backward allocates at its peak: the gradient buffers of grad_buffers (du, ddelta,
     dz in u's dtype; fp32 per-row partials (batch, dim, N[, 2]) for dA and constant dB / dC,
     (batch, dim) for dD and d(delta_bias); fp32 dinit (rows, dim, N[, 2]); fp32 variable
     dB / dC, times `slots` in deterministic mode), the backend's scratch bytes, a zero dlast
     when none is given, and the variable dB / dC cast to their input's dtype (alive together
-    with the fp32 sums)."""
+    with the fp32 sums). rows: per-row partials per batch row (splits)."""
     s, b, d, L, N = call.spec, call.batch, call.dim, call.seqlen, call.spec.d_state
     k, io = len(_kx(call)) + 1, call.u.element_size()
     total = (2 + s.has_z) * b * d * L * io
-    total += (b + call.num_states * s.has_initial_state) * d * N * k * 4
-    total += b * d * 4 * (s.has_D + s.has_delta_bias) + scratch
+    total += (b * rows + call.num_states * s.has_initial_state) * d * N * k * 4
+    total += b * rows * d * 4 * (s.has_D + s.has_delta_bias) + scratch
     total += call.num_states * d * N * k * 4 if s.return_last_state else 0
     for X in ("B", "C"):
         t = getattr(call, X)
@@ -215,5 +229,5 @@ def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0) -> i
             total += t.numel() * 4 * ((slots or {}).get(X, 1) + (slots is not None))
             total += t.numel() * t.element_size() if t.element_size() != 4 else 0
         else:
-            total += b * d * N * k * 4
+            total += b * rows * d * N * k * 4
     return total

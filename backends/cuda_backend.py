@@ -7,10 +7,17 @@ sequence sequentially (one exp2 and a few FMAs per state and step, no scan tree)
 share a channel, CPB = threads / LPC channels share a block and its shared-memory tiles of
 TL steps. The backward recomputes states from chunk checkpoints (kept every TB steps in shared
 memory) and walks each TB-step sub-tile in reverse with the decays and states in registers.
-Everything the templates branch on comes from the ScanSpec; the config is four integers.
+Time parallelism where batch * dim channels cannot fill the GPU: `splits` cuts the sequence into
+that many runs of whole chunks, walked by their own blocks (grid z). A pre-pass per direction
+(the forward's walk without outputs, `fsplit`; the adjoint's reverse walk, `bsplit`) leaves each
+split's end state or adjoint from zero and its decay; every block of the main kernels combines
+those of the splits before (after) it into its starting state (adjoint). That costs one more
+exp2 per state and step, and buys splits times the blocks.
+Everything the templates branch on comes from the ScanSpec; the config is five integers.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -25,28 +32,42 @@ from ssmgen.spec import DTYPE_BYTES, ScanSpec
 from . import buffers, cuda_runtime
 from .config import ScanConfigBase
 
-TEMPLATES = ("cuda/fwd.cu.jinja", "cuda/bwd.cu.jinja", "cuda/macros.cuh.jinja",
-             "cuda/common.cuh.jinja")
+TEMPLATES = ("cuda/fwd.cu.jinja", "cuda/bwd.cu.jinja", "cuda/bsplit.cu.jinja",
+             "cuda/macros.cuh.jinja", "cuda/common.cuh.jinja")
+# the pre-pass that a kind's kernel needs when its sequence is split
+PREPASS = {"fwd": "fsplit", "bwd": "bsplit"}
+MAIN = {v: k for k, v in PREPASS.items()}
 SMEM_LIMIT = 227 * 1024   # opt-in shared memory per block on sm_80 / sm_90
 MAX_HISTORY = 96          # fp32 registers of decays + states a backward sub-tile may keep
 DEFAULT_CHUNK = 128       # checkpoint interval when neither the user nor a record gives one
 
 
-_RANGES = {"threads": (32, 1024), "lpc": (1, 32), "tl": (4, 512), "tb": (1, 64)}
+_RANGES = {"threads": (32, 1024), "lpc": (1, 32), "tl": (4, 512), "tb": (1, 64),
+           "splits": (0, 64)}
+AUTO_WARPS = 4   # auto splits: only where the grid gives fewer warps per SM than this
+AUTO_WAVES = 4   # and then blocks for this many full waves of the GPU (fewer: tail effects)
 
 
 @dataclass(frozen=True)
 class KernelConfig:
     """threads per block; lpc lanes per channel (K = ceil(d_state / lpc) states per thread);
-    tl steps per shared-memory tile; tb steps per backward sub-tile (forward ignores it)."""
+    tl steps per shared-memory tile; tb steps per backward sub-tile (forward ignores it);
+    splits: runs of whole chunks the sequence is cut into, each walked by its own blocks (at
+    most one per chunk), 0 for as many as fill the GPU (auto_splits); a launch parameter: the
+    compiled kernels do not depend on it."""
 
     threads: int = 128
     lpc: int = 4
     tl: int = 32
     tb: int = 8
+    splits: int = 0
 
     def tag(self) -> str:
+        """The compiled kernel's part of the name (what the source depends on)."""
         return f"t{self.threads}_p{self.lpc}_l{self.tl}_b{self.tb}"
+
+    def label(self) -> str:
+        return self.tag() + {0: "_sauto", 1: ""}.get(self.splits, f"_s{self.splits}")
 
     @property
     def num_warps(self) -> int:
@@ -56,12 +77,14 @@ class KernelConfig:
     def block_l(self) -> int:  # what the tuner compares with chunk_len
         return self.tl
 
-    def check_fields(self, names=("threads", "lpc", "tl", "tb")) -> None:
+    def check_fields(self, names=("threads", "lpc", "tl", "tb", "splits")) -> None:
         for name in names:
             lo, hi = _RANGES[name]
             v = getattr(self, name)
             if not isinstance(v, int) or v < lo or v > hi or v & (v - 1):
-                raise ValueError(f"config.{name} must be a power of two in {lo}..{hi}, got {v!r}")
+                what = ("0 (auto) or a power of two in 1.." if lo == 0
+                        else f"a power of two in {lo}..")
+                raise ValueError(f"config.{name} must be {what}{hi}, got {v!r}")
 
     def check(self, spec: ScanSpec, kind: str = "bwd") -> None:
         self.check_fields()
@@ -121,9 +144,10 @@ def default_config(spec: ScanSpec) -> ScanConfig:
     Shape-specific choices (more lanes per channel when batch * dim is small) are the tuner's."""
     lpc = _lpc_for(spec, 4 if spec.d_state <= 32 else 8)
     tl = min(32, spec.chunk_len)
-    # past 8 states per thread (d_state > 256) 512 threads would cap registers at 128: spills
+    # from 8 states per thread (d_state >= 128) 512 threads would cap registers at 128:
+    # spills (d_state 256 on sm_80 once the forward carried its split bookkeeping)
     K = states_per_thread(spec, KernelConfig(lpc=lpc))
-    threads = min(512 if K <= 8 else 256, max(128, 32 * lpc))
+    threads = min(512 if K < 8 else 256, max(128, 32 * lpc))
     # the forward prefetches a B/C tile in registers, NP * tl / threads values each: keep <= 16
     ftl = min(tl, max(4, 1 << (16 * threads // (K * lpc)).bit_length() - 1))
     fwd = KernelConfig(threads=threads, lpc=lpc, tl=ftl, tb=8)
@@ -189,16 +213,17 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     g = geometry(spec, k)
     parts = ("r", "i") if spec.complex_A else ("r",)
     chan = g["CPB"] * (g["TL"] + 1)
-    arrays = [("S_DT", chan), ("S_DTU", chan), ("S_U", chan)]
+    arrays = [("S_DT", chan), ("S_DTU", chan)] + ([("S_U", chan)] if kind != "fsplit" else [])
     if kind == "fwd":
         arrays += [("S_Z", chan)] if spec.has_z else []
         arrays += [("S_Y", g["CPB"] * _partials(k) * (g["TL"] + 1))]
-    else:
+    elif kind in ("bwd", "bsplit"):
         arrays += [("S_DY", chan)] + ([("S_DZF", chan)] if spec.has_z else [])
         arrays += ([("S_SIG", chan)] if spec.delta_softplus else [])
-        arrays += [("S_Y", chan), ("S_S1", chan), ("S_S2", chan)]
+        arrays += [("S_Y", chan), ("S_S1", chan), ("S_S2", chan)] if kind == "bwd" else []
+    tiles = {"fwd": "BC", "bwd": "BC", "fsplit": "B", "bsplit": "C"}[kind]
     for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
-        if var:
+        if var and X in tiles:
             arrays += [(f"S_{X}{p}", g["TL"] * g["NP"]) for p in parts]
     arrays += [("S_RST", g["TL"]), ("S_END", g["TL"])] if spec.varlen else []
     # the sequence of each step of the tile, whose initial state a sequence start takes
@@ -222,12 +247,13 @@ def _partials(k: KernelConfig, kind: str = "fwd") -> int:
     return min(k.lpc, 4) if kind == "fwd" else 1
 
 
-def _elements(spec: ScanSpec, k: KernelConfig, vec: int) -> dict:
+def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> dict:
     """The forward's tile elements per thread (IT: values, or 16-byte vectors of `vec` steps)
     and the per-channel values it keeps in registers across tiles: only where IT <= 8 (at lpc 1
     IT reaches 32, and the prefetch already holds 2-3 registers per element)."""
     it = -(-(k.threads // k.lpc) * k.tl // (k.threads * max(vec, 1)))
-    names = [n for n, on in (("dbias", spec.has_delta_bias), ("D", spec.has_D)) if on]
+    names = [n for n, on in (("dbias", spec.has_delta_bias),
+                             ("D", spec.has_D and kind == "fwd")) if on]
     return dict(IT=it, VEC=vec, chan_vals=names, chan_regs=it <= 8)
 
 
@@ -236,7 +262,7 @@ def vector_steps(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
     where the tile is not a whole number of vectors. Whether a call may take the vector
     kernel is `vector_ok` (alignment, per call)."""
     v = 16 // DTYPE_BYTES[spec.dtype]
-    return v if kind == "fwd" and k.tl % v == 0 else 0
+    return v if kind in ("fwd", "fsplit") and k.tl % v == 0 else 0
 
 
 def variants(spec: ScanSpec, k: KernelConfig, kind: str) -> list:
@@ -276,13 +302,20 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
     ins += [(t, n) for t, n, on in ((f32, "D", spec.has_D), (io, "z", spec.has_z),
                                     (f32, "dbias", spec.has_delta_bias)) if on]
     ins += [("int", "info")] if spec.varlen else []
-    if kind == "fwd":
+    main = MAIN.get(kind, kind)
+    if main == "fwd":
         ins += [(f32, "init")] if spec.has_initial_state else []
     else:  # packed sequences' initial states enter at their first steps, in every walk
         ins += [(f32, "init")] if spec.varlen and spec.has_initial_state else []
         ins += [(f32, "ckpt"), (io, "dout")] + ([(f32, "dlast")] if spec.return_last_state else [])
+    # the splits' end states / adjoints and decays (buffers.split_buffers): the pre-pass
+    # writes them, the main kernel reads them
+    split = [(f32, "hsp"), (f32, "psp")]
+    ins += split if kind == main else []
     p = [(f"const {t}* __restrict__", n) for t, n in ins]
-    if kind == "fwd":
+    if kind != main:
+        outs = split
+    elif kind == "fwd":
         outs = [(io, "out"), (f32, "ckpt")] + ([(f32, "last")] if spec.return_last_state else [])
     else:
         outs = [(io, "du"), (io, "ddelta")] + ([(io, "dz")] if spec.has_z else [])
@@ -297,8 +330,8 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
             ints += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
             ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n"] if kind == "bwd" else []
             ints += [f"ds_{X}slot"] if kind == "bwd" and spec.deterministic else []
-    ints += ["save_ckpt"] if kind == "fwd" else ["s_gb", "s_gd"]
-    return tuple(p + [("const long long", n) for n in ints])
+    ints += ["save_ckpt"] if kind == "fwd" else [] if kind == "fsplit" else ["s_gb", "s_gd"]
+    return tuple(p + [("const long long", n) for n in ints + ["split_chunks"]])
 
 
 _IO = {"float32": "float", "bfloat16": "bf16", "float16": "fp16"}
@@ -310,7 +343,11 @@ def kernel_name(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str
 
 def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
     offsets, _ = smem_layout(spec, k, kind)
+    prepass = kind in MAIN
+    fetch_bc = [X for X in ("B", "C") if getattr(spec, f"is_variable_{X}")
+                and not (prepass and X == "C")]
     return dict(
+        kind=kind, prepass=prepass, fetch_z=spec.has_z and not prepass, fetch_bc=fetch_bc,
         spec_key=spec.key(), config_desc=repr(k), kernel_name=kernel_name(spec, k, kind, vec),
         params=[f"{t} {n}" for t, n in kernel_params(spec, kind)], N=spec.d_state,
         CHUNK=spec.chunk_len, io=_IO[spec.dtype], complex_A=spec.complex_A,
@@ -319,32 +356,86 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
-        smem=offsets, YP=_partials(k, kind), **geometry(spec, k), **_elements(spec, k, vec))
+        smem=offsets, YP=_partials(k, kind), **geometry(spec, k),
+        **_elements(spec, k, vec, kind))
 
 
 def render_source(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str:
     if vec and vec != vector_steps(spec, k, kind):
         raise ValueError(f"vec={vec}: this {kind} kernel takes vectors of "
                          f"{vector_steps(spec, k, kind) or 'no'} steps")
-    return render.render(f"cuda/{kind}.cu.jinja", **context(spec, k, kind, vec))
+    template = "fwd" if kind == "fsplit" else kind   # the forward without its outputs
+    return render.render(f"cuda/{template}.cu.jinja", **context(spec, k, kind, vec))
 
 
 @functools.lru_cache(maxsize=None)
 def _source(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> str:
-    k.check(spec, kind)
+    k.check(spec, MAIN.get(kind, kind))
     return render_source(spec, k, kind, vec)
+
+
+def kinds_of(k: KernelConfig, kind: str) -> list:
+    """The kernels a fwd / bwd config may run: its pre-pass first unless it never splits."""
+    return ([PREPASS[kind]] if k.splits != 1 else []) + [kind]
+
+
+def split_plan(call: Call, k: KernelConfig, kind: str = "fwd") -> tuple[int, int]:
+    """(splits, chunks per split) of this call for a fwd / bwd config: at most one split per
+    chunk, and no empty split (ceil division can leave fewer splits than asked)."""
+    n = buffers.n_chunks(call)
+    asked = k.splits or auto_splits(call, k, kind)
+    per = -(-n // max(1, min(asked, n)))
+    return -(-n // per), per
+
+
+def auto_splits(call: Call, k: KernelConfig, kind: str) -> int:
+    """Splits for a config that asks for 0: none where batch * dim channels already give the
+    main kernel AUTO_WARPS resident warps per SM on this GPU (the driver's occupancy for the
+    compiled kernel), else the power of two that gives AUTO_WAVES full waves of blocks.
+    Measured on the H100 (NOTES.md, "Splitting the sequence"): m1_long at 3.9 warps per SM,
+    forward 1.2x and backward 1.9x faster split; m1_fp32's forward at 7.8, m1_130m's at 12
+    and m1_1.4b's at 16 warps per SM, slower at any count (the pre-pass then only costs)."""
+    fn, smem = _loaded(call, k, kind)
+    sms = _sm_count(call.u.device.index or 0)
+    full = cuda_runtime.blocks_per_sm(fn, k.threads, smem) * sms
+    blocks = _segments(call, k)[2] * call.batch
+    if min(blocks, full) * k.num_warps >= AUTO_WARPS * sms:
+        return 1
+    return 1 << max(0, math.ceil(math.log2(AUTO_WAVES * full / blocks)))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(dev: int) -> int:
+    return torch.cuda.get_device_properties(dev).multi_processor_count
+
+
+def _loaded(call: Call, k: KernelConfig, kind: str):
+    """(loaded kernel, shared-memory bytes) of this call's fwd / bwd kernel, in the variant the
+    call's inputs allow (what _run launches)."""
+    v = vector_steps(call.spec, k, kind)
+    v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z)) else 0
+    smem = smem_bytes(call.spec, k, kind)
+    fn = cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
+                               call.u.device.index or 0, smem)
+    return fn, smem
+
+
+def refine(spec: ScanSpec, call: Call, k: KernelConfig, kind: str) -> list:
+    """The tuner's second round for the best config of a kind: the same with no split and
+    with 2..64 splits (those this call's chunks allow), next to the first round's auto count,
+    since what pays depends on how far batch * dim channels fill the GPU."""
+    n = -(-call.seqlen // spec.chunk_len)
+    return [dataclasses.replace(k, splits=s) for s in (1, 2, 4, 8, 16, 32, 64)
+            if s <= n and s != k.splits]
 
 
 def build(call: Call, cfg: ScanConfig, kinds) -> None:
     """Renders, compiles and loads (no launch) the call's kernels of these kinds (the forward
     in the variant its inputs allow; its output is ours, so always aligned)."""
-    dev = call.u.device.index or 0
-    for kind in kinds:
-        k = getattr(cfg, kind)
-        v = vector_steps(call.spec, k, kind)
-        v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z)) else 0
-        cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
-                              dev, smem_bytes(call.spec, k, kind))
+    for main in kinds:
+        k = getattr(cfg, main)
+        for kind in kinds_of(k, main):
+            _loaded(call, k, kind)
 
 
 # -- launching -----------------------------------------------------------------------------
@@ -388,10 +479,12 @@ def _as_real(t):
 
 
 def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> None:
-    """Launches one kernel; `extra`: integer arguments beyond sizes and input strides."""
+    """Launches one kernel (grid z: its splits; a pre-pass skips the split it does not
+    need); `extra`: integer arguments beyond sizes and input strides."""
     spec = call.spec
     dseg, bps, gx = _segments(call, k)
-    ints = _int_args(call, dseg, bps, extra)
+    nsplit, per = split_plan(call, k, MAIN.get(kind, kind))
+    ints = _int_args(call, dseg, bps, dict(extra, split_chunks=per))
     v = vector_steps(spec, k, kind)
     v = v if vector_ok(call, v, tensors) else 0
     src = _source(spec, k, kind, v)
@@ -406,7 +499,8 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> 
             args.append(t.data_ptr())
         else:
             args.append(int(ints[n]))
-    cuda_runtime.launch(fn, (gx, call.batch), k.threads, smem, args, dev)
+    gz = nsplit - 1 if kind in MAIN else nsplit
+    cuda_runtime.launch(fn, (gx, call.batch, gz), k.threads, smem, args, dev)
 
 
 def _inputs(call: Call) -> dict:
@@ -420,20 +514,35 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     t = _inputs(call)
     t.update(out=out, ckpt=ckpt, last=last)
+    _split_prepass(call, cfg.fwd, "fwd", t, {})
     _run(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)})
     return out, buffers.finish_last(call, last), ckpt
 
 
+def _split_prepass(call: Call, k: KernelConfig, kind: str, t: dict, extra: dict) -> None:
+    """Adds the split buffers to t (dummies for one split) and runs the kind's pre-pass."""
+    nsplit, _ = split_plan(call, k, kind)
+    hsp, psp = buffers.split_buffers(call, nsplit)
+    t.update(hsp=hsp, psp=psp)
+    if nsplit > 1:
+        _run(call, k, PREPASS[kind], t, extra)
+
+
 def backward_workspace(call: Call, cfg: ScanConfig):
     """(the backward's kernel config, partial slots per variable B/C group or None, scratch
-    shape (none: the states live in shared memory)). Deterministic: one partial per block of a
-    group, its segments times the blocks of each."""
+    shape: the split buffers (2, splits, batch, dim, N[, 2]) of a split backward, else none:
+    the states live in shared memory). Deterministic: one partial per block of a group, its
+    segments times the blocks of each. A split backward's per-row partials have split_plan's
+    splits rows per batch row."""
     slots = None
     if call.spec.deterministic:
         dseg, bps, _ = _segments(call, cfg.bwd)
         slots = {X: call.dim // getattr(call, f"groups_{X}") // dseg * bps for X in ("B", "C")
                  if getattr(call, X).dim() == 4}
-    return cfg.bwd, slots, (0,)
+    n = split_plan(call, cfg.bwd, "bwd")[0]
+    scratch = ((2, n, call.batch, call.dim, call.spec.d_state * kc(call.spec)) if n > 1
+               else (0,))
+    return cfg.bwd, slots, scratch
 
 
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
@@ -442,7 +551,7 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     dlast: the last state's gradient (None: zero)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     _, slots, _ = backward_workspace(call, cfg)
-    g = buffers.grad_buffers(call, slots)
+    g = buffers.grad_buffers(call, slots, rows=split_plan(call, cfg.bwd, "bwd")[0])
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
     for X in ("B", "C"):
         dX = g["d" + X]
@@ -455,6 +564,7 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     t = _inputs(call)
     dlast = buffers.dlast(call, dlast)
     t.update(ckpt=ckpt, dout=dout, dlast=dlast, **{n: v for n, v in g.items() if v is not None})
+    _split_prepass(call, cfg.bwd, "bwd", t, extra)
     _run(call, cfg.bwd, "bwd", t, extra)
     return buffers.finish_grads(call, g, dlast)
 

@@ -276,6 +276,33 @@ def _cu_launch():
     return f
 
 
+_occupancy: dict = {}
+
+
+def blocks_per_sm(fn, threads: int, smem_bytes: int) -> int:
+    """Blocks of this loaded kernel one SM holds at once (the driver's occupancy calculator:
+    registers, shared memory, threads), at least 1."""
+    key = (_ptr(fn), threads, smem_bytes)
+    n = _occupancy.get(key)
+    if n is None:
+        import ctypes
+
+        try:
+            f = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveBlocksPerMultiprocessor
+            f.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int,
+                          ctypes.c_size_t]
+            out = ctypes.c_int(0)
+            rc = f(ctypes.byref(out), ctypes.c_void_p(_ptr(fn)), threads, smem_bytes)
+            n = out.value if rc == 0 else 0
+        except (OSError, AttributeError):
+            n = 0
+        if n <= 0:  # no driver entry point: registers and shared memory by hand
+            regs = -(-max(1, getattr(fn, "num_regs", 64)) // 8) * 8
+            n = min(65536 // (regs * threads), 233472 // (smem_bytes + 1024), 2048 // threads, 32)
+        n = _occupancy[key] = max(1, n)
+    return n
+
+
 def launch(fn, grid, threads: int, smem_bytes: int, args: list, device_index: int) -> None:
     """args: ints (pointers and sizes, passed as 64-bit values) in the kernel's order."""
     Prepared(fn, grid, threads, smem_bytes, args, device_index)([])

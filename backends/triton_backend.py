@@ -43,6 +43,9 @@ class KernelConfig:
     def tag(self) -> str:
         return f"d{self.block_d}_l{self.block_l}_w{self.num_warps}_s{self.num_stages}"
 
+    def label(self) -> str:  # what a tuning log prints (the CUDA config adds its launch split)
+        return self.tag()
+
     def check_fields(self, names=("block_d", "block_l", "num_warps")) -> None:
         for name in names:
             v = getattr(self, name)

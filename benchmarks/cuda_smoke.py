@@ -114,7 +114,7 @@ def timing(backends, shapes):
                 mod = registry.get(be)
                 chunk, cfg, how = autotune.choose(call, be)
                 call = call.with_chunk_len(chunk)
-                row[f"{be}_cfg"] = f"{how} c{chunk} {cfg.fwd.tag()} / {cfg.bwd.tag()}"
+                row[f"{be}_cfg"] = f"{how} c{chunk} {cfg.fwd.label()} / {cfg.bwd.label()}"
                 row[f"{be}_fwd_kernel"] = do_bench(lambda: mod.forward(call, cfg, False),
                                                    warmup=10, rep=100, return_mode="median")
                 _, _, ck = mod.forward(call, cfg, True)

@@ -222,7 +222,7 @@ def tune_cmd(a) -> int:
     for name, backend, r in rows:
         c, d = r["config"], r["default"]
         kcls = backends.get(backend).ScanConfig.KERNEL
-        tag = lambda k: kcls(**k).tag()  # noqa: E731
+        tag = lambda k: kcls(**k).label()  # noqa: E731
         fb, db = r["fwd_ms"] + r["bwd_ms"], (d["fwd_ms"] or float("nan")) + (d["bwd_ms"] or float("nan"))
         print(f"| {name} | {backend} | {c['chunk_len']} | {tag(c['fwd'])} | {r['fwd_ms']:.3f} "
               f"({d['fwd_ms'] or float('nan'):.3f}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
@@ -257,11 +257,11 @@ def build_ext_cmd(a) -> int:
         if "chunk_len" not in e:
             s = s.replace(chunk_len=cb.default_chunk_len(s))
         sc = cb.ScanConfig.from_dict(cfg) if cfg else cb.default_config(s)
-        for kind in ("fwd", "bwd"):
-            k = getattr(sc, kind)
-            k.check(s, kind)
+        for main in ("fwd", "bwd"):
+            k = getattr(sc, main)
+            k.check(s, main)
             kernels += [(cb.kernel_name(s, k, kind, v), cb.render_source(s, k, kind, v))
-                        for v in cb.variants(s, k, kind)]
+                        for kind in cb.kinds_of(k, main) for v in cb.variants(s, k, kind)]
     archs = [int(x) for x in a.arch.split(",")]
     t0 = time.perf_counter()
     paths = cuda_runtime.build_pack(kernels, archs, Path(a.out))

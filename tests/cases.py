@@ -55,7 +55,7 @@ def scan_cases(draw, big: bool = False, dtype=None, cplx=None, backend: str = "t
 
 
 def _cuda_config(draw, N, cplx, chunk):
-    """A CUDA-backend config (threads, lanes per channel, tile, sub-tile), shrunk until the
+    """A CUDA-backend config (threads, lanes per channel, tile, sub-tile, splits), shrunk until the
     backend accepts it for the worst case of this d_state (all options, variable B/C)."""
     from ssmgen.backends.cuda_backend import KernelConfig, _lpc_for
     from ssmgen.spec import ScanSpec
@@ -67,6 +67,7 @@ def _cuda_config(draw, N, cplx, chunk):
     tl = draw(st.sampled_from([t for t in (4, 8, 16, 32) if t <= min(chunk, threads)]))
     tb = draw(st.sampled_from([t for t in (1, 2, 4, 8) if t <= tl]))
     lpc = min(_lpc_for(spec, K), threads)
+    splits = draw(st.sampled_from([1, 1, 2, 4, 8]))  # cut the sequence (more than its chunks too)
     lg = lambda x: x.bit_length()  # noqa: E731
     combos = [(t, p, l, b) for t in (32, 64, 128, 256) for p in (1, 2, 4, 8, 16, 32)
               for l in (4, 8, 16, 32) for b in (1, 2, 4, 8)
@@ -76,7 +77,7 @@ def _cuda_config(draw, N, cplx, chunk):
     for t, p, l, b in combos:
         try:
             KernelConfig(t, p, l, b).check(spec, "bwd")
-            return dict(threads=t, lpc=p, tl=l, tb=b)
+            return dict(threads=t, lpc=p, tl=l, tb=b, splits=splits)
         except ValueError:
             continue
     return None  # nothing fits this chunk_len (the caller takes a shorter one)

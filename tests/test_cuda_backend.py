@@ -3,6 +3,7 @@ sm_80 and sm_90 (the toolkit's nvcc, as NVRTC would at run time) with no local-m
 the configs the backend picks by default; compile errors name the rendered file and line; the
 cubin cache keys on source and architecture; configs and backend choice are validated.
 The numerics of the compiled kernels are the `gpu` tests' (test_scan_numerics)."""
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,13 +20,16 @@ needs_nvcc = pytest.mark.skipif(cr.nvcc_path() is None, reason="nvcc (CUDA toolk
 
 def _variants():
     """(spec, config, kind, vector width) of every covering spec at its default configs: the
-    forward with element loads and, where its tile allows, with 16-byte vectors."""
+    forward with element loads and, where its tile allows, with 16-byte vectors; and the
+    split pre-passes that the same configs run with when a sequence is cut into splits."""
     out = []
     for s in covering_specs():
         s = s.replace(chunk_len=cb.default_chunk_len(s))
         cfg = cb.default_config(s)
-        out += [(s, getattr(cfg, kind), kind, v) for kind in ("fwd", "bwd")
-                for v in cb.variants(s, getattr(cfg, kind), kind)]
+        for main in ("fwd", "bwd"):
+            k = dataclasses.replace(getattr(cfg, main), splits=2)
+            out += [(s, k, kind, v) for kind in cb.kinds_of(k, main)
+                    for v in cb.variants(s, k, kind)]
     return out
 
 
@@ -45,6 +49,7 @@ def test_every_variant_compiles_without_spills(arch, tmp_path, monkeypatch, caps
         rows = list(pool.map(job, _variants()))
     assert len(rows) >= 2 * len(covering_specs())
     assert any(name.endswith(("_v8", "_v4")) for name, *_ in rows)  # vector forwards compiled
+    assert {n.split("_")[2] for n, *_ in rows} == {"fwd", "bwd", "fsplit", "bsplit"}
     lines = [f"| kernel (sm_{arch}) | regs | spill st/ld B | smem B | nvcc s |", "|---|---|---|---|---|"]
     for name, use, smem, sec in rows:
         lines.append(f"| {name} | {use['registers']} | {use['spill_stores']}/{use['spill_loads']} "
@@ -149,6 +154,39 @@ def test_config_encoding_round_trips():
     cfg = cb.default_config(s)
     assert cb.ScanConfig.decode(cfg.encode()) == cfg
     assert cb.ScanConfig.from_dict(cfg.to_dict()) == cfg
+    split = cb.ScanConfig(dataclasses.replace(cfg.fwd, splits=8), cfg.bwd)
+    assert cb.ScanConfig.decode(split.encode()) == split
+    # records written before splits existed still load (auto splits, the default)
+    old = {kind: {f: v for f, v in d.items() if f != "splits"} for kind, d in cfg.to_dict().items()}
+    assert cb.ScanConfig.from_dict(old) == cfg and cfg.fwd.splits == 0
+
+
+@pytest.mark.parametrize("L,chunk,asked", [(1, 16, 4), (160, 16, 4), (160, 16, 8), (160, 16, 64),
+                                            (4096, 64, 16), (100, 32, 2), (4097, 64, 32)])
+def test_split_plan_covers_every_chunk_once(L, chunk, asked):
+    """Splits of whole chunks, none empty, never more than asked or than chunks, and the same
+    kernels (names) whatever the split count: splits is a launch parameter."""
+    s = covering_specs()[0].replace(chunk_len=chunk)
+    call = type("C", (), {"seqlen": L, "spec": s})()
+    k = cb.KernelConfig(splits=asked)
+    n, per = cb.split_plan(call, k)
+    chunks = -(-L // chunk)
+    assert 1 <= n <= min(asked, chunks)
+    covered = [c for sp in range(n) for c in range(sp * per, min(chunks, (sp + 1) * per))]
+    assert covered == list(range(chunks))  # each chunk once, in order, every split non-empty
+    assert all(sp * per < chunks for sp in range(n))
+    assert cb.kernel_name(s, k, "fwd") == cb.kernel_name(s, cb.KernelConfig(), "fwd")
+    assert cb.kinds_of(k, "fwd") == (["fsplit", "fwd"] if asked > 1 else ["fwd"])
+    assert [r.splits for r in cb.refine(s, call, cb.KernelConfig(), "bwd")] == [
+        x for x in (1, 2, 4, 8, 16, 32, 64) if x <= chunks]
+
+
+def test_splits_must_be_a_power_of_two():
+    s = covering_specs()[0]
+    cb.KernelConfig(splits=0).check(s, "fwd")  # auto
+    for bad in (-1, 3, 128):
+        with pytest.raises(ValueError, match="config.splits"):
+            cb.KernelConfig(splits=bad).check(s, "fwd")
 
 
 @needs_nvcc
@@ -168,9 +206,9 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
                         "--arch", "90", "--out", str(pack)], capture_output=True, text=True,
                        env={**__import__("os").environ, "SSMGEN_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
-    # per spec: fwd with element loads and with 16-byte vectors (both default tiles allow
-    # them), and bwd
-    assert len(list(pack.glob("*.cubin"))) == 6
+    # per spec: fwd and its split pre-pass with element loads and with 16-byte vectors (both
+    # default tiles allow them), bwd and its pre-pass (default configs split where it pays)
+    assert len(list(pack.glob("*.cubin"))) == 12
     # a deployment with no compiler at all: the pack answers
     monkeypatch.setenv("SSMGEN_CUDA_PACK", str(pack))
     monkeypatch.setattr(cr, "_nvrtc", lambda: None)
@@ -178,8 +216,8 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
     from ssmgen.spec import ScanSpec
 
     s = ScanSpec(d_state=16, dtype="bfloat16", has_D=True, delta_softplus=True, chunk_len=128)
-    for kind in ("fwd", "bwd"):
-        k = getattr(cb.default_config(s), kind)
+    for kind in ("fwd", "fsplit", "bwd", "bsplit"):
+        k = getattr(cb.default_config(s), cb.MAIN.get(kind, kind))
         for v in cb.variants(s, k, kind):
             p = cr.compile_cubin(cb.kernel_name(s, k, kind, v), cb.render_source(s, k, kind, v), 90)
             assert p.parent == pack

@@ -51,7 +51,10 @@ def _measure(backend, xs, det, monkeypatch):
     n = 1
     for s in scratch:
         n *= s
-    return fwd, bwd, buffers.forward_bytes(call, True), buffers.backward_bytes(call, slots, 4 * n)
+    fs, bs = ((mod.split_plan(call, cfg.fwd, "fwd")[0], mod.split_plan(call, cfg.bwd, "bwd")[0])
+              if hasattr(mod, "split_plan") else (1, 1))
+    return (fwd, bwd, buffers.forward_bytes(call, True, fs),
+            buffers.backward_bytes(call, slots, 4 * n, rows=bs))
 
 
 @pytest.mark.gpu
