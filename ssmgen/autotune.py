@@ -22,6 +22,7 @@ from .numerics import assert_close
 from .reference import selective_scan_ref
 
 L2_FLUSH_BYTES = 256 * 2**20
+REFINE_SHARE = 0.25  # of each kind's time budget, kept for a backend's second round
 
 
 def tuning_key(spec) -> str:
@@ -159,16 +160,22 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     dout = torch.randn_like(call.u)
     total, done, rows = len(fwd) + len(bwd), 0, []
 
-    # the budget is split by candidate count, so forward candidates cannot starve the backward
+    # the budget is split by candidate count, so forward candidates cannot starve the backward;
+    # a backend's second round (refine) keeps the last REFINE_SHARE of each kind's part
+    refine = getattr(mod, "refine", None)
     share = {"fwd": len(fwd) / max(1, total), "bwd": 1.0}
+    stage = {"first": 1.0 - REFINE_SHARE if refine else 1.0, "refine": 1.0}
+    now = {"stage": "first"}
 
     tried = {"fwd": 0, "bwd": 0}
 
     def over_budget(kind):
         # the first candidate of each kind (the default) is always timed, so a spent budget
         # still leaves a record instead of no valid candidate
+        lo = share["fwd"] if kind == "bwd" else 0.0
+        limit = lo + (share[kind] - lo) * stage[now["stage"]]
         return (budget_s is not None and tried[kind] > 0
-                and time.perf_counter() - t_start > budget_s * share[kind])
+                and time.perf_counter() - t_start > budget_s * limit)
 
     def run(kind, chunk, k, cfg_dict, make_fn):
         nonlocal done
@@ -186,25 +193,51 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
         rows.append(row)
         done += 1
         if progress:
-            progress(done, total, f"{kind} c{chunk} {k.tag()}"
+            progress(done, total, f"{kind} c{chunk} {k.label()}"
                      + (f" {row['ms']:.3f} ms" if row["ms"] is not None else " invalid"))
         return row
 
     cfg_cls = type(default)
-    for k in fwd:
-        cfg = cfg_cls(k, default.bwd)
-        run("fwd", spec.chunk_len, k, {"chunk_len": spec.chunk_len, **cfg.to_dict()},
-            lambda: functools.partial(mod.forward, call, cfg, False))
-    for chunk, k in bwd:
-        c_call = call.with_chunk_len(chunk)
-        fk = mod.default_config(c_call.spec).fwd
-        cfg = cfg_cls(fk, k)
 
-        def make(c_call=c_call, cfg=cfg):
+    def run_fwd(k):
+        cfg = cfg_cls(k, default.bwd)
+        return run("fwd", spec.chunk_len, k, {"chunk_len": spec.chunk_len, **cfg.to_dict()},
+                   lambda: functools.partial(mod.forward, call, cfg, False))
+
+    def run_bwd(chunk, k):
+        c_call = call.with_chunk_len(chunk)
+        cfg = cfg_cls(mod.default_config(c_call.spec).fwd, k)
+
+        def make():
             _, _, ckpt = mod.forward(c_call, cfg, True)
             return functools.partial(mod.backward, c_call, cfg, ckpt, dout)
 
-        run("bwd", chunk, k, {"chunk_len": chunk, **cfg.to_dict()}, make)
+        return run("bwd", chunk, k, {"chunk_len": chunk, **cfg.to_dict()}, make)
+
+    def best(kind):
+        ok = [r for r in rows if r["kind"] == kind and r["ms"] is not None]
+        return min(ok, key=lambda r: r["ms"], default=None)
+
+    # a second round where the backend has one (CUDA: the best config of each kind with other
+    # split counts), refining the winner of the first
+    for k in fwd:
+        run_fwd(k)
+    now["stage"] = "refine"
+    if refine and (b := best("fwd")):
+        extra = refine(spec, call, type(default.fwd)(**b["config"]), "fwd")
+        total += len(extra)
+        for k in extra:
+            run_fwd(k)
+    now["stage"] = "first"
+    for chunk, k in bwd:
+        run_bwd(chunk, k)
+    now["stage"] = "refine"
+    if refine and (b := best("bwd")):
+        c_spec = spec.replace(chunk_len=b["chunk_len"])
+        extra = refine(c_spec, call, type(default.bwd)(**b["config"]), "bwd")
+        total += len(extra)
+        for k in extra:
+            run_bwd(b["chunk_len"], k)
     rec = _record(backend, spec, call, rows, default, device, time.perf_counter() - t_start)
     if save:
         tunecache.write_records([rec])
