@@ -410,8 +410,8 @@ def _sm_count(dev: int) -> int:
 
 
 def _loaded(call: Call, k: KernelConfig, kind: str):
-    """(loaded kernel, shared-memory bytes) of this call's fwd / bwd kernel, in the variant the
-    call's inputs allow (what _run launches)."""
+    """(loaded kernel, shared-memory bytes) of this call's kernel of a kind, in the variant the
+    call's inputs allow (the output is ours, always aligned)."""
     v = vector_steps(call.spec, k, kind)
     v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z)) else 0
     smem = smem_bytes(call.spec, k, kind)
@@ -485,13 +485,7 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> 
     dseg, bps, gx = _segments(call, k)
     nsplit, per = split_plan(call, k, MAIN.get(kind, kind))
     ints = _int_args(call, dseg, bps, dict(extra, split_chunks=per))
-    v = vector_steps(spec, k, kind)
-    v = v if vector_ok(call, v, tensors) else 0
-    src = _source(spec, k, kind, v)
-    name = kernel_name(spec, k, kind, v)
-    dev = call.u.device.index or 0
-    smem = smem_bytes(spec, k, kind)
-    fn = cuda_runtime.function(name, src, dev, smem)
+    fn, smem = _loaded(call, k, kind)
     args = []
     for _, n in kernel_params(spec, kind):
         if n in tensors:
@@ -500,7 +494,7 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> 
         else:
             args.append(int(ints[n]))
     gz = nsplit - 1 if kind in MAIN else nsplit
-    cuda_runtime.launch(fn, (gx, call.batch, gz), k.threads, smem, args, dev)
+    cuda_runtime.launch(fn, (gx, call.batch, gz), k.threads, smem, args, call.u.device.index or 0)
 
 
 def _inputs(call: Call) -> dict:
