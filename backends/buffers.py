@@ -116,16 +116,15 @@ def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
     dB / dC, one per channel block of a group, summed in finish_grads. rows: per-row partials
     per batch row (the splits of a split backward)."""
     spec, dev = call.spec, call.u.device
-    d, L, N = call.dim, call.seqlen, spec.d_state
-    b = call.batch * rows  # the per-row partials' rows; du, ddelta, dz take call.batch
+    b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
+    pr = b * rows  # rows of the per-row partials
     f32 = dict(dtype=torch.float32, device=dev)
     io = dict(dtype=call.u.dtype, device=dev)
-    bl = call.batch
-    g = dict(du=new((bl, d, L), **io), ddelta=new((bl, d, L), **io),
-             dz=new((bl, d, L), **io) if spec.has_z else None,
-             dA=new((b, d, N) + _kx(call), **f32),
-             dD=new((b, d), **f32) if spec.has_D else None,
-             ddbias=new((b, d), **f32) if spec.has_delta_bias else None,
+    g = dict(du=new((b, d, L), **io), ddelta=new((b, d, L), **io),
+             dz=new((b, d, L), **io) if spec.has_z else None,
+             dA=new((pr, d, N) + _kx(call), **f32),
+             dD=new((pr, d), **f32) if spec.has_D else None,
+             ddbias=new((pr, d), **f32) if spec.has_delta_bias else None,
              dinit=(new((call.num_states, d, N) + _kx(call), **f32) if spec.has_initial_state
                     else None))
     for X in ("B", "C"):
@@ -134,8 +133,8 @@ def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
             g["d" + X] = torch.zeros((slots[X],) + t.shape, **f32)
         elif t.dim() == 4:
             g["d" + X] = torch.zeros(t.shape, **f32)
-        else:
-            g["d" + X] = new((b, d, N) + _kx(call), **f32)
+        else:  # constant B / C: per-row partials
+            g["d" + X] = new((pr, d, N) + _kx(call), **f32)
     return g
 
 

@@ -478,12 +478,13 @@ def _as_real(t):
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
-def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict) -> None:
-    """Launches one kernel (grid z: its splits; a pre-pass skips the split it does not
-    need); `extra`: integer arguments beyond sizes and input strides."""
+def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict,
+         plan: tuple[int, int]) -> None:
+    """Launches one kernel (grid z: the splits of `plan`, split_plan's; a pre-pass skips the
+    split it does not need); `extra`: integer arguments beyond sizes and input strides."""
     spec = call.spec
     dseg, bps, gx = _segments(call, k)
-    nsplit, per = split_plan(call, k, MAIN.get(kind, kind))
+    nsplit, per = plan
     ints = _int_args(call, dseg, bps, dict(extra, split_chunks=per))
     fn, smem = _loaded(call, k, kind)
     args = []
@@ -508,18 +509,19 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     t = _inputs(call)
     t.update(out=out, ckpt=ckpt, last=last)
-    _split_prepass(call, cfg.fwd, "fwd", t, {})
-    _run(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)})
+    plan = split_plan(call, cfg.fwd, "fwd")
+    _split_prepass(call, cfg.fwd, "fwd", t, {}, plan)
+    _run(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)}, plan)
     return out, buffers.finish_last(call, last), ckpt
 
 
-def _split_prepass(call: Call, k: KernelConfig, kind: str, t: dict, extra: dict) -> None:
+def _split_prepass(call: Call, k: KernelConfig, kind: str, t: dict, extra: dict,
+                   plan: tuple[int, int]) -> None:
     """Adds the split buffers to t (dummies for one split) and runs the kind's pre-pass."""
-    nsplit, _ = split_plan(call, k, kind)
-    hsp, psp = buffers.split_buffers(call, nsplit)
+    hsp, psp = buffers.split_buffers(call, plan[0])
     t.update(hsp=hsp, psp=psp)
-    if nsplit > 1:
-        _run(call, k, PREPASS[kind], t, extra)
+    if plan[0] > 1:
+        _run(call, k, PREPASS[kind], t, extra, plan)
 
 
 def backward_workspace(call: Call, cfg: ScanConfig):
@@ -528,15 +530,20 @@ def backward_workspace(call: Call, cfg: ScanConfig):
     the states live in shared memory). Deterministic: one partial per block of a group, its
     segments times the blocks of each. A split backward's per-row partials have split_plan's
     splits rows per batch row."""
-    slots = None
-    if call.spec.deterministic:
-        dseg, bps, _ = _segments(call, cfg.bwd)
-        slots = {X: call.dim // getattr(call, f"groups_{X}") // dseg * bps for X in ("B", "C")
-                 if getattr(call, X).dim() == 4}
     n = split_plan(call, cfg.bwd, "bwd")[0]
     scratch = ((2, n, call.batch, call.dim, call.spec.d_state * kc(call.spec)) if n > 1
                else (0,))
-    return cfg.bwd, slots, scratch
+    return cfg.bwd, _slots(call, cfg.bwd), scratch
+
+
+def _slots(call: Call, k: KernelConfig):
+    """Deterministic variable dB / dC partials per group (its segments times the blocks of
+    each), or None."""
+    if not call.spec.deterministic:
+        return None
+    dseg, bps, _ = _segments(call, k)
+    return {X: call.dim // getattr(call, f"groups_{X}") // dseg * bps for X in ("B", "C")
+            if getattr(call, X).dim() == 4}
 
 
 def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor,
@@ -544,8 +551,9 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-    _, slots, _ = backward_workspace(call, cfg)
-    g = buffers.grad_buffers(call, slots, rows=split_plan(call, cfg.bwd, "bwd")[0])
+    # the split plan once per call (auto splits ask the loaded kernel's occupancy)
+    slots, plan = _slots(call, cfg.bwd), split_plan(call, cfg.bwd, "bwd")
+    g = buffers.grad_buffers(call, slots, rows=plan[0])
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
     for X in ("B", "C"):
         dX = g["d" + X]
@@ -558,8 +566,8 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     t = _inputs(call)
     dlast = buffers.dlast(call, dlast)
     t.update(ckpt=ckpt, dout=dout, dlast=dlast, **{n: v for n, v in g.items() if v is not None})
-    _split_prepass(call, cfg.bwd, "bwd", t, extra)
-    _run(call, cfg.bwd, "bwd", t, extra)
+    _split_prepass(call, cfg.bwd, "bwd", t, extra, plan)
+    _run(call, cfg.bwd, "bwd", t, extra, plan)
     return buffers.finish_grads(call, g, dlast)
 
 

@@ -28,10 +28,10 @@ times: dict = {}
 run = cb._run
 
 
-def timed_run(call_, k, kind, tensors, extra):
+def timed_run(call_, k, kind, tensors, extra, plan):
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
-    run(call_, k, kind, tensors, extra)
+    run(call_, k, kind, tensors, extra, plan)
     b.record()
     times.setdefault(kind, []).append((a, b))
 
