@@ -12,10 +12,13 @@ With seq_idx (packed sequences), each kernel reads the block's seq_idx and the o
 before it: C B^T terms only within a sequence, the carried state (fwd) or its gradient (dstate)
 restarts where a sequence starts.
 The kernels' parameter lists are built here once (`kernel_params`) and used for the rendered
-signature, the launch and ahead-of-time compilation.
+signature, the launch and ahead-of-time compilation. The buffers and grids below serve the CUDA
+SSD kernels too (backends/cuda_ssd.py: the same algorithm and buffers; a CudaSSDConfig launches
+through it).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import asdict, astuple, dataclass
@@ -230,6 +233,10 @@ def _launch(spec, cfg, kind, args, grid):
     names = [n for n, _ in kernel_params(spec, kind)]
     missing = [n for n in names if n not in args]
     assert not missing, f"launcher lacks kernel arguments {missing}"
+    if getattr(cfg, "backend", "triton") == "cuda":
+        from . import cuda_ssd
+
+        return cuda_ssd.launch(spec, cfg, kind, args, grid)
     triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
                          **launch_config(cfg, kind))
 
@@ -279,7 +286,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
     dev, f32 = c.x.device, torch.float32
     hb = heads_per_program(cfg, H // G)
     if hb != cfg.heads_per_program:
-        cfg = SSDConfig(**{**asdict(cfg), "heads_per_program": hb})
+        cfg = dataclasses.replace(cfg, heads_per_program=hb)
     nhb = H // hb
     dx = new((b, L, H, P), c.x.dtype, dev)
     ddt = new((b, L, H), c.dt.dtype, dev)

@@ -1,4 +1,4 @@
-"""GPU: Mamba-2 SSD on the suite's `ssd` shapes: ssmgen's Triton kernels and its torch path
+"""GPU: Mamba-2 SSD on the suite's `ssd` shapes: ssmgen's Triton and CUDA kernels and its torch path
 (ssmgen.ssd, chunked, fp32 matmuls) against mamba-ssm's fused Triton `mamba_chunk_scan_combined` where importable.
 
 Per shape and implementation: median forward time (no grad), median forward+backward time
@@ -45,6 +45,8 @@ def make_inputs(s, seed=0):
 def impls(peer):
     out = {"ssmgen_triton": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
         chunk_size=chunk, dt_softplus=True, backend="triton", **a),
+           "ssmgen_cuda": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=chunk, dt_softplus=True, backend="cuda", **a),
            "ssmgen_torch": lambda chunk, **a: ssmgen.mamba_chunk_scan_combined(
         chunk_size=chunk, dt_softplus=True, backend="torch", **a)}
     if os.environ.get("SSD_TORCH", "1") == "0":  # the slow fp32 PyTorch path left out
@@ -88,7 +90,7 @@ def run_shape(s, peer, warmup=10, rep=100):
         print(f"  {s['name']} {name}: " + ", ".join(
             f"{k[len(name) + 1:]}={v:.3f}" if isinstance(v, float) else f"{k[len(name) + 1:]}={v}"
             for k, v in row.items() if k.startswith(name + "_")), flush=True)
-    for name in ("ssmgen_triton", "ssmgen_torch"):
+    for name in ("ssmgen_triton", "ssmgen_cuda", "ssmgen_torch"):
         if name in outs and "mamba_ssm" in outs:
             a, b = outs[name], outs["mamba_ssm"]
             row[f"{name}_out_rel_diff_vs_peer"] = ((a - b).norm() / b.norm()).item()

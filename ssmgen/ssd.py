@@ -17,7 +17,8 @@ and backward:
   ssd_chunked  the chunked algorithm in PyTorch (fp32; inputs are cast to fp32 before the
                matmuls, so bf16 inputs do not yet use bf16 tensor cores), autograd backward.
   kernels      generated Triton kernels (ssmgen.ssd_kernels, backends/triton_ssd.py), the
-               default on CUDA tensors.
+               default on CUDA tensors, or generated CUDA kernels (backends/cuda_ssd.py, the
+               same algorithm with the tiles in shared memory), backend="cuda".
 
 Packed sequences (mamba-ssm's semantics, with s_{-1} = 0):
 
@@ -64,7 +65,7 @@ from .inputs import _check_tensor, check_cu_seqlens_form
 from .spec import MAX_D_STATE
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-BACKENDS = ("triton", "torch", "reference")
+BACKENDS = ("triton", "cuda", "torch", "reference")
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
 
@@ -473,20 +474,22 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     cu_seqlens: (num_seqs + 1,) int, read with return_varlen_states (see the module docstring).
     Returns out (x's dtype), then final_states (float32) and varlen_states (x's dtype, no
     gradient) when asked for. backend: "triton" (generated kernels; the default on CUDA
-    tensors; on CPU tensors only under TRITON_INTERPRET=1), "torch" (the chunked algorithm in
-    PyTorch; the default on CPU tensors) or "reference" (the float64 loop). config: the Triton
-    kernels' SSDConfig (or a dict of its fields); None: the default for the variant."""
+    tensors; on CPU tensors only under TRITON_INTERPRET=1), "cuda" (generated CUDA kernels, CUDA
+    tensors), "torch" (the chunked algorithm in PyTorch; the default on CPU tensors) or
+    "reference" (the float64 loop). config: the kernels' config, SSDConfig (Triton) or
+    CudaSSDConfig (CUDA), or a dict of its fields; None: the default for the variant."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     c = normalize_ssd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
                       cu_seqlens, dt_softplus, dt_limit, return_final_states, return_varlen_states)
     if backend is None:
         backend = "triton" if x.is_cuda else "torch"
-    if config is not None and backend != "triton":
-        raise ValueError(f"config applies to backend='triton' only, got backend={backend!r}")
-    if backend == "triton":
-        ssd_kernels.check_device(x)
-        out, final, varlen = ssd_kernels.run(c, config)
+    if config is not None and backend not in ("triton", "cuda"):
+        raise ValueError(f"config applies to backend='triton' or 'cuda' only, got "
+                         f"backend={backend!r}")
+    if backend in ("triton", "cuda"):
+        ssd_kernels.check_device(x, backend)
+        out, final, varlen = ssd_kernels.run(c, config, backend)
     else:
         out, final, varlen = _ref(c) if backend == "reference" else _chunked(c)
     return _returns(c, out.to(x.dtype), final.to(torch.float32),

@@ -27,21 +27,52 @@ def spec_of(c) -> SSDSpec:
                    return_final_states=c.return_final_states, has_seq_idx=c.seq_idx is not None)
 
 
-def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64):
-    """None (the heuristic default for these sizes), an SSDConfig or a dict of its fields."""
-    from .backends import triton_ssd
+def _module(backend: str):
+    from .backends import cuda_ssd, triton_ssd
 
+    return cuda_ssd if backend == "cuda" else triton_ssd
+
+
+def _config_class(backend: str):
+    mod = _module(backend)
+    return mod.CudaSSDConfig if backend == "cuda" else mod.SSDConfig
+
+
+def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton"):
+    """None (the heuristic default for these sizes), the backend's config (SSDConfig for
+    Triton, CudaSSDConfig for CUDA) or a dict of its fields."""
+    cls = _config_class(backend)
     if config is None:
-        return triton_ssd.default_config(spec, batch, heads)
+        return _module(backend).default_config(spec, batch, heads)
     if isinstance(config, dict):
-        config = triton_ssd.SSDConfig.from_dict(config)
-    if not isinstance(config, triton_ssd.SSDConfig):
-        raise TypeError(f"config must be None, a dict or an SSDConfig, got {type(config).__name__}")
-    config.check()
+        config = cls.from_dict(config)
+    if not isinstance(config, cls):
+        raise TypeError(f"config for backend={backend!r} must be None, a dict or a {cls.__name__}, "
+                        f"got {type(config).__name__}")
+    if backend == "cuda":
+        config.check(spec)
+    else:
+        config.check()
     return config
 
 
-def check_device(x: torch.Tensor) -> None:
+def decode_config(text: str):
+    """The config that encode() wrote: a CudaSSDConfig where the text starts with its prefix."""
+    from .backends import cuda_ssd
+
+    backend = "cuda" if text.startswith(cuda_ssd.PREFIX + ",") else "triton"
+    return _config_class(backend).decode(text)
+
+
+def check_device(x: torch.Tensor, backend: str = "triton") -> None:
+    if backend == "cuda":
+        from .backends import cuda_runtime
+
+        if x.device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors; x is on {x.device}")
+        if not cuda_runtime.available():
+            raise RuntimeError("backend='cuda' needs CuPy and a CUDA compiler (NVRTC or nvcc)")
+        return
     if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set for "
                          f"Triton's CPU interpreter; x is on {x.device}")
@@ -75,7 +106,7 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 def _forward(c, config: str) -> List[torch.Tensor]:
     from .backends import triton_ssd
 
-    out, final, ckpt = triton_ssd.forward(c, spec_of(c), triton_ssd.SSDConfig.decode(config))
+    out, final, ckpt = triton_ssd.forward(c, spec_of(c), decode_config(config))
     return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt]
 
 
@@ -84,7 +115,7 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
       return_final_states, config):
     b, L, H, P = x.shape
     N = B.shape[-1]
-    block_q = int(config.split(",")[0])
+    block_q = decode_config(config).block_q
     nblk = -(-L // block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
@@ -103,7 +134,7 @@ def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
-    g = triton_ssd.backward(c, spec_of(c), triton_ssd.SSDConfig.decode(config), ckpt, dout,
+    g = triton_ssd.backward(c, spec_of(c), decode_config(config), ckpt, dout,
                             dfinal)
     ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     return [x.new_empty(0) if t is None else g[n].to(t.dtype) for n, t in zip(_TENSORS, ins)]
@@ -148,13 +179,14 @@ class _SSD(torch.autograd.Function):
         return (None, None, None, *(x if t is not None else None for x, t in zip(g, tensors)))
 
 
-def run(c, config=None):
+def run(c, config=None, backend: str = "triton"):
     """(out, final_states fp32 (an empty placeholder unless asked for), varlen states fp32 or
-    None) through the Triton kernels; out and final_states are differentiable."""
+    None) through the backend's kernels ("triton" or "cuda"); out and final_states are
+    differentiable."""
     from .ssd import varlen_states
 
     spec = spec_of(c)
-    cfg = config_of(spec, config, c.batch, c.heads)
+    cfg = config_of(spec, config, c.batch, c.heads, backend)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
     eager = plans.runs_kernels_directly(c.x)
     out, final, ckpt = _SSD.apply(flags, c if eager else None, c.seq_idx,

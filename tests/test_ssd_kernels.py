@@ -35,11 +35,11 @@ def on_dev(opts):
     return {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in opts.items()}
 
 
-def check(a, opts, ret_final, config, dtype, seed, ref=None):
+def check(a, opts, ret_final, config, dtype, seed, ref=None, backend="triton"):
     """The kernels against the reference with the same arguments (opts: seq_idx too), or
     against ref = (out, final, grads) when given."""
     kern = run_with_grads(lambda **k: ssmgen.mamba_chunk_scan_combined(
-        chunk_size=64, **k, **on_dev(opts), backend="triton", config=config), to_dev(a), seed,
+        chunk_size=64, **k, **on_dev(opts), backend=backend, config=config), to_dev(a), seed,
         ret_final)
     ref = ref or run_with_grads(lambda **k: ssd_ref(**k, **opts), a, seed, ret_final)
     (out, fin, grads), (rout, rfin, rgrads) = kern, ref
@@ -107,7 +107,7 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
-def test_triton_ssd_packed_gpu(shape, dtype):
+def test_triton_ssd_packed_gpu(shape, dtype, backend="triton"):
     """seq_idx on a realistic shape: 10 sequences per row at random places (row 1 not
     starting at seq_idx 0, so without the initial state), against the reference on the same
     packing; with batch 1 also the varlen states."""
@@ -123,14 +123,14 @@ def test_triton_ssd_packed_gpu(shape, dtype):
             seq_idx[r, s:] += 1
         seq_idx[r] += 3 * r
     opts = dict(dt_softplus=True, seq_idx=seq_idx)
-    check(a, opts, True, None, dtype, 7)
+    check(a, opts, True, None, dtype, 7, backend=backend)
     if b == 1:
         cu = torch.tensor([0] + starts[0] + [L], dtype=torch.int32)
         d = {k: v.detach() for k, v in a.items()}
         _, rvar = ssd_ref(**d, **opts, cu_seqlens=cu, return_varlen_states=True)
         _, var = ssmgen.mamba_chunk_scan_combined(
             **to_dev(d), chunk_size=64, **on_dev(opts), cu_seqlens=cu.to(DEV),
-            return_varlen_states=True, backend="triton")
+            return_varlen_states=True, backend=backend)
         assert_close("varlen_states", var.cpu(), rvar.to(dtype), dtype)
 
 
@@ -258,7 +258,7 @@ def test_bad_config_raises_naming_the_field(change, pattern):
     with pytest.raises(TypeError, match="fields are"):
         ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton",
                                          config=dict(block_x=16))
-    with pytest.raises(ValueError, match="config applies to backend='triton' only"):
+    with pytest.raises(ValueError, match="config applies to backend='triton' or 'cuda' only"):
         ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="torch", config={})
 
 
