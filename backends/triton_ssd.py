@@ -33,8 +33,12 @@ from . import triton_launch
 from .buffers import new
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
+             "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
+# the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
+PREPASS = {"fwd": "fsplit", "dstate": "bsplit"}
+MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
 
@@ -42,7 +46,10 @@ MAX_GRID_YZ = 65535
 class SSDConfig:
     """block_q: steps per block (= checkpoint interval); block_p: channels per program of the
     sequential kernels (fwd, dstate); bwd_block_p: channels per inner step of bwd;
-    heads_per_program: heads of one group per bwd program (C B^T shared, dB/dC summed)."""
+    heads_per_program: heads of one group per bwd program (C B^T shared, dB/dC summed);
+    splits: segments of whole blocks the sequence is cut into for fwd and dstate (their own
+    programs; a pre-pass gives each segment's starting state or gradient), at most one per
+    block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle."""
 
     block_q: int = 64
     block_p: int = 32
@@ -52,12 +59,14 @@ class SSDConfig:
     heads_per_program: int = 4
     bwd_warps: int = 8
     bwd_stages: int = 1
+    splits: int = 1
 
     def tag(self, kind: str) -> str:
         if kind == "bwd":
             return (f"q{self.block_q}_p{self.bwd_block_p}_h{self.heads_per_program}"
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
+        # splits is a launch parameter: the kernels do not depend on it
 
     def check(self) -> None:
         for name, v in asdict(self).items():
@@ -66,6 +75,8 @@ class SSDConfig:
         for name in ("block_q", "block_p", "bwd_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        if self.splits > MAX_SPLITS:
+            raise ValueError(f"config.splits must be <= {MAX_SPLITS}, got {self.splits}")
         if self.block_q > 128:
             raise ValueError(f"config.block_q must be <= 128 (a [block_q, block_q] fp32 tile is "
                              f"held in registers), got {self.block_q}")
@@ -93,7 +104,7 @@ def padded_state(spec: SSDSpec) -> int:
 
 
 def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
-    """Heuristic from the H100 kernel sweep (benchmarks/results/*/ssd_v1/kernel_sweep.json,
+    """Heuristic from the H100 kernel sweeps (benchmarks/results/*/ssd_v1/kernel_sweep.json,
     d_state 128, headdim 64): blocks of 32 steps (64 and 128 spill in bwd: 2.5 ms at 32 vs 4.6
     and 8.5 on ssd_1.3b); the sequential kernels take the widest channel block that still
     gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms; ssd_long, batch 1: 16, 3.3 ms
@@ -105,8 +116,20 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
             bp = cand
             break
     big = padded_state(spec) >= 256  # twice the registers per tile
+    # where even 16 channels per program leave fewer than 2 programs per SM, split the sequence
+    # instead, with the widest channel blocks, into enough segments for ~3 programs per SM
+    # (ssd_split_v1/split_sweep.json, ssd_long, batch 1: fwd / dstate 3.36 / 1.54 ms at 16
+    # channels without splits; 1.62 / 1.20 at 64 channels and 8 segments; at 16 channels
+    # splits made fwd slower, 3.9-4.2 ms)
+    splits = 1
+    if batch * heads * triton.cdiv(spec.headdim, 16) < 2 * 132:
+        bp = min(64, P2)
+        programs = batch * heads * triton.cdiv(spec.headdim, bp)
+        while programs * splits < 3 * 132 and splits < MAX_SPLITS:
+            splits *= 2
     return SSDConfig(block_q=32, block_p=bp, fwd_warps=8 if big else 4, fwd_stages=2,
-                     bwd_block_p=min(P2, 32), heads_per_program=4, bwd_warps=8 if big else 4)
+                     bwd_block_p=min(P2, 32), heads_per_program=4, bwd_warps=8 if big else 4,
+                     splits=splits)
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -127,12 +150,19 @@ def kernel_params(spec: SSDSpec, kind: str) -> list:
     elif kind == "dstate":
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
         a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
+    elif kind == "bsplit":
+        a += ["dout_ptr"]
+    elif kind == "fsplit":
+        pass  # inputs, then the segments' buffers below
     else:
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
         a += ["dB_ptr", "dC_ptr", "dA_ptr"]
         a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
-    a += ["L", "H", "P", "hpg", "nblk"] + (["NHB"] if kind == "bwd" else [])
+    # the segments' states / gradients from zero and their decays (fp32), written by the
+    # pre-pass, read by the main kernel
+    a += ["hsp_ptr", "psp_ptr"] if kind != "bwd" else []
+    a += ["L", "H", "P", "hpg", "nblk"] + (["NHB"] if kind == "bwd" else ["nseg", "spb"])
     a += ["dt_lo", "dt_hi"]
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
@@ -174,8 +204,13 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
         has_seq_idx=spec.has_seq_idx)
 
 
-@functools.lru_cache(maxsize=None)
 def kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
+    # splits is a launch parameter: one kernel for every count
+    return _kernel(spec, dataclasses.replace(cfg, splits=1), kind)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
     cfg.check()
     name = kernel_name(spec, cfg, kind)
     return getattr(render.load_module("triton", name, render_source(spec, cfg, kind)), name)
@@ -237,13 +272,43 @@ def _launch(spec, cfg, kind, args, grid):
         from . import cuda_ssd
 
         return cuda_ssd.launch(spec, cfg, kind, args, grid)
-    triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
-                         **launch_config(cfg, kind))
+    try:
+        triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
+                             **launch_config(cfg, kind))
+    except triton.runtime.errors.OutOfResources as e:  # at compile time, before any launch
+        raise ValueError(f"config {cfg.tag(kind)}: the {kind} kernel does not fit this GPU at "
+                         f"d_state {spec.d_state}, headdim {spec.headdim}, {spec.dtype} ({e}); "
+                         f"use a smaller block_q, block_p / bwd_block_p or fewer stages") from e
 
 
 def ckpt_dtype(spec: SSDSpec) -> torch.dtype:
     # the state enters the tensor-core products in the input dtype: checkpoints store that
     return getattr(torch, spec.dtype)
+
+
+def segments(cfg, nblk: int) -> tuple:
+    """(segments, blocks per segment) of a sequence of nblk blocks under the config's splits
+    (a CUDA config has none): no empty segment."""
+    spb = triton.cdiv(nblk, max(1, min(getattr(cfg, "splits", 1), nblk)))
+    return triton.cdiv(nblk, spb), spb
+
+
+def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
+    """Adds the segments' buffers and sizes to a and runs the kind's pre-pass (none for one
+    segment); returns the segment count."""
+    b, H, P, N = c.batch, c.heads, c.headdim, c.d_state
+    nseg, spb = segments(cfg, nblk)
+    dev = c.x.device
+    if nseg > 1:
+        a.update(hsp_ptr=new((b, H, nseg, P, N), torch.float32, dev),
+                 psp_ptr=new((b, H, nseg), torch.float32, dev))
+    else:  # never read
+        a.update(hsp_ptr=torch.empty(1, dtype=torch.float32, device=dev),
+                 psp_ptr=torch.empty(1, dtype=torch.float32, device=dev))
+    a.update(nseg=nseg, spb=spb, nblk=nblk)
+    if nseg > 1:
+        _launch(spec, cfg, PREPASS[kind], a, (triton.cdiv(P, cfg.block_p) * (nseg - 1), H, b))
+    return nseg
 
 
 def forward(c, spec: SSDSpec, cfg: SSDConfig):
@@ -259,7 +324,8 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig):
     a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
-    _launch(spec, cfg, "fwd", a, (triton.cdiv(P, cfg.block_p), H, b))
+    nseg = _split_buffers(c, spec, cfg, "fwd", a, nblk)
+    _launch(spec, cfg, "fwd", a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
     return out, final, ckpt
 
 
@@ -275,7 +341,8 @@ def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=No
         a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
                            else dfinal.to(f32).contiguous())
     a.update(nblk=nblk, dout_ptr=dout, dckpt_ptr=dckpt, dinit_ptr=dinit)
-    _launch(spec, cfg, "dstate", a, (triton.cdiv(P, cfg.block_p), H, b))
+    nseg = _split_buffers(c, spec, cfg, "dstate", a, nblk)
+    _launch(spec, cfg, "dstate", a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
     return dckpt, dinit
 
 

@@ -82,7 +82,8 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
 
 
 def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90) -> CompileReport:
-    """The same for one SSD kernel (backends/triton_ssd.py; kind: fwd, dstate or bwd)."""
+    """The same for one SSD kernel (backends/triton_ssd.py; kind: fwd, dstate, bwd or a
+    pre-pass of the sequence splits, fsplit / bsplit)."""
     from ssmgen.backends import triton_ssd as ts
 
     lc = ts.launch_config(cfg, kind)
@@ -165,7 +166,7 @@ def _job(args):
         return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-SSD_KINDS = ("fwd", "dstate", "bwd")
+SSD_KINDS = ("fwd", "dstate", "bwd", "fsplit", "bsplit")
 
 
 def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):
