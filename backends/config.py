@@ -44,3 +44,37 @@ class ScanConfigBase:
     def decode(cls, text: str):
         fwd, bwd = (cls.KERNEL(*map(int, part.split(","))) for part in text.split(";"))
         return cls(fwd, bwd)
+
+
+class IntConfig:
+    """Serialization of a frozen dataclass of ints (the SSD kernels' configs): dict form,
+    and the compact text passed through the custom ops, after PREFIX where one is set (so
+    that the text tells one backend's config from another's)."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise TypeError(f"config: {e}; fields are {sorted(asdict(cls()))}") from None
+
+    def encode(self) -> str:
+        return ",".join(([self.PREFIX] if self.PREFIX else []) + [str(v) for v in astuple(self)])
+
+    @classmethod
+    def decode(cls, text: str):
+        vals = text.split(",")
+        if cls.PREFIX:
+            assert vals[0] == cls.PREFIX, text
+            vals = vals[1:]
+        return cls(*map(int, vals))
+
+    def check_powers(self) -> None:
+        for name, v in asdict(self).items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
+                raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")

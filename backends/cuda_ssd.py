@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 
 from ssmgen import render
 from ssmgen.spec import SSDSpec
 
 from . import cuda_runtime, triton_ssd
+from .config import IntConfig
 
 TEMPLATES = ("cuda/ssd_fwd.cu.jinja", "cuda/ssd_dstate.cu.jinja", "cuda/ssd_bwd.cu.jinja",
              "cuda/ssd_common.cuh.jinja", "cuda/ssd_macros.cuh.jinja", "cuda/common.cuh.jinja")
@@ -29,7 +30,7 @@ PREFIX = "cuda"           # encode(): what tells a CUDA config's text from a Tri
 
 
 @dataclass(frozen=True)
-class CudaSSDConfig:
+class CudaSSDConfig(IntConfig):
     """block_q: steps per block (= checkpoint interval); block_p: channels per block of
     threads in fwd and dstate; threads: their block size; bwd_block_p: channels per inner step
     of bwd; heads_per_program: heads of one group per bwd block (C B^T shared, dB/dC summed);
@@ -37,12 +38,13 @@ class CudaSSDConfig:
 
     block_q: int = 32
     block_p: int = 32
-    threads: int = 256
+    threads: int = 128
     bwd_block_p: int = 32
-    heads_per_program: int = 2
+    heads_per_program: int = 4
     bwd_threads: int = 256
 
     backend = "cuda"
+    PREFIX = PREFIX
 
     def tag(self, kind: str) -> str:
         if kind == "bwd":
@@ -50,9 +52,7 @@ class CudaSSDConfig:
         return f"q{self.block_q}_p{self.block_p}_t{self.threads}"
 
     def check(self, spec: SSDSpec | None = None) -> None:
-        for name, v in asdict(self).items():
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
-                raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+        self.check_powers()
         for name in ("block_q", "block_p", "bwd_block_p"):
             if getattr(self, name) < 16:  # the tensor-core tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
@@ -68,25 +68,6 @@ class CudaSSDConfig:
                     raise ValueError(f"config {self.tag(kind)}: the {kind} kernel needs {need} B of "
                                      f"shared memory at d_state {spec.d_state}, headdim "
                                      f"{spec.headdim}; the limit is {SMEM_LIMIT} B")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CudaSSDConfig":
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise TypeError(f"config: {e}; fields are {sorted(asdict(cls()))}") from None
-
-    def encode(self) -> str:
-        return ",".join([PREFIX] + [str(v) for v in astuple(self)])
-
-    @classmethod
-    def decode(cls, text: str) -> "CudaSSDConfig":
-        head, *vals = text.split(",")
-        assert head == PREFIX, text
-        return cls(*map(int, vals))
 
 
 def padded_state(spec: SSDSpec) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -31,6 +31,7 @@ from ssmgen.spec import SSDSpec
 
 from . import triton_launch
 from .buffers import new
+from .config import IntConfig
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
              "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
@@ -43,7 +44,7 @@ MAX_GRID_YZ = 65535
 
 
 @dataclass(frozen=True)
-class SSDConfig:
+class SSDConfig(IntConfig):
     """block_q: steps per block (= checkpoint interval); block_p: channels per program of the
     sequential kernels (fwd, dstate); bwd_block_p: channels per inner step of bwd;
     heads_per_program: heads of one group per bwd program (C B^T shared, dB/dC summed);
@@ -69,9 +70,7 @@ class SSDConfig:
         # splits is a launch parameter: the kernels do not depend on it
 
     def check(self) -> None:
-        for name, v in asdict(self).items():
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
-                raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")
+        self.check_powers()
         for name in ("block_q", "block_p", "bwd_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
@@ -80,23 +79,6 @@ class SSDConfig:
         if self.block_q > 128:
             raise ValueError(f"config.block_q must be <= 128 (a [block_q, block_q] fp32 tile is "
                              f"held in registers), got {self.block_q}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SSDConfig":
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise TypeError(f"config: {e}; fields are {sorted(asdict(cls()))}") from None
-
-    def encode(self) -> str:
-        return ",".join(str(v) for v in astuple(self))
-
-    @classmethod
-    def decode(cls, text: str) -> "SSDConfig":
-        return cls(*map(int, text.split(",")))
 
 
 def padded_state(spec: SSDSpec) -> int:

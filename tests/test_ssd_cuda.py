@@ -17,6 +17,7 @@ from ssmgen.spec import SSDSpec
 from ssmgen.ssd_kernels import config_of, decode_config
 from test_ssd import BF16, F16, F32, HEADS_GROUPS, make_inputs
 from test_ssd_kernels import check, poison  # noqa: F401 (poison: autouse fixture)
+from test_ssd_kernels import test_triton_ssd_matches_reference_gpu as _reference
 from test_ssd_kernels import test_triton_ssd_packed_gpu as _packed
 
 NVCC = shutil.which("nvcc")
@@ -90,10 +91,7 @@ def test_cuda_backend_needs_cuda_tensors():
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
 def test_cuda_ssd_matches_reference_gpu(shape, dtype):
-    b, L, H, P, N, G = shape
-    a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
-                    softplus=True)
-    check(a, dict(dt_softplus=True), True, None, dtype, 7, backend="cuda")
+    _reference(shape, dtype, backend="cuda")
 
 
 @pytest.mark.gpu

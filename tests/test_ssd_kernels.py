@@ -98,11 +98,11 @@ def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, d
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
-def test_triton_ssd_matches_reference_gpu(shape, dtype):
+def test_triton_ssd_matches_reference_gpu(shape, dtype, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
                     softplus=True)
-    check(a, dict(dt_softplus=True), True, None, dtype, 7)
+    check(a, dict(dt_softplus=True), True, None, dtype, 7, backend=backend)
 
 
 @pytest.mark.gpu
