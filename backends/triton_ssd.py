@@ -188,7 +188,7 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
 
 def kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
     # splits is a launch parameter: one kernel for every count
-    return _kernel(spec, dataclasses.replace(cfg, splits=1), kind)
+    return _kernel(spec, cfg if cfg.splits == 1 else dataclasses.replace(cfg, splits=1), kind)
 
 
 @functools.lru_cache(maxsize=None)
@@ -284,9 +284,8 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
     if nseg > 1:
         a.update(hsp_ptr=new((b, H, nseg, P, N), torch.float32, dev),
                  psp_ptr=new((b, H, nseg), torch.float32, dev))
-    else:  # never read
-        a.update(hsp_ptr=torch.empty(1, dtype=torch.float32, device=dev),
-                 psp_ptr=torch.empty(1, dtype=torch.float32, device=dev))
+    else:  # never read: any fp32 tensor of the call
+        a.update(hsp_ptr=a["A_ptr"], psp_ptr=a["A_ptr"])
     a.update(nseg=nseg, spb=spb, nblk=nblk)
     if nseg > 1:
         _launch(spec, cfg, PREPASS[kind], a, (triton.cdiv(P, cfg.block_p) * (nseg - 1), H, b))
