@@ -26,7 +26,6 @@ TEMPLATES = ("cuda/ssd_fwd.cu.jinja", "cuda/ssd_dstate.cu.jinja", "cuda/ssd_bwd.
 KINDS = triton_ssd.KINDS
 SMEM_LIMIT = 227 * 1024   # opt-in shared memory per block on sm_90 (sm_80: 163 KB)
 SMEM_PER_SM = 228 * 1024  # sm_90; each resident block also takes 1 KB of the driver's
-PREFIX = "cuda"           # encode(): what tells a CUDA config's text from a Triton one
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class CudaSSDConfig(IntConfig):
     bwd_threads: int = 256
 
     backend = "cuda"
-    PREFIX = PREFIX
+    PREFIX = "cuda"  # encode(): what tells a CUDA config's text from a Triton one
 
     def tag(self, kind: str) -> str:
         if kind == "bwd":
@@ -249,3 +248,6 @@ def launch(spec: SSDSpec, cfg: CudaSSDConfig, kind: str, args: dict, grid) -> No
             vals.append(int(v))
     threads = cfg.bwd_threads if kind == "bwd" else cfg.threads
     cuda_runtime.launch(fn, grid, threads, smem, vals, dev)
+
+
+CONFIG = CudaSSDConfig  # this backend's config class (ssmgen.ssd_kernels picks by backend)

@@ -69,7 +69,9 @@ class SSDConfig(IntConfig):
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
         # splits is a launch parameter: the kernels do not depend on it
 
-    def check(self) -> None:
+    def check(self, spec: SSDSpec | None = None) -> None:
+        """spec: unused here (Triton reports shared memory at compile time, see _launch); the
+        CUDA config checks its layout against it."""
         self.check_powers()
         for name in ("block_q", "block_p", "bwd_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
@@ -89,22 +91,20 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     """Heuristic from the H100 kernel sweeps (benchmarks/results/*/ssd_v1/kernel_sweep.json,
     d_state 128, headdim 64): blocks of 32 steps (64 and 128 spill in bwd: 2.5 ms at 32 vs 4.6
     and 8.5 on ssd_1.3b); the sequential kernels take the widest channel block that still
-    gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms; ssd_long, batch 1: 16, 3.3 ms
-    vs 4.1 at 64); bwd 32 channels per step, 4 heads per program, 4 warps."""
+    gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms), and where none does, sequence
+    splits (below); bwd 32 channels per step, 4 heads per program, 4 warps."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
-    bp = 16
-    for cand in (64, 32):
-        if cand <= P2 and batch * heads * triton.cdiv(spec.headdim, cand) >= 2 * 132:
-            bp = cand
-            break
     big = padded_state(spec) >= 256  # twice the registers per tile
-    # where even 16 channels per program leave fewer than 2 programs per SM, split the sequence
-    # instead, with the widest channel blocks, into enough segments for ~3 programs per SM
-    # (ssd_split_v1/split_sweep.json, ssd_long, batch 1: fwd / dstate 3.36 / 1.54 ms at 16
-    # channels without splits; 1.62 / 1.20 at 64 channels and 8 segments; at 16 channels
-    # splits made fwd slower, 3.9-4.2 ms)
     splits = 1
-    if batch * heads * triton.cdiv(spec.headdim, 16) < 2 * 132:
+    if batch * heads * triton.cdiv(spec.headdim, 16) >= 2 * 132:
+        bp = next(c for c in (64, 32, 16)
+                  if c == 16 or (c <= P2 and batch * heads * triton.cdiv(spec.headdim, c) >= 2 * 132))
+    else:
+        # even 16 channels per program leave fewer than 2 programs per SM: split the sequence
+        # instead, with the widest channel blocks, into enough segments for ~3 programs per SM
+        # (ssd_split_v1/split_sweep.json, ssd_long, batch 1: fwd / dstate 3.36 / 1.54 ms at 16
+        # channels without splits; 1.62 / 1.20 at 64 channels and 8 segments; at 16 channels
+        # splits made fwd slower, 3.9-4.2 ms)
         bp = min(64, P2)
         programs = batch * heads * triton.cdiv(spec.headdim, bp)
         while programs * splits < 3 * 132 and splits < MAX_SPLITS:
@@ -121,8 +121,10 @@ _IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dz_
 _STRIDES = {"x": "xlhp", "z": "zlhp"}
 
 
-def kernel_params(spec: SSDSpec, kind: str) -> list:
-    """(name, Triton signature type) of the kernel's parameters, in order."""
+@functools.lru_cache(maxsize=None)
+def kernel_params(spec: SSDSpec, kind: str) -> tuple:
+    """(name, Triton signature type) of the kernel's parameters, in order (the CUDA SSD kernels
+    type the same names for C). Cached: every launch of either backend reads it."""
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
@@ -165,7 +167,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> list:
             return "*i32"
         return "*fp32"
 
-    return [(n, typ(n)) for n in a]
+    return tuple((n, typ(n)) for n in a)
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -364,3 +366,6 @@ def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
     g = backward_grads(c, spec, cfg, ckpt, dckpt, dout)
     g["initial_states"] = dinit
     return g
+
+
+CONFIG = SSDConfig  # this backend's config class (ssmgen.ssd_kernels picks by backend)

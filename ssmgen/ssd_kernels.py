@@ -33,35 +33,25 @@ def _module(backend: str):
     return cuda_ssd if backend == "cuda" else triton_ssd
 
 
-def _config_class(backend: str):
-    mod = _module(backend)
-    return mod.CudaSSDConfig if backend == "cuda" else mod.SSDConfig
-
-
 def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton"):
     """None (the heuristic default for these sizes), the backend's config (SSDConfig for
     Triton, CudaSSDConfig for CUDA) or a dict of its fields."""
-    cls = _config_class(backend)
+    mod = _module(backend)
     if config is None:
-        return _module(backend).default_config(spec, batch, heads)
+        return mod.default_config(spec, batch, heads)
     if isinstance(config, dict):
-        config = cls.from_dict(config)
-    if not isinstance(config, cls):
-        raise TypeError(f"config for backend={backend!r} must be None, a dict or a {cls.__name__}, "
-                        f"got {type(config).__name__}")
-    if backend == "cuda":
-        config.check(spec)
-    else:
-        config.check()
+        config = mod.CONFIG.from_dict(config)
+    if not isinstance(config, mod.CONFIG):
+        raise TypeError(f"config for backend={backend!r} must be None, a dict or a "
+                        f"{mod.CONFIG.__name__}, got {type(config).__name__}")
+    config.check(spec)
     return config
 
 
 def decode_config(text: str):
     """The config that encode() wrote: a CudaSSDConfig where the text starts with its prefix."""
-    from .backends import cuda_ssd
-
-    backend = "cuda" if text.startswith(cuda_ssd.PREFIX + ",") else "triton"
-    return _config_class(backend).decode(text)
+    cuda = _module("cuda").CONFIG
+    return _module("cuda" if text.startswith(cuda.PREFIX + ",") else "triton").CONFIG.decode(text)
 
 
 def check_device(x: torch.Tensor, backend: str = "triton") -> None:
