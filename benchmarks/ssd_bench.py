@@ -97,6 +97,31 @@ def run_shape(s, peer, warmup=10, rep=100):
     return row
 
 
+def sweep_shapes(out_path, names, per_shape):
+    """The sweep scripts' loop: per_shape(shape, bench) -> rows for each suite `ssd` shape (all,
+    or those named), written to out_path as JSON after every shape."""
+    bench = lambda f: do_bench(f, warmup=5, rep=40, return_mode="median")  # noqa: E731
+    res = {"device": torch.cuda.get_device_name(), "shapes": {}}
+    for s in load()["ssd"]:
+        if names and s["name"] not in names:
+            continue
+        res["shapes"][s["name"]] = per_shape(s, bench)
+        with open(out_path, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+def time_fwd_dstate(c, spec, cfg, dout, bench, row):
+    """The forward and backward pass 1 of one config (either SSD backend), each timed alone
+    into row (fwd_ms, dstate_ms); returns their outputs (out, state gradients)."""
+    from ssmgen.backends import triton_ssd as ts
+
+    out, _, ckpt = ts.forward(c, spec, cfg)
+    dck, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
+    row["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
+    row["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, cfg, ckpt.shape[2], dout))
+    return out, dck
+
+
 def table(rows, names):
     cols = ["fwd_ms", "fwdbwd_ms", "peak_mb"]
     head = f"{'shape':<16}" + "".join(f"{n + ' ' + c:>28}" for n in names for c in cols)

@@ -5,19 +5,16 @@ difference). Medians of triton.testing.do_bench.
 
 Usage: python benchmarks/ssd_cuda_sweep.py OUT.json [shape names...]
 """
-import json
 import sys
 
 import torch
-from triton.testing import do_bench
 
 from ssmgen.backends import cuda_ssd as cs, triton_ssd as ts
 from ssmgen.ssd import normalize_ssd
 from ssmgen.ssd_kernels import spec_of
-from ssmgen.suite import load
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from ssd_bench import make_inputs  # noqa: E402
+from ssd_bench import make_inputs, sweep_shapes, time_fwd_dstate  # noqa: E402
 
 # (block_q, block_p, threads) for fwd and dstate; (block_q, bwd_block_p, heads, threads) for bwd
 FWD_GRID = [(32, 16, 128), (32, 32, 128), (32, 64, 128), (32, 16, 256), (32, 32, 256),
@@ -55,11 +52,8 @@ def sweep(s, bench):
         r = {"backend": "cuda", "kind": "fwd+dstate", "config": cfg.to_dict()}
         try:
             cfg.check(spec)
-            out, _, ckpt = ts.forward(c, spec, cfg)
+            out, _ = time_fwd_dstate(c, spec, cfg, dout, bench, r)
             r["out_rel_vs_triton"] = rel(out, out_t)
-            r["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
-            r["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, cfg, ckpt.shape[2], dout))
-            del ckpt
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(r)
@@ -86,14 +80,7 @@ def sweep(s, bench):
 
 
 def main(out_path, names=()):
-    bench = lambda f: do_bench(f, warmup=5, rep=40, return_mode="median")  # noqa: E731
-    res = {"device": torch.cuda.get_device_name(), "shapes": {}}
-    for s in load()["ssd"]:
-        if names and s["name"] not in names:
-            continue
-        res["shapes"][s["name"]] = sweep(s, bench)
-        with open(out_path, "w") as f:
-            json.dump(res, f, indent=1)
+    sweep_shapes(out_path, names, sweep)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ssmgen.ssd_kernels import spec_of
 from ssmgen.suite import load
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from ssd_bench import make_inputs  # noqa: E402
+from ssd_bench import make_inputs, time_fwd_dstate  # noqa: E402
 
 CONFIGS = [
     dict(),  # the default
@@ -123,10 +123,7 @@ def kernel_sweep(s, bench):
         cfg = ts.SSDConfig(block_q=q, block_p=p, fwd_warps=w, fwd_stages=st)
         r = {"kind": "fwd+dstate", "config": cfg.to_dict()}
         try:
-            _, _, ckpt = ts.forward(c, spec, cfg)
-            r["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
-            r["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, cfg, ckpt.shape[2], dout))
-            del ckpt
+            time_fwd_dstate(c, spec, cfg, dout, bench, r)
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(r)

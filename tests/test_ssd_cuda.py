@@ -40,7 +40,7 @@ def test_every_variant_compiles(spec, arch, tmp_path):
         for kind, vec in [(k, v) for k in cuda_ssd.KINDS for v in vecs]:
             src = cuda_ssd.render_source(spec, cfg, kind, vec)
             name = cuda_ssd.kernel_name(spec, cfg, kind, vec)
-            assert name in src and f"__global__" in src
+            assert name in src and "__global__" in src
             f = tmp_path / f"{name}.cu"
             f.write_text(src)
             r = subprocess.run([NVCC, f"-arch=sm_{arch}", "-cubin", "-std=c++17", "-o",
