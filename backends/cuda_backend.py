@@ -248,21 +248,53 @@ def _partials(k: KernelConfig, kind: str = "fwd") -> int:
 
 
 def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> dict:
-    """The forward's tile elements per thread (IT: values, or 16-byte vectors of `vec` steps)
-    and the per-channel values it keeps in registers across tiles: only where IT <= 8 (at lpc 1
-    IT reaches 32, and the prefetch already holds 2-3 registers per element)."""
+    """The tile elements per thread (IT: values, or 16-byte vectors of `vec` steps) and the
+    per-channel values kept in registers across tiles: only where IT <= 8 (at lpc 1 IT reaches
+    32, and the forward's prefetch already holds 2-3 registers per element). The backward
+    also loads its variable B / C tiles as vectors of `vec` steps of one state (VEC_BC, real
+    B / C: complex ones interleave parts), ITBV per thread."""
     it = -(-(k.threads // k.lpc) * k.tl // (k.threads * max(vec, 1)))
     names = [n for n, on in (("dbias", spec.has_delta_bias),
-                             ("D", spec.has_D and kind == "fwd")) if on]
-    return dict(IT=it, VEC=vec, chan_vals=names, chan_regs=it <= 8)
+                             ("D", spec.has_D and kind in ("fwd", "bwd"))) if on]
+    out = dict(IT=it, VEC=vec, chan_vals=names, chan_regs=it <= 8)
+    if kind == "bwd":
+        # the backward's loads and epilogue loop over elements beyond 2 (element variants:
+        # IT 8-16), whose unrolled loads and per-element registers cost it spills
+        out["chan_regs"] = it <= 2
+        g = geometry(spec, k)
+        out.update(VEC_BC=bool(vec) and not spec.complex_A,
+                   ITBV=-(-g["NP"] * (k.tl // max(vec, 1)) // k.threads),
+                   red=_reduce_geometry(spec, k))
+    return out
+
+
+def _reduce_geometry(spec: ScanSpec, k: KernelConfig) -> dict:
+    """How the backward sums variable dB / dC over a block's channels (macro bwd_reduce): items
+    of Q states of one step of one tensor part, RS threads per item (their partial sums meet by
+    shuffles), so that a block's threads have work when items are few (d_state 16: 32 items
+    for 64 threads) and each item's loads are Q-wide."""
+    g = geometry(spec, k)
+    parts = kc(spec) * sum(1 for X in ("B", "C") if getattr(spec, f"is_variable_{X}"))
+    q = 4 if g["NP"] % 4 == 0 else 2 if g["NP"] % 2 == 0 else 1
+    items = max(1, parts * k.tb * g["NP"] // q)
+    rs = 1
+    while rs * 2 <= min(k.threads // items, g["CPB"], 32):
+        rs *= 2
+    per = k.threads // rs   # items in flight per pass
+    return dict(Q=q, NQ=g["NP"] // q, ITEMS=items, RS=rs, ITEMS_PADDED=-(-items // per) * per)
 
 
 def vector_steps(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
-    """Steps per 16-byte vector of the forward's per-channel tiles (u, delta, z, out), or 0
-    where the tile is not a whole number of vectors. Whether a call may take the vector
-    kernel is `vector_ok` (alignment, per call)."""
+    """Steps per 16-byte vector of the per-channel tiles (forward: u, delta, z, out;
+    backward: also dout, du, ddelta, dz and its real variable B / C tiles), or 0 where the
+    tile is not a whole number of vectors. Whether a call may take the vector kernel is
+    `vector_ok` (alignment, per call)."""
     v = 16 // DTYPE_BYTES[spec.dtype]
-    return v if kind in ("fwd", "fsplit") and k.tl % v == 0 else 0
+    if kind == "bwd" and states_per_thread(spec, k) * kc(spec) > 8:
+        # past 8 fp32 states per thread the per-element loads are a small part of the
+        # backward, and the vectors' registers cost spills (d_state 300 complex on sm_80)
+        return 0
+    return v if kind in ("fwd", "fsplit", "bwd") and k.tl % v == 0 else 0
 
 
 def variants(spec: ScanSpec, k: KernelConfig, kind: str) -> list:
@@ -276,11 +308,11 @@ def vector_ok(call: Call, v: int, tensors: dict) -> bool:
     its pointer 16-byte aligned (checked per call: plans key on metadata, not pointers)."""
     if not v or call.seqlen % v:
         return False
-    for n in ("u", "delta", "z", "out"):
+    for n in ("u", "delta", "z", "out", "dout", "B", "C"):
         t = tensors.get(n)
-        if t is None:
+        if t is None or t.dim() < 3 or t.is_complex():   # constant or complex B / C: no vectors
             continue
-        if t.stride(-1) != 1 or t.stride(0) % v or t.stride(1) % v or t.data_ptr() % 16:
+        if t.stride(-1) != 1 or any(s % v for s in t.stride()[:-1]) or t.data_ptr() % 16:
             return False
     return True
 
@@ -413,7 +445,9 @@ def _loaded(call: Call, k: KernelConfig, kind: str):
     """(loaded kernel, shared-memory bytes) of this call's kernel of a kind, in the variant the
     call's inputs allow (the output is ours, always aligned)."""
     v = vector_steps(call.spec, k, kind)
-    v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z)) else 0
+    # the backward's dout is aligned by `backward` where these are (it copies it otherwise)
+    bc = dict(B=call.B, C=call.C) if kind == "bwd" else {}
+    v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z, **bc)) else 0
     smem = smem_bytes(call.spec, k, kind)
     fn = cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
                                call.u.device.index or 0, smem)
@@ -550,7 +584,13 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
-    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    v = 16 // dout.element_size()
+    misaligned = call.seqlen % v == 0 and (dout.data_ptr() % 16
+                                           or any(s % v for s in dout.stride()[:-1]))
+    if dout.stride(-1) != 1 or misaligned:
+        # unit step stride for the kernel, and where L allows 16-byte vectors, aligned like
+        # the kernel's own buffers: the vector backward is chosen without looking at dout
+        dout = dout.clone(memory_format=torch.contiguous_format)
     # the split plan once per call (auto splits ask the loaded kernel's occupancy)
     slots, plan = _slots(call, cfg.bwd), split_plan(call, cfg.bwd, "bwd")
     g = buffers.grad_buffers(call, slots, rows=plan[0])

@@ -206,9 +206,9 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
                         "--arch", "90", "--out", str(pack)], capture_output=True, text=True,
                        env={**__import__("os").environ, "SSMGEN_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode == 0, r.stderr
-    # per spec: fwd and its split pre-pass with element loads and with 16-byte vectors (both
-    # default tiles allow them), bwd and its pre-pass (default configs split where it pays)
-    assert len(list(pack.glob("*.cubin"))) == 12
+    # per spec: fwd, its split pre-pass and bwd, each with element loads and with 16-byte
+    # vectors (the default tiles allow them), and bwd's pre-pass (element loads only)
+    assert len(list(pack.glob("*.cubin"))) == 14
     # a deployment with no compiler at all: the pack answers
     monkeypatch.setenv("SSMGEN_CUDA_PACK", str(pack))
     monkeypatch.setattr(cr, "_nvrtc", lambda: None)
