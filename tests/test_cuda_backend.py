@@ -226,6 +226,18 @@ def test_build_ext_pack_is_used_without_any_compiler(tmp_path, monkeypatch):
         cr.compile_cubin(cb.kernel_name(s, k, "fwd"), cb.render_source(s, k, "fwd") + "\n", 80)
 
 
+def _inputs_b2_d40_l96(dtype, seed):
+    """Inputs of a (2, 40, 96) call, N 16, all options, on the GPU; the generator, for more."""
+    g = torch.Generator().manual_seed(seed)
+    b, d, L, N = 2, 40, 96, 16
+    x = dict(u=torch.randn(b, d, L, generator=g), delta=0.5 * torch.rand(b, d, L, generator=g),
+             A=-0.5 * torch.rand(d, N, generator=g), B=torch.randn(b, 1, N, L, generator=g),
+             C=torch.randn(b, 1, N, L, generator=g), D=torch.randn(d, generator=g),
+             z=torch.randn(b, d, L, generator=g), delta_bias=0.1 * torch.rand(d, generator=g))
+    return {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).cuda()
+            for k, v in x.items()}, g
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -236,13 +248,8 @@ def test_vector_and_element_forwards_agree(dtype, reverse):
     from ssmgen.numerics import assert_close
     from ssmgen.reference import selective_scan_ref
 
-    g = torch.Generator().manual_seed(3)
-    b, d, L, N = 2, 40, 96, 16
-    x = dict(u=torch.randn(b, d, L, generator=g), delta=0.5 * torch.rand(b, d, L, generator=g),
-             A=-0.5 * torch.rand(d, N, generator=g), B=torch.randn(b, 1, N, L, generator=g),
-             C=torch.randn(b, 1, N, L, generator=g), D=torch.randn(d, generator=g),
-             z=torch.randn(b, d, L, generator=g), delta_bias=0.1 * torch.rand(d, generator=g))
-    x = {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).cuda() for k, v in x.items()}
+    x, g = _inputs_b2_d40_l96(dtype, 3)
+    b, d, L = 2, 40, 96
     ref = selective_scan_ref(**x, delta_softplus=True, reverse=reverse)  # computed in float64
     outs = []
     for off in (0, 1, 0):  # vector, element, vector again
@@ -269,13 +276,8 @@ def test_vector_and_element_backwards_match_reference(dtype, reverse, chunk_len)
     from ssmgen.numerics import assert_close
     from ssmgen.reference import selective_scan_ref
 
-    g = torch.Generator().manual_seed(4)
-    b, d, L, N = 2, 40, 96, 16
-    x = dict(u=torch.randn(b, d, L, generator=g), delta=0.5 * torch.rand(b, d, L, generator=g),
-             A=-0.5 * torch.rand(d, N, generator=g), B=torch.randn(b, 1, N, L, generator=g),
-             C=torch.randn(b, 1, N, L, generator=g), D=torch.randn(d, generator=g),
-             z=torch.randn(b, d, L, generator=g), delta_bias=0.1 * torch.rand(d, generator=g))
-    x = {k: (v.to(dtype) if k in ("u", "delta", "B", "C", "z") else v).cuda() for k, v in x.items()}
+    x, g = _inputs_b2_d40_l96(dtype, 4)
+    b, d, L = 2, 40, 96
     dout = torch.randn(b, d, L, generator=g).to(dtype).cuda()
     rx = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
     ref = selective_scan_ref(**rx, delta_softplus=True, reverse=reverse)  # computed in float64
