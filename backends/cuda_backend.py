@@ -256,15 +256,15 @@ def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> d
     it = -(-(k.threads // k.lpc) * k.tl // (k.threads * max(vec, 1)))
     names = [n for n, on in (("dbias", spec.has_delta_bias),
                              ("D", spec.has_D and kind in ("fwd", "bwd"))) if on]
-    out = dict(IT=it, VEC=vec, chan_vals=names, chan_regs=it <= 8)
-    if kind == "bwd":
-        # the backward's loads and epilogue loop over elements beyond 2 (element variants:
-        # IT 8-16), whose unrolled loads and per-element registers cost it spills
-        out["chan_regs"] = it <= 2
-        g = geometry(spec, k)
+    # the backward's loads and epilogue loop over elements beyond 2 (element variants: IT
+    # 8-16), whose unrolled loads and per-element registers cost it spills
+    out = dict(IT=it, VEC=vec, chan_vals=names,
+               chan_regs=it <= (2 if kind in ("bwd", "bsplit") else 8))
+    if kind in ("bwd", "bsplit"):
         out.update(VEC_BC=bool(vec) and not spec.complex_A,
-                   ITBV=-(-g["NP"] * (k.tl // max(vec, 1)) // k.threads),
-                   red=_reduce_geometry(spec, k))
+                   ITBV=-(-geometry(spec, k)["NP"] * (k.tl // max(vec, 1)) // k.threads))
+    if kind == "bwd":
+        out["red"] = _reduce_geometry(spec, k)
     return out
 
 
@@ -308,13 +308,15 @@ def vector_ok(call: Call, v: int, tensors: dict) -> bool:
     its pointer 16-byte aligned (checked per call: plans key on metadata, not pointers)."""
     if not v or call.seqlen % v:
         return False
-    for n in ("u", "delta", "z", "out", "dout", "B", "C"):
-        t = tensors.get(n)
-        if t is None or t.dim() < 3 or t.is_complex():   # constant or complex B / C: no vectors
-            continue
-        if t.stride(-1) != 1 or any(s % v for s in t.stride()[:-1]) or t.data_ptr() % 16:
-            return False
-    return True
+    # constant or complex B / C take no vectors
+    return all(vector_aligned(t, v) for t in tensors.values()
+               if t is not None and t.dim() >= 3 and not t.is_complex())
+
+
+def vector_aligned(t: torch.Tensor, v: int) -> bool:
+    """16-byte vectors of v steps of t are legal: unit step stride, the other strides multiples
+    of v, the pointer 16-byte aligned."""
+    return t.stride(-1) == 1 and not any(s % v for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
 
 
 def smem_bytes(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
@@ -584,12 +586,10 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
-    v = 16 // dout.element_size()
-    misaligned = call.seqlen % v == 0 and (dout.data_ptr() % 16
-                                           or any(s % v for s in dout.stride()[:-1]))
-    if dout.stride(-1) != 1 or misaligned:
-        # unit step stride for the kernel, and where L allows 16-byte vectors, aligned like
-        # the kernel's own buffers: the vector backward is chosen without looking at dout
+    v = vector_steps(call.spec, cfg.bwd, "bwd")
+    if dout.stride(-1) != 1 or (v and call.seqlen % v == 0 and not vector_aligned(dout, v)):
+        # unit step stride for the kernel, and where the vector backward may run, aligned like
+        # the kernel's own buffers: the vector variant is chosen without looking at dout
         dout = dout.clone(memory_format=torch.contiguous_format)
     # the split plan once per call (auto splits ask the loaded kernel's occupancy)
     slots, plan = _slots(call, cfg.bwd), split_plan(call, cfg.bwd, "bwd")
