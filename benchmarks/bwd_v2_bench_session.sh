@@ -4,9 +4,6 @@
 # suite side by side with mamba-ssm on a quiet host.
 set -u
 source benchmarks/device_setup.sh
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
 R=$OUT/bench; mkdir -p $R
 (python3 benchmarks/build_peer.py "$SSMGEN_PEER_SRC" /tmp/peerbuild > $R/peer_build.log 2>&1; echo "peer build rc=$?" >> $R/peer_build.log) &
 PEER_PID=$!

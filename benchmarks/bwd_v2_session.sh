@@ -5,9 +5,6 @@
 # (benchmarks/bwd_ab.py), then the CUDA gpu tests. Carry .whl (pytest, hypothesis).
 set -u
 source benchmarks/device_setup.sh
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
 R=$OUT/bwd_v2; mkdir -p $R
 timeout ${SMOKE_S:-200} python3 benchmarks/cuda_smoke.py --no-time > $R/smoke.log 2>&1; tail -4 $R/smoke.log
 timeout ${AB_S:-240} python3 benchmarks/bwd_ab.py benchmarks/results/NVIDIA_H100_80GB_HBM3/bwd_v2/ab_old_bwd.json > $R/ab.json 2> $R/ab.log
