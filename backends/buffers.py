@@ -5,7 +5,10 @@ gradient (batch or num_seqs, dim, N[, 2]) fp32; the varlen position table (L,) i
 with initial states; gradients of u / delta / z in u's dtype; dA, dD, d delta_bias and
 constant dB / dC as per-batch-row fp32 partials (summed here after the kernel, no atomics);
 variable dB / dC as fp32 zeros the kernel adds into (atomics), or, for a deterministic backward,
-one fp32 partial per channel block of a group, summed here in a fixed order. A backward whose
+one fp32 partial per channel block of a group, summed here in a fixed order. A backend may ask
+for the atomics' buffer step-major, (batch, groups, L[*2], NP) with NP >= N states per row, so
+that a step's states are one vector reduction; finish_grads copies it into the canonical layout
+in the input's dtype. A backward whose
 sequence is cut into splits (CUDA) keeps one per-row partial per (split, batch row); the
 splits' end states (or adjoints) and decays are fp32 (splits, batch, dim, N[, 2]) each."""
 from __future__ import annotations
@@ -111,10 +114,11 @@ def split_buffers(call: Call, splits: int):
     return (new(shape, torch.float32, call.u.device), new(shape, torch.float32, call.u.device))
 
 
-def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
+def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1, step_major: int = 0) -> dict:
     """slots (deterministic backward): {"B": S, "C": S}, the partials per group of variable
     dB / dC, one per channel block of a group, summed in finish_grads. rows: per-row partials
-    per batch row (the splits of a split backward)."""
+    per batch row (the splits of a split backward). step_major (NP > 0, no slots): variable
+    dB / dC as step-major zeros (batch, groups, L[*2], NP)."""
     spec, dev = call.spec, call.u.device
     b, d, L, N = call.batch, call.dim, call.seqlen, spec.d_state
     pr = b * rows  # rows of the per-row partials
@@ -131,6 +135,8 @@ def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
         t = getattr(call, X)
         if t.dim() == 4 and slots:
             g["d" + X] = torch.zeros((slots[X],) + t.shape, **f32)
+        elif t.dim() == 4 and step_major:
+            g["d" + X] = torch.zeros(tuple(t.shape[:2]) + (t.shape[3], step_major), **f32)
         elif t.dim() == 4:
             g["d" + X] = torch.zeros(t.shape, **f32)
         else:  # constant B / C: per-row partials
@@ -138,9 +144,11 @@ def grad_buffers(call: Call, slots: dict | None = None, rows: int = 1) -> dict:
     return g
 
 
-def finish_grads(call: Call, g: dict, dlast=None) -> dict:
+def finish_grads(call: Call, g: dict, dlast=None, step_major: int = 0) -> dict:
     """Sums the per-batch-row partials. dlast (fp32, as `dlast` makes it, or None): an empty
-    packed sequence's initial state is its last state, so it takes that gradient (or zero)."""
+    packed sequence's initial state is its last state, so it takes that gradient (or zero).
+    step_major: as given to grad_buffers (its variable dB / dC are copied to the canonical
+    layout, in the canonical B / C's dtype)."""
     if call.cu_seqlens is not None and g["dinit"] is not None:
         empty = _empty_seqs(call, g["dinit"])
         g["dinit"] = (g["dinit"].masked_fill_(empty, 0.0) if dlast is None
@@ -149,8 +157,12 @@ def finish_grads(call: Call, g: dict, dlast=None) -> dict:
         if g[n] is not None:
             g[n] = g[n].sum(0)
     for X in ("B", "C"):
-        if getattr(call, X).dim() == 2 or g["d" + X].dim() == 5:  # per-row / per-block partials
+        t = getattr(call, X)
+        if t.dim() == 2 or g["d" + X].dim() == 5:  # per-row / per-block partials
             g["d" + X] = g["d" + X].sum(0)
+        elif step_major:  # one copy: transposed, padding dropped, cast
+            sm = g["d" + X][..., :call.spec.d_state].transpose(-1, -2)
+            g["d" + X] = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(sm)
     return g
 
 
@@ -209,13 +221,14 @@ def forward_bytes(call: Call, save_ckpt: bool, splits: int = 1) -> int:
 
 
 def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0,
-                   rows: int = 1) -> int:
+                   rows: int = 1, step_major: int = 0) -> int:
     """What backward allocates at its peak: the gradient buffers of grad_buffers (du, ddelta,
     dz in u's dtype; fp32 per-row partials (batch, dim, N[, 2]) for dA and constant dB / dC,
     (batch, dim) for dD and d(delta_bias); fp32 dinit (rows, dim, N[, 2]); fp32 variable
     dB / dC, times `slots` in deterministic mode), the backend's scratch bytes, a zero dlast
     when none is given, and the variable dB / dC cast to their input's dtype (alive together
-    with the fp32 sums). rows: per-row partials per batch row (splits)."""
+    with the fp32 sums). rows: per-row partials per batch row (splits). step_major: as given
+    to grad_buffers (the step-major sums, NP per row, and their canonical copy, alive together)."""
     s, b, d, L, N = call.spec, call.batch, call.dim, call.seqlen, call.spec.d_state
     k, io = len(_kx(call)) + 1, call.u.element_size()
     total = (2 + s.has_z) * b * d * L * io
@@ -224,7 +237,9 @@ def backward_bytes(call: Call, slots: dict | None = None, scratch: int = 0,
     total += call.num_states * d * N * k * 4 if s.return_last_state else 0
     for X in ("B", "C"):
         t = getattr(call, X)
-        if t.dim() == 4:
+        if t.dim() == 4 and step_major and not slots:
+            total += t.numel() // call.spec.d_state * step_major * 4 + t.numel() * t.element_size()
+        elif t.dim() == 4:
             total += t.numel() * 4 * ((slots or {}).get(X, 1) + (slots is not None))
             total += t.numel() * t.element_size() if t.element_size() != 4 else 0
         else:

@@ -247,6 +247,23 @@ def _partials(k: KernelConfig, kind: str = "fwd") -> int:
     return min(k.lpc, 4) if kind == "fwd" else 1
 
 
+def scatter_rounds(lpc: int, v: int) -> dict:
+    """A reduce-scatter of v per-lane values over a channel's lpc lanes (macro lane_scatter),
+    where the backward had summed each value by log2(lpc) shuffle rounds (5 per value at lpc 32:
+    the top stall of d_state 128 was the shuffles' MIO queue). Rounds of xor offset lpc/2, ...,
+    1: while the count is even a round halves it (a lane keeps one half, its partner the other:
+    one shuffle per value kept), then plain butterfly rounds. Each lane ends with `left` full
+    sums, of values at + 0 .. left-1 (at: the halves it kept); the lanes that differ only in
+    `mask` (the plain rounds' bits) hold the same sums."""
+    rounds, n, o, mask = [], v, lpc // 2, 0
+    while o >= 1:
+        halve = n % 2 == 0
+        rounds.append((o, n, halve))
+        n, mask = (n // 2, mask) if halve else (n, mask | o)
+        o //= 2
+    return dict(rounds=rounds, left=n, mask=mask)
+
+
 def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> dict:
     """The tile elements per thread (IT: values, or 16-byte vectors of `vec` steps) and the
     per-channel values kept in registers across tiles: only where IT <= 8 (at lpc 1 IT reaches
@@ -362,7 +379,7 @@ def kernel_params(spec: ScanSpec, kind: str) -> tuple:
     for X in ("B", "C"):
         if getattr(spec, f"is_variable_{X}"):
             ints += [f"dpg_{X}", f"s_{X}b", f"s_{X}g", f"s_{X}n"]
-            ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n"] if kind == "bwd" else []
+            ints += [f"ds_{X}b", f"ds_{X}g", f"ds_{X}n", f"ds_{X}t"] if kind == "bwd" else []
             ints += [f"ds_{X}slot"] if kind == "bwd" and spec.deterministic else []
     ints += ["save_ckpt"] if kind == "fwd" else [] if kind == "fsplit" else ["s_gb", "s_gd"]
     return tuple(p + [("const long long", n) for n in ints + ["split_chunks"]])
@@ -391,6 +408,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
         smem=offsets, YP=_partials(k, kind), **geometry(spec, k),
+        scatter=dict(y=scatter_rounds(k.lpc, k.tb), s=scatter_rounds(k.lpc, 2 * k.tb)),
         **_elements(spec, k, vec, kind))
 
 
@@ -593,14 +611,16 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
         dout = dout.clone(memory_format=torch.contiguous_format)
     # the split plan once per call (auto splits ask the loaded kernel's occupancy)
     slots, plan = _slots(call, cfg.bwd), split_plan(call, cfg.bwd, "bwd")
-    g = buffers.grad_buffers(call, slots, rows=plan[0])
+    sm = step_major(call, cfg)
+    g = buffers.grad_buffers(call, slots, rows=plan[0], step_major=sm)
     extra = {"s_gb": dout.stride(0), "s_gd": dout.stride(1)}
     for X in ("B", "C"):
         dX = g["d" + X]
-        if getattr(call, X).dim() == 4:  # summed over channels by atomics into fp32 zeros,
-            o = 1 if slots else 0        # or per block into its own partial (deterministic)
+        if getattr(call, X).dim() == 4:  # summed over channels by vector reductions into
+            o = 1 if slots else 0        # step-major fp32 zeros, or per block into its own
+            rows, states = (2, 3) if sm else (3, 2)   # canonical partial (deterministic)
             extra.update({f"ds_{X}b": dX.stride(o), f"ds_{X}g": dX.stride(o + 1),
-                          f"ds_{X}n": dX.stride(o + 2)})
+                          f"ds_{X}n": dX.stride(o + states), f"ds_{X}t": dX.stride(o + rows)})
             if slots:
                 extra[f"ds_{X}slot"] = dX.stride(0)
     t = _inputs(call)
@@ -608,7 +628,13 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     t.update(ckpt=ckpt, dout=dout, dlast=dlast, **{n: v for n, v in g.items() if v is not None})
     _split_prepass(call, cfg.bwd, "bwd", t, extra, plan)
     _run(call, cfg.bwd, "bwd", t, extra, plan)
-    return buffers.finish_grads(call, g, dlast)
+    return buffers.finish_grads(call, g, dlast, step_major=sm)
+
+
+def step_major(call: Call, cfg: ScanConfig) -> int:
+    """States per row of the step-major variable dB / dC sums (buffers.grad_buffers), the
+    kernel's NP, or 0 for the canonical layout (deterministic partials, no atomics)."""
+    return 0 if call.spec.deterministic else geometry(call.spec, cfg.bwd)["NP"]
 
 
 # -- the decode step ---------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def _measure(backend, xs, det, monkeypatch):
         n *= s
     fs, bs = ((mod.split_plan(call, cfg.fwd, "fwd")[0], mod.split_plan(call, cfg.bwd, "bwd")[0])
               if hasattr(mod, "split_plan") else (1, 1))
+    sm = mod.step_major(call, cfg) if hasattr(mod, "step_major") else 0
     return (fwd, bwd, buffers.forward_bytes(call, True, fs),
-            buffers.backward_bytes(call, slots, 4 * n, rows=bs))
+            buffers.backward_bytes(call, slots, 4 * n, rows=bs, step_major=sm))
 
 
 @pytest.mark.gpu
