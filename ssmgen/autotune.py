@@ -142,9 +142,15 @@ def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
 
 
 def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None, timer=None,
-         max_fwd=12, max_bwd=16, budget_s=None, device=None, save=True, progress=None) -> dict:
+         max_fwd=12, max_bwd=16, budget_s=None, device=None, save=True, progress=None,
+         keep_fwd: dict | None = None) -> dict:
     """Tunes one problem (the tensors of a call; variants: initial_state / cu_seqlens / reverse
     as in selective_scan); returns the record (saved unless save=False).
+
+    keep_fwd: an earlier record of this problem (kept_forward) whose forward config is timed
+    alone, the whole budget going to the backward: after a change to the backward's templates
+    only, where a full tune's budget can miss forward candidates the last one found. The record
+    names where its forward came from (fwd_from).
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
@@ -156,6 +162,8 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     spec = call.spec
     default = mod.default_config(spec)
     fwd, bwd = plan(mod, spec, call.dim, call.seqlen, max_fwd, max_bwd)
+    if keep_fwd is not None:
+        fwd = [type(default.fwd)(**keep_fwd["config"]["fwd"])]
     proxy = _Proxy(inputs, delta_softplus, max(c for c, _ in bwd), variants)
     dout = torch.randn_like(call.u)
     total, done, rows = len(fwd) + len(bwd), 0, []
@@ -223,7 +231,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     for k in fwd:
         run_fwd(k)
     now["stage"] = "refine"
-    if refine and (b := best("fwd")):
+    if refine and keep_fwd is None and (b := best("fwd")):
         extra = refine(spec, call, type(default.fwd)(**b["config"]), "fwd")
         total += len(extra)
         for k in extra:
@@ -239,9 +247,29 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
         for k in extra:
             run_bwd(b["chunk_len"], k)
     rec = _record(backend, spec, call, rows, default, device, time.perf_counter() - t_start)
+    if keep_fwd is not None:
+        rec["fwd_from"] = (f"kept from the record of template {keep_fwd['template_hash']} "
+                           f"({keep_fwd.get('date', '?')}), timed again (ssmgen tune --keep-fwd)")
     if save:
         tunecache.write_records([rec])
     return rec
+
+
+def kept_forward(backend: str, inputs, delta_softplus=True, variants=None,
+                 device_name: str | None = None) -> dict | None:
+    """The newest record of this backend, device, tuning key and exact shape, whatever its
+    template version (tune's keep_fwd), or None."""
+    from . import device as dev
+
+    call = normalize(*inputs, delta_softplus=delta_softplus,
+                     **{k: v for k, v in (variants or {}).items() if v is not None})
+    name = device_name or dev.info()["name"]
+    shape = {"batch": call.batch, "dim": call.dim, "seqlen": call.seqlen}
+    hits = [r for r in tunecache.all_records()
+            if r.get("backend") == backend and r.get("spec_key") == tuning_key(call.spec)
+            and r.get("shape") == shape and r.get("device", {}).get("name") == name
+            and isinstance(r.get("config", {}).get("fwd"), dict)]
+    return max(hits, key=lambda r: r.get("date", ""), default=None)
 
 
 def _record(backend, spec, call: Call, rows, default, device, seconds) -> dict:

@@ -206,8 +206,12 @@ def tune_cmd(a) -> int:
         per_shape = None if left is None else left / (len(shapes) - i)
         print(f"{s['name']}: tuning ({per_shape and f'{per_shape:.0f} s budget' or 'no budget'})")
         for backend in a.backends.split(","):
-            rec = autotune.tune(suite.make_inputs(s), True, backend, max_fwd=a.max_fwd,
-                                max_bwd=a.max_bwd, budget_s=per_shape, progress=_progress)
+            x = suite.make_inputs(s)
+            keep = autotune.kept_forward(backend, x) if a.keep_fwd else None
+            if a.keep_fwd and keep is None:
+                print(f"  {backend}: no earlier record of this shape, tuning the forward too")
+            rec = autotune.tune(x, True, backend, max_fwd=a.max_fwd, max_bwd=a.max_bwd,
+                                budget_s=per_shape, progress=_progress, keep_fwd=keep)
             rows.append((s["name"], backend, rec))
     step_rows = []
     for s in steps:  # the decode step: seconds, not budgeted
@@ -329,6 +333,10 @@ def main(argv=None):
     t.add_argument("--budget-s", type=float, default=None, help="time budget for the whole run")
     t.add_argument("--max-fwd", type=int, default=12, help="forward candidates per shape")
     t.add_argument("--max-bwd", type=int, default=16, help="backward candidates per shape")
+    t.add_argument("--keep-fwd", action="store_true",
+                   help="time only the forward config of each shape's newest record (any template "
+                   "version) and give the budget to the backward: after a backward-only template "
+                   "change")
     b = sub.add_parser("bench", help="suite shapes vs importable peers and the measured floor")
     b.add_argument("--suite", default=None)
     b.add_argument("--shapes", default=None)

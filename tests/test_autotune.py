@@ -72,6 +72,31 @@ def test_spent_budget_still_times_the_first_candidate_of_each_kind(cache_dir):
 
 
 @pytest.mark.interp
+def test_keep_fwd_times_the_earlier_forward_only_and_says_so(cache_dir):
+    """After a backward-only template change (`ssmgen tune --keep-fwd`): the earlier record's
+    forward config, whatever its template version, is the only forward timed; the backward is
+    tuned as usual; the record names where its forward came from."""
+    first = tune_small()
+    fwd = [r for r in first["candidates"] if r["kind"] == "fwd"]
+    slow = max(fwd, key=lambda r: r["ms"])["config"]   # not what a full tune would pick
+    assert slow != first["config"]["fwd"]
+    old = dict(first, template_hash="0123456789abcdef", date="2000-01-01",
+               config=dict(first["config"], fwd=slow))
+    tunecache.write_records([old], replace_all=True)
+    x = make_inputs(SHAPE, device="cpu", seed=3)
+    kept = autotune.kept_forward("triton", x, device_name=FAKE_GPU["name"])
+    assert kept["template_hash"] == "0123456789abcdef"
+    assert autotune.kept_forward("triton", x, device_name="Another GPU") is None
+    rec = autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, max_fwd=3, max_bwd=3,
+                        keep_fwd=kept)
+    timed = [r for r in rec["candidates"] if r["kind"] == "fwd"]
+    assert [r["config"] for r in timed] == [slow] and timed[0]["ms"] is not None
+    assert rec["config"]["fwd"] == slow and "0123456789abcdef" in rec["fwd_from"]
+    assert rec["config"]["bwd"] == first["config"]["bwd"]
+    assert rec["template_hash"] == autotune.template_hash("triton")
+
+
+@pytest.mark.interp
 def test_a_fast_wrong_kernel_never_wins(monkeypatch):
     real_forward = triton_backend.forward
     x = make_inputs(SHAPE, device="cpu", seed=3)
