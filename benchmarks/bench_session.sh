@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# One device call after the backward v2 re-tune (carry .peer and .whl): the CUDA gpu tests
-# (reference, splits, vector/element backwards) while the peer builds, then `ssmgen bench` on the
-# suite side by side with mamba-ssm on a quiet host.
+# One device call after a re-tune (carry .peer and .whl): the CUDA gpu tests (backward lane and
+# channel sums, splits, vector/element kernels, suite-like shapes, then the hypothesis cases as
+# far as TEST_S allows) while the peer builds, then `ssmgen bench` on the suite side by side with
+# mamba-ssm on a quiet host.
 set -u
 source benchmarks/device_setup.sh
 R=$OUT/bench; mkdir -p $R
 (python3 benchmarks/build_peer.py "$SSMGEN_PEER_SRC" /tmp/peerbuild > $R/peer_build.log 2>&1; echo "peer build rc=$?" >> $R/peer_build.log) &
 PEER_PID=$!
 SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-4} timeout ${TEST_S:-200} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
+  "tests/test_scan_numerics.py::test_backward_lane_and_channel_sums_match_reference" \
   tests/test_cuda_backend.py "tests/test_scan_numerics.py::test_split_sequences_match_reference" \
   "tests/test_scan_numerics.py::test_suite_like_shape_cuda" "tests/test_scan_numerics.py::test_matches_reference_cuda" > $R/gpu_tests.log 2>&1
 tail -6 $R/gpu_tests.log
