@@ -23,6 +23,10 @@ from .reference import selective_scan_ref
 
 L2_FLUSH_BYTES = 256 * 2**20
 REFINE_SHARE = 0.25  # of each kind's time budget, kept for a backend's second round
+# A backward within this share of the fastest wins if its chunks are longer: the forward keeps
+# one fp32 checkpoint per chunk, (batch, dim, L / chunk, N), which at d_state 64-128 and chunk
+# 64 is most of the forward+backward's peak memory (m1_n64: 134 MB of 399)
+MEMORY_SLACK = 0.05
 
 
 def tuning_key(spec) -> str:
@@ -272,15 +276,27 @@ def kept_forward(backend: str, inputs, delta_softplus=True, variants=None,
     return max(hits, key=lambda r: r.get("date", ""), default=None)
 
 
+def pick(rows, fwd_cls) -> tuple:
+    """(forward row, backward row) a record takes from its timed candidates (None where none
+    is valid): the backward with the longest chunks among those within MEMORY_SLACK of the
+    fastest, then the fastest forward whose tile fits its chunk."""
+    ok = [r for r in rows if r["ms"] is not None]
+    bwd = [r for r in ok if r["kind"] == "bwd"]
+    fastest = min((r["ms"] for r in bwd), default=None)
+    best_b = max((r for r in bwd if r["ms"] - fastest <= MEMORY_SLACK * abs(fastest)),
+                 key=lambda r: (r["chunk_len"], -r["ms"]), default=None)
+    chunk = best_b["chunk_len"] if best_b else None
+    fits = [r for r in ok if r["kind"] == "fwd"
+            and (chunk is None or fwd_cls(**r["config"]).block_l <= chunk)]
+    return min(fits, key=lambda r: r["ms"], default=None), best_b
+
+
 def _record(backend, spec, call: Call, rows, default, device, seconds) -> dict:
     from . import device as dev
 
     ok = [r for r in rows if r["ms"] is not None]
-    best_b = min((r for r in ok if r["kind"] == "bwd"), key=lambda r: r["ms"], default=None)
+    best_f, best_b = pick(rows, type(default.fwd))
     chunk = best_b["chunk_len"] if best_b else spec.chunk_len
-    kcls = type(default.fwd)
-    fits = [r for r in ok if r["kind"] == "fwd" and kcls(**r["config"]).block_l <= chunk]
-    best_f = min(fits, key=lambda r: r["ms"], default=None)
     if best_f is None or best_b is None:
         raise RuntimeError(f"autotune: no valid candidate for {spec.key()}; errors: "
                            f"{sorted({r['error'] for r in rows if r['error']})[:3]}")

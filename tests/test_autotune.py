@@ -297,3 +297,22 @@ def test_shipped_records_load_and_are_found(monkeypatch):
     for backend in ("triton", "cuda"):
         assert any(r["backend"] == backend and r["template_hash"] == autotune.template_hash(backend)
                    for r in h100), f"no shipped {backend} record matches the current templates"
+
+
+def test_pick_prefers_longer_chunks_only_within_the_memory_slack():
+    """A backward with longer chunks (fewer fp32 checkpoints) wins when it is within
+    MEMORY_SLACK of the fastest; otherwise the fastest wins. The forward must fit the chunk."""
+    fwd_cls = triton_backend.KernelConfig
+    row = lambda kind, chunk, ms, bl=16: dict(kind=kind, chunk_len=chunk, ms=ms, error=None,  # noqa: E731
+                                            config=dict(block_d=4, block_l=bl, num_warps=4,
+                                                        num_stages=1))
+    s = autotune.MEMORY_SLACK
+    rows = [row("fwd", 64, 1.0), row("fwd", 64, 0.5, bl=128), row("bwd", 64, 10.0),
+            row("bwd", 128, 10.0 * (1 + s / 2)), row("bwd", 256, 10.0 * (1 + 2 * s))]
+    f, b = autotune.pick(rows, fwd_cls)
+    assert b["chunk_len"] == 128 and f["config"]["block_l"] == 128
+    rows[3]["ms"] = 10.0 * (1 + 2 * s)
+    f, b = autotune.pick(rows, fwd_cls)
+    assert b["chunk_len"] == 64 and f["ms"] == 1.0   # block_l 128 does not fit chunk 64
+    rows[2]["ms"] = None   # the fastest invalid: the next one counts
+    assert autotune.pick(rows, fwd_cls)[1]["chunk_len"] == 256
