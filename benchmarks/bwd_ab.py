@@ -64,16 +64,21 @@ def record_config(call):
     raise LookupError(call.spec)
 
 
+def prepared(shape):
+    """(call, config, dout, checkpoints) of a suite shape at its record's configs."""
+    x = make_inputs(shape)
+    chunk, cfg = record_config(normalize(*x, delta_softplus=True))
+    call = normalize(*x, delta_softplus=True, chunk_len=chunk)
+    torch.manual_seed(0)
+    dout = torch.randn_like(call.u)
+    _, _, ckpt = cb.forward(call, cfg, True)
+    return call, cfg, dout, ckpt
+
 
 def main():
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")   # L2 flush
     for shape in scan_shapes():
-        x = make_inputs(shape)
-        chunk, cfg = record_config(normalize(*x, delta_softplus=True))
-        call = normalize(*x, delta_softplus=True, chunk_len=chunk)
-        torch.manual_seed(0)
-        dout = torch.randn_like(call.u)
-        _, _, ckpt = cb.forward(call, cfg, True)
+        call, cfg, dout, ckpt = prepared(shape)
         row = {"shape": shape["name"], "bwd": cb.kernel_name(call.spec, cfg.bwd, "bwd"),
                "splits": cfg.bwd.splits}
         try:

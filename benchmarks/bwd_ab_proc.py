@@ -3,57 +3,23 @@ for use when the kernels' parameters or buffers change, so that the old kernel c
 the new launcher (bwd_ab.py's way). On the suite shapes at the shipped records' configs (read
 from this repository's record file, whatever their template hash): backward kernel time (CUDA
 events around backend.backward, L2 flushed before each run, median of REPS, vector variant where
-the call allows, as in normal calls). The first run saves its gradients (--save DIR); the second
+the call allows, as in normal calls; bwd_ab's timing and record lookup). The first run saves its gradients (--save DIR); the second
 compares every gradient with them (--against DIR) and reports NaN.
 Usage: PYTHONPATH=OLD_TREE python3 benchmarks/bwd_ab_proc.py --save /tmp/ab > old.json
        python3 benchmarks/bwd_ab_proc.py --against /tmp/ab > new.json"""
 import argparse
 import json
 import os
-import statistics
+import sys
 
 import torch
 
 import ssmgen
-from ssmgen import autotune
 from ssmgen.backends import cuda_backend as cb
-from ssmgen.inputs import normalize
-from ssmgen.suite import make_inputs, scan_shapes
+from ssmgen.suite import scan_shapes
 
-REPS = 20
-RECORDS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "autotune_cache",
-                       "nvidia_h100_80gb_hbm3.json")
-
-
-def record_config(call):
-    """The shipped record's (chunk_len, ScanConfig) for this shape, whatever its template hash."""
-    for r in json.load(open(RECORDS))["records"]:
-        if (r.get("backend") == "cuda" and "bwd_ms" in r
-                and r["spec_key"] == autotune.tuning_key(call.spec)
-                and r["shape"] == dict(batch=call.batch, dim=call.dim, seqlen=call.seqlen)):
-            c = dict(r["config"])
-            chunk = c.pop("chunk_len")
-            return chunk, cb.ScanConfig.from_dict(c)
-    raise LookupError(call.spec)
-
-
-def timed(call, cfg, ckpt, dout, flush):
-    g = cb.backward(call, cfg, ckpt, dout)   # compile, warm
-    ts = []
-    for _ in range(REPS):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        cb.backward(call, cfg, ckpt, dout)
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts), g
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bwd_ab import prepared, rel, timed  # noqa: E402  (the same timing and record lookup)
 
 
 def main():
@@ -67,12 +33,7 @@ def main():
     for shape in scan_shapes():
         if a.shapes and shape["name"] not in a.shapes.split(","):
             continue
-        x = make_inputs(shape)
-        chunk, cfg = record_config(normalize(*x, delta_softplus=True))
-        call = normalize(*x, delta_softplus=True, chunk_len=chunk)
-        torch.manual_seed(0)
-        dout = torch.randn_like(call.u)
-        _, _, ckpt = cb.forward(call, cfg, True)
+        call, cfg, dout, ckpt = prepared(shape)
         row = {"shape": shape["name"], "bwd": cb.kernel_name(call.spec, cfg.bwd, "bwd")}
         row["ms"], g = timed(call, cfg, ckpt, dout, flush)
         g = {n: v for n, v in g.items() if torch.is_tensor(v)}
