@@ -4,7 +4,7 @@ import csv,collections,sys
 rows=list(csv.reader(open(sys.argv[1])))
 hi=[i for i,r in enumerate(rows) if 'Source' in r][0]; h=rows[hi]; data=rows[hi+1:]
 ix={n:i for i,n in enumerate(h)}
-st=[n for n in h if n.startswith('stall_')]
+st=[n for n in h if n.startswith('stall_') and 'Not Issued' not in n]   # all samples, not the not-issued subset
 tot=collections.Counter(); ops=collections.Counter(); sops=collections.Counter()
 num=lambda x: float(x.replace(',','') or 0)
 # regions split by BAR.SYNC
