@@ -216,7 +216,7 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     arrays = [("S_DT", chan), ("S_DTU", chan)] + ([("S_U", chan)] if kind != "fsplit" else [])
     if kind == "fwd":
         arrays += [("S_Z", chan)] if spec.has_z else []
-        arrays += [("S_Y", g["CPB"] * _partials(k) * (g["TL"] + 1))]
+        arrays += [("S_Y", g["CPB"] * _partials(spec, k) * (g["TL"] + 1))]
     elif kind in ("bwd", "bsplit"):
         arrays += [("S_DY", chan)] + ([("S_DZF", chan)] if spec.has_z else [])
         arrays += ([("S_SIG", chan)] if spec.delta_softplus else [])
@@ -240,11 +240,23 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     return offsets, off * 4
 
 
-def _partials(k: KernelConfig, kind: str = "fwd") -> int:
+def _partials(spec: ScanSpec, k: KernelConfig, kind: str = "fwd") -> int:
     """YP: partial sums per (channel, step) that a step stores for its epilogue instead of
     summing all LPC lanes by shuffles (forward only: the backward's shared memory bounds its
-    occupancy)."""
-    return min(k.lpc, 4) if kind == "fwd" else 1
+    occupancy); one where the forward sums lanes by groups of steps (_fwd_scatter)."""
+    return (1 if _fwd_scatter(spec, k, kind)["fscatter"] else min(k.lpc, 4)) if kind == "fwd" else 1
+
+
+def _fwd_scatter(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
+    """Past 4 lanes per channel the forward keeps y's lane parts for groups of SG steps and
+    sums them by one reduce-scatter per group (scatter_rounds) instead of shuffle rounds per
+    step down to 4 partials: at 16 lanes the FADDs waiting on those shuffles held 28% of the
+    stall samples of m1_n128's forward (NOTES "CUDA forward v4"). Not past 8 fp32 states per
+    thread: there the step's own work hides the shuffles, and the SG registers spill (d_state
+    512 at lpc 32)."""
+    on = kind == "fwd" and k.lpc > 4 and states_per_thread(spec, k) * kc(spec) <= 8
+    g = math.gcd(8, k.tl)
+    return dict(fscatter=scatter_rounds(k.lpc, g) if on else None, fscatter_steps=g)
 
 
 def scatter_rounds(lpc: int, v: int) -> dict:
@@ -407,7 +419,8 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         delta_softplus=spec.delta_softplus, return_last_state=spec.return_last_state,
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
-        smem=offsets, YP=_partials(k, kind), **geometry(spec, k),
+        smem=offsets, YP=_partials(spec, k, kind), **geometry(spec, k),
+        **_fwd_scatter(spec, k, kind),
         scatter=dict(y=scatter_rounds(k.lpc, k.tb), s=scatter_rounds(k.lpc, 2 * k.tb)),
         **_elements(spec, k, vec, kind))
 

@@ -9,7 +9,7 @@ R=$OUT/bench; mkdir -p $R
 (python3 benchmarks/build_peer.py "$SSMGEN_PEER_SRC" /tmp/peerbuild > $R/peer_build.log 2>&1; echo "peer build rc=$?" >> $R/peer_build.log) &
 PEER_PID=$!
 SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-4} timeout ${TEST_S:-200} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  "tests/test_scan_numerics.py::test_backward_lane_and_channel_sums_match_reference" \
+  "tests/test_scan_numerics.py::test_lane_and_channel_sums_match_reference" \
   tests/test_cuda_backend.py "tests/test_scan_numerics.py::test_split_sequences_match_reference" \
   "tests/test_scan_numerics.py::test_suite_like_shape_cuda" "tests/test_scan_numerics.py::test_matches_reference_cuda" > $R/gpu_tests.log 2>&1
 tail -6 $R/gpu_tests.log

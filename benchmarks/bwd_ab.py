@@ -30,18 +30,23 @@ def old_loaded(call, k, kind, old_src={}):
                                  call.u.device.index or 0, old["smem"]), old["smem"]
 
 
-def timed(call, cfg, ckpt, dout, flush):
-    g = cb.backward(call, cfg, ckpt, dout)   # compile, warm
+def median_ms(fn, flush):
+    """(median ms of fn over REPS runs, L2 flushed before each; fn's first result)."""
+    first = fn()   # compile, warm
     ts = []
     for _ in range(REPS):
         flush.zero_()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        cb.backward(call, cfg, ckpt, dout)
+        fn()
         b.record()
         torch.cuda.synchronize()
         ts.append(a.elapsed_time(b))
-    return statistics.median(ts), g
+    return statistics.median(ts), first
+
+
+def timed(call, cfg, ckpt, dout, flush):
+    return median_ms(lambda: cb.backward(call, cfg, ckpt, dout), flush)
 
 
 def rel(a, b):

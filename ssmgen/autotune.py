@@ -147,14 +147,15 @@ def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
 
 def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None, timer=None,
          max_fwd=12, max_bwd=16, budget_s=None, device=None, save=True, progress=None,
-         keep_fwd: dict | None = None) -> dict:
+         keep_fwd: dict | None = None, keep_bwd: dict | None = None) -> dict:
     """Tunes one problem (the tensors of a call; variants: initial_state / cu_seqlens / reverse
     as in selective_scan); returns the record (saved unless save=False).
 
     keep_fwd: an earlier record of this problem (kept_forward) whose forward config is timed
     alone, the whole budget going to the backward: after a change to the backward's templates
     only, where a full tune's budget can miss forward candidates the last one found. The record
-    names where its forward came from (fwd_from).
+    names where its forward came from (fwd_from). keep_bwd: the same for the backward (its
+    chunk_len and config; bwd_from), after a forward-only change.
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
@@ -168,6 +169,8 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     fwd, bwd = plan(mod, spec, call.dim, call.seqlen, max_fwd, max_bwd)
     if keep_fwd is not None:
         fwd = [type(default.fwd)(**keep_fwd["config"]["fwd"])]
+    if keep_bwd is not None:
+        bwd = [(keep_bwd["config"]["chunk_len"], type(default.bwd)(**keep_bwd["config"]["bwd"]))]
     proxy = _Proxy(inputs, delta_softplus, max(c for c, _ in bwd), variants)
     dout = torch.randn_like(call.u)
     total, done, rows = len(fwd) + len(bwd), 0, []
@@ -244,16 +247,18 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     for chunk, k in bwd:
         run_bwd(chunk, k)
     now["stage"] = "refine"
-    if refine and (b := best("bwd")):
+    if refine and keep_bwd is None and (b := best("bwd")):
         c_spec = spec.replace(chunk_len=b["chunk_len"])
         extra = refine(c_spec, call, type(default.bwd)(**b["config"]), "bwd")
         total += len(extra)
         for k in extra:
             run_bwd(b["chunk_len"], k)
     rec = _record(backend, spec, call, rows, default, device, time.perf_counter() - t_start)
-    if keep_fwd is not None:
-        rec["fwd_from"] = (f"kept from the record of template {keep_fwd['template_hash']} "
-                           f"({keep_fwd.get('date', '?')}), timed again (ssmgen tune --keep-fwd)")
+    for kind, kept in (("fwd", keep_fwd), ("bwd", keep_bwd)):
+        if kept is not None:
+            rec[f"{kind}_from"] = (f"kept from the record of template {kept['template_hash']} "
+                                   f"({kept.get('date', '?')}), timed again "
+                                   f"(ssmgen tune --keep-{kind})")
     if save:
         tunecache.write_records([rec])
     return rec
@@ -262,7 +267,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
 def kept_forward(backend: str, inputs, delta_softplus=True, variants=None,
                  device_name: str | None = None) -> dict | None:
     """The newest record of this backend, device, tuning key and exact shape, whatever its
-    template version (tune's keep_fwd), or None."""
+    template version (tune's keep_fwd / keep_bwd), or None."""
     from . import device as dev
 
     call = normalize(*inputs, delta_softplus=delta_softplus,

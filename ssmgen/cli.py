@@ -207,11 +207,13 @@ def tune_cmd(a) -> int:
         print(f"{s['name']}: tuning ({per_shape and f'{per_shape:.0f} s budget' or 'no budget'})")
         for backend in a.backends.split(","):
             x = suite.make_inputs(s)
-            keep = autotune.kept_forward(backend, x) if a.keep_fwd else None
-            if a.keep_fwd and keep is None:
-                print(f"  {backend}: no earlier record of this shape, tuning the forward too")
+            keep = autotune.kept_forward(backend, x) if a.keep_fwd or a.keep_bwd else None
+            if (a.keep_fwd or a.keep_bwd) and keep is None:
+                print(f"  {backend}: no earlier record of this shape, tuning both kinds")
             rec = autotune.tune(x, True, backend, max_fwd=a.max_fwd, max_bwd=a.max_bwd,
-                                budget_s=per_shape, progress=_progress, keep_fwd=keep)
+                                budget_s=per_shape, progress=_progress,
+                                keep_fwd=keep if a.keep_fwd else None,
+                                keep_bwd=keep if a.keep_bwd else None)
             rows.append((s["name"], backend, rec))
     step_rows = []
     for s in steps:  # the decode step: seconds, not budgeted
@@ -337,6 +339,9 @@ def main(argv=None):
                    help="time only the forward config of each shape's newest record (any template "
                    "version) and give the budget to the backward: after a backward-only template "
                    "change")
+    t.add_argument("--keep-bwd", action="store_true",
+                   help="the same for the backward (its chunk_len and config): after a "
+                   "forward-only template change")
     b = sub.add_parser("bench", help="suite shapes vs importable peers and the measured floor")
     b.add_argument("--suite", default=None)
     b.add_argument("--shapes", default=None)

@@ -72,7 +72,7 @@ def test_spent_budget_still_times_the_first_candidate_of_each_kind(cache_dir):
 
 
 @pytest.mark.interp
-def test_keep_fwd_times_the_earlier_forward_only_and_says_so(cache_dir):
+def test_keep_fwd_and_keep_bwd_time_the_earlier_config_only_and_say_so(cache_dir):
     """After a backward-only template change (`ssmgen tune --keep-fwd`): the earlier record's
     forward config, whatever its template version, is the only forward timed; the backward is
     tuned as usual; the record names where its forward came from."""
@@ -94,6 +94,19 @@ def test_keep_fwd_times_the_earlier_forward_only_and_says_so(cache_dir):
     assert rec["config"]["fwd"] == slow and "0123456789abcdef" in rec["fwd_from"]
     assert rec["config"]["bwd"] == first["config"]["bwd"]
     assert rec["template_hash"] == autotune.template_hash("triton")
+    # keep_bwd, the mirror (a forward-only change): the backward and its chunk_len kept
+    bwd = [r for r in first["candidates"] if r["kind"] == "bwd"]
+    slow_b = max(bwd, key=lambda r: r["ms"])
+    old_b = dict(old, config=dict(first["config"], chunk_len=slow_b["chunk_len"],
+                                  bwd=slow_b["config"]))
+    rec = autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, max_fwd=3, max_bwd=3,
+                        keep_bwd=old_b)
+    timed = [r for r in rec["candidates"] if r["kind"] == "bwd"]
+    assert [(r["chunk_len"], r["config"]) for r in timed] == [(slow_b["chunk_len"],
+                                                                slow_b["config"])]
+    assert rec["config"]["bwd"] == slow_b["config"] and "bwd_from" in rec
+    assert rec["config"]["chunk_len"] == slow_b["chunk_len"]
+    assert len([r for r in rec["candidates"] if r["kind"] == "fwd"]) == 3
 
 
 @pytest.mark.interp

@@ -142,19 +142,28 @@ def test_split_sequences_match_reference(name, monkeypatch):
     check_case(c, "cuda", 4321)
 
 
-# The backward's sums over a channel's lanes (cuda_backend.scatter_rounds: halving rounds, then
-# plain ones) and its step-major dB / dC reductions (vector reds, padded states in padding
-# columns): 32 / 8 / 4 / 2 / 1 lanes per channel, sub-tiles of 8 / 4 / 2 / 1 steps, N 17 (NP 20)
-# with two groups, N 6 complex (rows 2L), reverse, and a deterministic run (canonical layout)
+# The sums over a channel's lanes (cuda_backend.scatter_rounds: halving rounds, then plain ones)
+# in the backward (per sub-tile) and in the forward past 4 lanes (per group of 8 steps, the
+# last group of a sequence partial: L 205), and the backward's step-major dB / dC reductions
+# (vector reds, padded states in padding columns): 32 / 16 / 8 / 4 / 2 / 1 lanes per channel,
+# sub-tiles of 8 / 4 / 2 / 1 steps, N 17 (NP 20) with two groups, N 6 complex (rows 2L),
+# reverse, packed sequences with initial states, and a deterministic run (canonical layout)
 _SUM_BASE = dict(_SPLIT_BASE, L=200, chunk_len=64, fwd={"threads": 128, "lpc": 4, "tl": 32})
 _SUM_CASES = {
-    "n128-lpc32-tb8": dict(dtype=torch.bfloat16, complex=False, N=128, batch=1, dim=12,
+    "n128-lpc32-tb8": dict(dtype=torch.bfloat16, complex=False, N=128, batch=1, dim=12, L=205,
+                           fwd={"threads": 128, "lpc": 32, "tl": 32},
                            bwd={"threads": 128, "lpc": 32, "tl": 32, "tb": 8}),
+    "n64-fwd-lpc16-varlen-h0": dict(dtype=torch.float32, complex=False, N=64, batch=1, dim=20,
+                                    varlen=True, cu_seqlens=[0, 37, 37, 150, 200],
+                                    initial_state=True,
+                                    fwd={"threads": 256, "lpc": 16, "tl": 16},
+                                    bwd={"threads": 128, "lpc": 16, "tl": 16, "tb": 4}),
     "n17-lpc4-tb4-groups2": dict(dtype=torch.float32, complex=False, N=17, B_groups=2,
                                  C_groups=2, bwd={"threads": 64, "lpc": 4, "tl": 16, "tb": 4}),
-    "n6-complex-lpc2-tb1-reverse": dict(dtype=torch.float32, complex=True, N=6, reverse=True,
+    "n6-complex-lpc8-tb1-reverse": dict(dtype=torch.float32, complex=True, N=6, reverse=True,
+                                        fwd={"threads": 64, "lpc": 8, "tl": 16},
                                         bwd={"threads": 64, "lpc": 2, "tl": 16, "tb": 1}),
-    "n16-lpc8-tb4": dict(dtype=torch.bfloat16, complex=False,
+    "n16-lpc8-tb4": dict(dtype=torch.bfloat16, complex=False, fwd={"threads": 64, "lpc": 8, "tl": 32},
                          bwd={"threads": 64, "lpc": 8, "tl": 32, "tb": 4}),
     "n16-lpc1-tb2": dict(dtype=torch.float32, complex=False,
                          bwd={"threads": 64, "lpc": 1, "tl": 16, "tb": 2}),
@@ -166,10 +175,10 @@ _SUM_CASES = {
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", list(_SUM_CASES))
-def test_backward_lane_and_channel_sums_match_reference(name, monkeypatch):
-    """Every output and gradient against float64 for the backward's lane-sum plans and its
-    step-major variable dB / dC sums (single split)."""
+def test_lane_and_channel_sums_match_reference(name, monkeypatch):
+    """Every output and gradient against float64 for the lane-sum plans of the backward and of
+    the forward, and the backward's step-major variable dB / dC sums (single split)."""
     c = dict(_SUM_BASE, **_SUM_CASES[name])
-    c["bwd"] = dict(c["bwd"], splits=1)
+    c["fwd"], c["bwd"] = dict(c["fwd"], splits=1), dict(c["bwd"], splits=1)
     monkeypatch.setenv("SSMGEN_DETERMINISTIC", "1" if c.pop("deterministic", False) else "0")
     check_case(c, "cuda", 2468)
