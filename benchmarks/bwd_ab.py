@@ -5,7 +5,6 @@ the call allows. Kernel times (CUDA events, L2 flushed before each run, median o
 every gradient of the new kernels against the old kernel's on the same inputs.
 Usage: python3 benchmarks/bwd_ab.py OLD_SOURCES.json > ab.json"""
 import json
-import statistics
 import sys
 
 import torch
@@ -30,23 +29,15 @@ def old_loaded(call, k, kind, old_src={}):
                                  call.u.device.index or 0, old["smem"]), old["smem"]
 
 
-def median_ms(fn, flush):
-    """(median ms of fn over REPS runs, L2 flushed before each; fn's first result)."""
+def median_ms(fn):
+    """(median ms of fn over REPS runs, L2 flushed before each: the tuner's timer; fn's first
+    result)."""
     first = fn()   # compile, warm
-    ts = []
-    for _ in range(REPS):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts), first
+    return autotune.cuda_event_timer(fn, warmup=0, reps=REPS), first
 
 
-def timed(call, cfg, ckpt, dout, flush):
-    return median_ms(lambda: cb.backward(call, cfg, ckpt, dout), flush)
+def timed(call, cfg, ckpt, dout):
+    return median_ms(lambda: cb.backward(call, cfg, ckpt, dout))
 
 
 def rel(a, b):
@@ -81,20 +72,19 @@ def prepared(shape):
 
 
 def main():
-    flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")   # L2 flush
     for shape in scan_shapes():
         call, cfg, dout, ckpt = prepared(shape)
         row = {"shape": shape["name"], "bwd": cb.kernel_name(call.spec, cfg.bwd, "bwd"),
                "splits": cfg.bwd.splits}
         try:
             cb._loaded = old_loaded
-            row["old_ms"], g_old = timed(call, cfg, ckpt, dout, flush)
+            row["old_ms"], g_old = timed(call, cfg, ckpt, dout)
         finally:
             cb._loaded = loaded
         cb.vector_ok = lambda *a: False
-        row["new_elem_ms"], g_e = timed(call, cfg, ckpt, dout, flush)
+        row["new_elem_ms"], g_e = timed(call, cfg, ckpt, dout)
         cb.vector_ok = vec_ok
-        row["new_vec_ms"], g_v = timed(call, cfg, ckpt, dout, flush)
+        row["new_vec_ms"], g_v = timed(call, cfg, ckpt, dout)
         row["rel_vs_old"] = {f"{n}_{w}": rel(g[n], g_old[n]) for w, g in (("elem", g_e), ("vec", g_v))
                              for n in g_old if g_old[n] is not None and torch.is_tensor(g_old[n])}
         row["nan"] = any(torch.isnan(g[n]).any().item() for g in (g_e, g_v) for n in g
