@@ -8,9 +8,9 @@ variable dB / dC as fp32 zeros the kernel adds into (atomics), or, for a determi
 one fp32 partial per channel block of a group, summed here in a fixed order. A backend may ask
 for the atomics' buffer step-major, (batch, groups, L[*2], NP) with NP >= N states per row, so
 that a step's states are one vector reduction; finish_grads copies it into the canonical layout
-in the input's dtype. A backward whose
-sequence is cut into splits (CUDA) keeps one per-row partial per (split, batch row); the
-splits' end states (or adjoints) and decays are fp32 (splits, batch, dim, N[, 2]) each."""
+in the input's dtype. A backward whose sequence is cut into splits (CUDA) keeps one per-row
+partial per (split, batch row); the splits' end states (or adjoints) and decays are fp32
+(splits, batch, dim, N[, 2]) each."""
 from __future__ import annotations
 
 import os
