@@ -243,20 +243,24 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
 def _partials(spec: ScanSpec, k: KernelConfig, kind: str = "fwd") -> int:
     """YP: partial sums per (channel, step) that a step stores for its epilogue instead of
     summing all LPC lanes by shuffles (forward only: the backward's shared memory bounds its
-    occupancy); one where the forward sums lanes by groups of steps (_fwd_scatter)."""
-    return (1 if _fwd_scatter(spec, k, kind)["fscatter"] else min(k.lpc, 4)) if kind == "fwd" else 1
+    occupancy); one where the forward sums lanes by groups of steps (_scatter)."""
+    return (1 if _scatter(spec, k, kind)["y"] else min(k.lpc, 4)) if kind == "fwd" else 1
 
 
-def _fwd_scatter(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
-    """Past 4 lanes per channel the forward keeps y's lane parts for groups of SG steps and
-    sums them by one reduce-scatter per group (scatter_rounds) instead of shuffle rounds per
-    step down to 4 partials: at 16 lanes the FADDs waiting on those shuffles held 28% of the
-    stall samples of m1_n128's forward (NOTES "CUDA forward v4"). Not past 8 fp32 states per
-    thread: there the step's own work hides the shuffles, and the SG registers spill (d_state
-    512 at lpc 32)."""
-    on = kind == "fwd" and k.lpc > 4 and states_per_thread(spec, k) * kc(spec) <= 8
+def _scatter(spec: ScanSpec, k: KernelConfig, kind: str) -> dict:
+    """The lane sums by reduce-scatter (scatter_rounds, macro lane_scatter) a kernel makes.
+    Backward: y per sub-tile (tb values), s1 and s2 per sub-tile (2 tb). Forward: y per group of
+    `steps` steps, past 4 lanes per channel (at 16 lanes the FADDs waiting on the per-step
+    shuffle rounds held 28% of the stall samples of m1_n128's forward, NOTES "CUDA forward
+    v4"), but not past 8 fp32 states per thread: there the step's own work hides the shuffles,
+    and the group's registers spill (d_state 512 at lpc 32)."""
+    if kind == "bwd":
+        return dict(y=scatter_rounds(k.lpc, k.tb), s=scatter_rounds(k.lpc, 2 * k.tb))
+    if kind != "fwd":
+        return dict(y=None)
+    on = k.lpc > 4 and states_per_thread(spec, k) * kc(spec) <= 8
     g = math.gcd(8, k.tl)
-    return dict(fscatter=scatter_rounds(k.lpc, g) if on else None, fscatter_steps=g)
+    return dict(y=scatter_rounds(k.lpc, g) if on else None, steps=g)
 
 
 def scatter_rounds(lpc: int, v: int) -> dict:
@@ -420,8 +424,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
         smem=offsets, YP=_partials(spec, k, kind), **geometry(spec, k),
-        **_fwd_scatter(spec, k, kind),
-        scatter=dict(y=scatter_rounds(k.lpc, k.tb), s=scatter_rounds(k.lpc, 2 * k.tb)),
+        scatter=_scatter(spec, k, kind),
         **_elements(spec, k, vec, kind))
 
 

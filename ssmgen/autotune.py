@@ -151,7 +151,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     """Tunes one problem (the tensors of a call; variants: initial_state / cu_seqlens / reverse
     as in selective_scan); returns the record (saved unless save=False).
 
-    keep_fwd: an earlier record of this problem (kept_forward) whose forward config is timed
+    keep_fwd: an earlier record of this problem (earlier_record) whose forward config is timed
     alone, the whole budget going to the backward: after a change to the backward's templates
     only, where a full tune's budget can miss forward candidates the last one found. The record
     names where its forward came from (fwd_from). keep_bwd: the same for the backward (its
@@ -159,6 +159,8 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
+    if keep_fwd is not None and keep_bwd is not None:
+        raise ValueError("keep_fwd and keep_bwd: keeping both kinds leaves nothing to tune")
     mod = backends.get(backend)
     timer = timer or cuda_event_timer
     t_start = time.perf_counter()
@@ -264,7 +266,7 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     return rec
 
 
-def kept_forward(backend: str, inputs, delta_softplus=True, variants=None,
+def earlier_record(backend: str, inputs, delta_softplus=True, variants=None,
                  device_name: str | None = None) -> dict | None:
     """The newest record of this backend, device, tuning key and exact shape, whatever its
     template version (tune's keep_fwd / keep_bwd), or None."""

@@ -207,7 +207,7 @@ def tune_cmd(a) -> int:
         print(f"{s['name']}: tuning ({per_shape and f'{per_shape:.0f} s budget' or 'no budget'})")
         for backend in a.backends.split(","):
             x = suite.make_inputs(s)
-            keep = autotune.kept_forward(backend, x) if a.keep_fwd or a.keep_bwd else None
+            keep = autotune.earlier_record(backend, x) if a.keep_fwd or a.keep_bwd else None
             if (a.keep_fwd or a.keep_bwd) and keep is None:
                 print(f"  {backend}: no earlier record of this shape, tuning both kinds")
             rec = autotune.tune(x, True, backend, max_fwd=a.max_fwd, max_bwd=a.max_bwd,
@@ -335,13 +335,14 @@ def main(argv=None):
     t.add_argument("--budget-s", type=float, default=None, help="time budget for the whole run")
     t.add_argument("--max-fwd", type=int, default=12, help="forward candidates per shape")
     t.add_argument("--max-bwd", type=int, default=16, help="backward candidates per shape")
-    t.add_argument("--keep-fwd", action="store_true",
-                   help="time only the forward config of each shape's newest record (any template "
-                   "version) and give the budget to the backward: after a backward-only template "
-                   "change")
-    t.add_argument("--keep-bwd", action="store_true",
-                   help="the same for the backward (its chunk_len and config): after a "
-                   "forward-only template change")
+    keep = t.add_mutually_exclusive_group()
+    keep.add_argument("--keep-fwd", action="store_true",
+                      help="time only the forward config of each shape's newest record (any "
+                      "template version) and give the budget to the backward: after a "
+                      "backward-only template change")
+    keep.add_argument("--keep-bwd", action="store_true",
+                      help="the same for the backward (its chunk_len and config): after a "
+                      "forward-only template change")
     b = sub.add_parser("bench", help="suite shapes vs importable peers and the measured floor")
     b.add_argument("--suite", default=None)
     b.add_argument("--shapes", default=None)

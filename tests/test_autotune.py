@@ -84,9 +84,9 @@ def test_keep_fwd_and_keep_bwd_time_the_earlier_config_only_and_say_so(cache_dir
                config=dict(first["config"], fwd=slow))
     tunecache.write_records([old], replace_all=True)
     x = make_inputs(SHAPE, device="cpu", seed=3)
-    kept = autotune.kept_forward("triton", x, device_name=FAKE_GPU["name"])
+    kept = autotune.earlier_record("triton", x, device_name=FAKE_GPU["name"])
     assert kept["template_hash"] == "0123456789abcdef"
-    assert autotune.kept_forward("triton", x, device_name="Another GPU") is None
+    assert autotune.earlier_record("triton", x, device_name="Another GPU") is None
     rec = autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, max_fwd=3, max_bwd=3,
                         keep_fwd=kept)
     timed = [r for r in rec["candidates"] if r["kind"] == "fwd"]
