@@ -107,6 +107,8 @@ def test_keep_fwd_and_keep_bwd_time_the_earlier_config_only_and_say_so(cache_dir
     assert rec["config"]["bwd"] == slow_b["config"] and "bwd_from" in rec
     assert rec["config"]["chunk_len"] == slow_b["chunk_len"]
     assert len([r for r in rec["candidates"] if r["kind"] == "fwd"]) == 3
+    with pytest.raises(ValueError, match="keep_fwd and keep_bwd"):
+        autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, keep_fwd=kept, keep_bwd=kept)
 
 
 @pytest.mark.interp
