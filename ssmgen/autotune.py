@@ -147,7 +147,8 @@ def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
 
 def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None, timer=None,
          max_fwd=12, max_bwd=16, budget_s=None, device=None, save=True, progress=None,
-         keep_fwd: dict | None = None, keep_bwd: dict | None = None) -> dict:
+         keep_fwd: dict | None = None, keep_bwd: dict | None = None,
+         earlier: dict | None = None) -> dict:
     """Tunes one problem (the tensors of a call; variants: initial_state / cu_seqlens / reverse
     as in selective_scan); returns the record (saved unless save=False).
 
@@ -155,7 +156,10 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     alone, the whole budget going to the backward: after a change to the backward's templates
     only, where a full tune's budget can miss forward candidates the last one found. The record
     names where its forward came from (fwd_from). keep_bwd: the same for the backward (its
-    chunk_len and config; bwd_from), after a forward-only change.
+    chunk_len and config; bwd_from), after a forward-only change. earlier: an earlier record of
+    this problem whose configs join the candidates right after the defaults, beyond the caps
+    (max_fwd, max_bwd) where those dropped them, so that a tune cannot lose a previous winner (seen: m1_n128's forward, NOTES "CUDA
+    forward v4").
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
@@ -169,6 +173,8 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     spec = call.spec
     default = mod.default_config(spec)
     fwd, bwd = plan(mod, spec, call.dim, call.seqlen, max_fwd, max_bwd)
+    if earlier is not None:
+        fwd, bwd = _with_earlier(earlier, default, fwd, bwd)
     if keep_fwd is not None:
         fwd = [type(default.fwd)(**keep_fwd["config"]["fwd"])]
     if keep_bwd is not None:
@@ -264,6 +270,22 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     if save:
         tunecache.write_records([rec])
     return rec
+
+
+def _with_earlier(rec: dict, default, fwd: list, bwd: list):
+    """The (capped) candidate lists with `rec`'s forward config and (chunk_len, backward
+    config) moved or added second, after the defaults: one more candidate where the cap had
+    dropped it. A config this version cannot build is left out."""
+    try:
+        k_f = type(default.fwd)(**rec["config"]["fwd"])
+        pair = (rec["config"]["chunk_len"], type(default.bwd)(**rec["config"]["bwd"]))
+    except (KeyError, TypeError, ValueError):
+        return fwd, bwd
+
+    def second(cands, c):
+        return cands if cands[0] == c else cands[:1] + [c] + [x for x in cands[1:] if x != c]
+
+    return second(fwd, k_f), second(bwd, pair)
 
 
 def earlier_record(backend: str, inputs, delta_softplus=True, variants=None,

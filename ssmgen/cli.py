@@ -207,13 +207,14 @@ def tune_cmd(a) -> int:
         print(f"{s['name']}: tuning ({per_shape and f'{per_shape:.0f} s budget' or 'no budget'})")
         for backend in a.backends.split(","):
             x = suite.make_inputs(s)
-            keep = autotune.earlier_record(backend, x) if a.keep_fwd or a.keep_bwd else None
+            # the newest record of this shape: kept (--keep-*), or its configs join the candidates
+            keep = autotune.earlier_record(backend, x)
             if (a.keep_fwd or a.keep_bwd) and keep is None:
                 print(f"  {backend}: no earlier record of this shape, tuning both kinds")
             rec = autotune.tune(x, True, backend, max_fwd=a.max_fwd, max_bwd=a.max_bwd,
                                 budget_s=per_shape, progress=_progress,
                                 keep_fwd=keep if a.keep_fwd else None,
-                                keep_bwd=keep if a.keep_bwd else None)
+                                keep_bwd=keep if a.keep_bwd else None, earlier=keep)
             rows.append((s["name"], backend, rec))
     step_rows = []
     for s in steps:  # the decode step: seconds, not budgeted

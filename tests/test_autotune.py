@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def fake_timer(fn):
     backward prefers large block_d; never runs the kernel (the reference check did)."""
     cfg = fn.args[1]
     if fn.func is triton_backend.forward:
-        return 1.0 + cfg.fwd.block_l / 100 + cfg.fwd.num_warps / 1000
+        return fake_timer_fwd(cfg.fwd)
     return 10.0 - cfg.bwd.block_d - cfg.bwd.block_l / 1000
 
 
@@ -109,6 +110,48 @@ def test_keep_fwd_and_keep_bwd_time_the_earlier_config_only_and_say_so(cache_dir
     assert len([r for r in rec["candidates"] if r["kind"] == "fwd"]) == 3
     with pytest.raises(ValueError, match="keep_fwd and keep_bwd"):
         autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, keep_fwd=kept, keep_bwd=kept)
+
+
+@pytest.mark.interp
+def test_an_earlier_records_configs_join_the_capped_candidates(cache_dir):
+    """`ssmgen tune` passes the shape's newest record: its forward and backward configs are
+    timed second, after the defaults, even where the caps would have dropped them (m1_n128's
+    forward winner fell out of a 12-candidate cap once)."""
+    x = make_inputs(SHAPE, device="cpu", seed=3)
+    call = autotune.normalize(*x, delta_softplus=True)
+    fwd, bwd = autotune.plan(triton_backend, call.spec, 4, 40, 99, 99)
+    capped_f, capped_b = autotune.plan(triton_backend, call.spec, 4, 40, 3, 1)
+    k_f = next(k for k in fwd if k not in capped_f)
+    c_b, k_b = next(p for p in bwd if p not in capped_b)
+
+    def tune(**kw):
+        return autotune.tune(x, True, timer=fake_timer, device=FAKE_GPU, max_fwd=3, max_bwd=1,
+                             **kw)
+
+    first = tune(save=False)
+    old = dict(first, template_hash="0123456789abcdef",
+               config=dict(first["config"], fwd=asdict(k_f), chunk_len=c_b, bwd=asdict(k_b)))
+    rec = tune(earlier=old)
+    timed_f = [r["config"] for r in rec["candidates"] if r["kind"] == "fwd"]
+    timed_b = [(r["chunk_len"], r["config"]) for r in rec["candidates"] if r["kind"] == "bwd"]
+    assert timed_f == [asdict(k) for k in capped_f[:1] + [k_f] + capped_f[1:]]
+    assert timed_b == [(c, asdict(k)) for c, k in capped_b + [(c_b, k_b)]]
+    assert all(r["ms"] is not None for r in rec["candidates"])
+    fits = [k for k in capped_f + [k_f] if k.block_l <= rec["config"]["chunk_len"]]
+    assert rec["config"]["fwd"] == asdict(min(fits, key=fake_timer_fwd))
+    # an earlier config already among the candidates moves up, not in twice
+    rec = tune(earlier=dict(old, config=dict(old["config"], fwd=asdict(capped_f[2]))))
+    assert [r["config"] for r in rec["candidates"] if r["kind"] == "fwd"] == [
+        asdict(k) for k in (capped_f[0], capped_f[2], capped_f[1])]
+    # an earlier config this version cannot build is left out, not an error
+    broken = dict(old, config=dict(old["config"], fwd={"no_such_field": 1}))
+    rec = tune(earlier=broken)
+    assert [r["config"] for r in rec["candidates"] if r["kind"] == "fwd"] == [
+        asdict(k) for k in capped_f]
+
+
+def fake_timer_fwd(k):
+    return 1.0 + k.block_l / 100 + k.num_warps / 1000
 
 
 @pytest.mark.interp
