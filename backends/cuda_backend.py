@@ -283,9 +283,9 @@ def scatter_rounds(lpc: int, v: int) -> dict:
 def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> dict:
     """The tile elements per thread (IT: values, or 16-byte vectors of `vec` steps) and the
     per-channel values kept in registers across tiles: only where IT <= 8 (at lpc 1 IT reaches
-    32, and the forward's prefetch already holds 2-3 registers per element). The backward
-    also loads its variable B / C tiles as vectors of `vec` steps of one state (VEC_BC, real
-    B / C: complex ones interleave parts), ITBV per thread."""
+    32, and the forward's prefetch already holds 2-3 registers per element). Every kind also
+    loads its variable B / C tiles as vectors of `vec` steps of one state
+    (VEC_BC, real B / C: complex ones interleave parts), ITBV per thread."""
     it = -(-(k.threads // k.lpc) * k.tl // (k.threads * max(vec, 1)))
     names = [n for n, on in (("dbias", spec.has_delta_bias),
                              ("D", spec.has_D and kind in ("fwd", "bwd"))) if on]
@@ -293,9 +293,8 @@ def _elements(spec: ScanSpec, k: KernelConfig, vec: int, kind: str = "fwd") -> d
     # 8-16), whose unrolled loads and per-element registers cost it spills
     out = dict(IT=it, VEC=vec, chan_vals=names,
                chan_regs=it <= (2 if kind in ("bwd", "bsplit") else 8))
-    if kind in ("bwd", "bsplit"):
-        out.update(VEC_BC=bool(vec) and not spec.complex_A,
-                   ITBV=-(-geometry(spec, k)["NP"] * (k.tl // max(vec, 1)) // k.threads))
+    out.update(VEC_BC=bool(vec) and not spec.complex_A,
+               ITBV=-(-geometry(spec, k)["NP"] * (k.tl // max(vec, 1)) // k.threads))
     if kind == "bwd":
         out["red"] = _reduce_geometry(spec, k)
     return out
@@ -318,8 +317,8 @@ def _reduce_geometry(spec: ScanSpec, k: KernelConfig) -> dict:
 
 
 def vector_steps(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
-    """Steps per 16-byte vector of the per-channel tiles (forward: u, delta, z, out;
-    backward: also dout, du, ddelta, dz and its real variable B / C tiles), or 0 where the
+    """Steps per 16-byte vector of the per-channel tiles (forward: u, delta, z, out and the
+    real variable B / C tiles; backward: also dout, du, ddelta, dz), or 0 where the
     tile is not a whole number of vectors. Whether a call may take the vector kernel is
     `vector_ok` (alignment, per call)."""
     v = 16 // DTYPE_BYTES[spec.dtype]
@@ -482,8 +481,8 @@ def _loaded(call: Call, k: KernelConfig, kind: str):
     call's inputs allow (the output is ours, always aligned)."""
     v = vector_steps(call.spec, k, kind)
     # the backward's dout is aligned by `backward` where these are (it copies it otherwise)
-    bc = dict(B=call.B, C=call.C) if kind == "bwd" else {}
-    v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z, **bc)) else 0
+    v = v if vector_ok(call, v, dict(u=call.u, delta=call.delta, z=call.z, B=call.B,
+                                     C=call.C)) else 0
     smem = smem_bytes(call.spec, k, kind)
     fn = cuda_runtime.function(kernel_name(call.spec, k, kind, v), _source(call.spec, k, kind, v),
                                call.u.device.index or 0, smem)

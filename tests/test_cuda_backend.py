@@ -241,28 +241,36 @@ def _inputs_b2_d40_l96(dtype, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_vector_and_element_forwards_agree(dtype, reverse):
-    """An aligned call takes the 16-byte-vector forward; the same values 2 bytes off (a view into
-    a wider buffer: strides still multiples of the vector) take the element forward. Both match
-    the float64 reference, and the misaligned call does not reuse the vector kernel."""
+def test_vector_and_element_forwards_agree(dtype, reverse, monkeypatch):
+    """An aligned call takes the 16-byte-vector forward (u, delta, z, B, C, out); the same
+    values 2 bytes off (a view into a wider buffer: strides still multiples of the vector), of
+    every tensor or of B alone, take the element forward. All match the float64 reference, and
+    a misaligned call does not reuse the vector kernel."""
     from ssmgen.numerics import assert_close
     from ssmgen.reference import selective_scan_ref
 
     x, g = _inputs_b2_d40_l96(dtype, 3)
     b, d, L = 2, 40, 96
     ref = selective_scan_ref(**x, delta_softplus=True, reverse=reverse)  # computed in float64
+    loaded, real_function = [], cb.cuda_runtime.function
+    monkeypatch.setattr(cb.cuda_runtime, "function",
+                        lambda name, *a: loaded.append(name) or real_function(name, *a))
     outs = []
-    for off in (0, 1, 0):  # vector, element, vector again
+    # vector, element, element (B alone 2 bytes off), vector again
+    for off, names in ((0, "u delta z B C"), (1, "u delta z B C"), (1, "B"), (0, "B")):
         y = dict(x)
-        for n in ("u", "delta", "z"):
-            wide = torch.full((b, d, L + 16), float("nan"), dtype=dtype, device="cuda")
-            y[n] = wide[:, :, off:off + L].copy_(x[n])
-        assert (y["u"].data_ptr() % 16 == 0) == (off == 0)
+        for n in names.split():
+            wide = torch.full(x[n].shape[:-1] + (L + 16,), float("nan"), dtype=dtype,
+                              device="cuda")
+            y[n] = wide[..., off:off + L].copy_(x[n])
+        assert (y["B"].data_ptr() % 16 == 0) == (off == 0)
+        loaded.clear()
         with torch.no_grad():
             outs.append(ssmgen.selective_scan(**y, delta_softplus=True, reverse=reverse,
                                               backend="cuda"))
-        assert_close(f"out (offset {off})", outs[-1], ref, dtype)
-    assert torch.equal(outs[0], outs[2])
+        assert loaded and all(n.endswith(("_v8", "_v4")) == (off == 0) for n in loaded), loaded
+        assert_close(f"out (offset {off} of {names})", outs[-1], ref, dtype)
+    assert torch.equal(outs[0], outs[3])
 
 
 @pytest.mark.gpu
