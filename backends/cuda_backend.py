@@ -201,6 +201,17 @@ def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
 
 
 # -- rendering -----------------------------------------------------------------------------
+def state_run(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
+    """Consecutive states per run of a lane's K (template macro `sn`): the forward kinds take
+    runs of the shared-load width (4, 2, 1), interleaved over the channel's lanes, so that
+    the lanes' B / C loads of a step are one contiguous span (no bank conflicts); the backward
+    keeps K consecutive states (its per-thread shared-memory rows are contiguous)."""
+    K = states_per_thread(spec, k)
+    if kind in ("bwd", "bsplit"):
+        return K
+    return 4 if K % 4 == 0 else 2 if K % 2 == 0 else 1
+
+
 def geometry(spec: ScanSpec, k: KernelConfig) -> dict:
     K = states_per_thread(spec, k)
     return dict(K=K, NP=K * k.lpc, LPC=k.lpc, CPB=k.threads // k.lpc, THREADS=k.threads,
@@ -423,7 +434,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         has_initial_state=spec.has_initial_state, reverse=spec.reverse, varlen=spec.varlen,
         deterministic=spec.deterministic,
         smem=offsets, YP=_partials(spec, k, kind), **geometry(spec, k),
-        scatter=_scatter(spec, k, kind),
+        scatter=_scatter(spec, k, kind), SQ=state_run(spec, k, kind),
         **_elements(spec, k, vec, kind))
 
 

@@ -127,6 +127,16 @@ _SPLIT_CASES = {
         bwd={"threads": 64, "lpc": 4, "tl": 16, "tb": 8, "splits": 16}),
     "deterministic-groups": dict(dtype=torch.bfloat16, complex=False, B_groups=2, C_groups=4,
                                  deterministic=True),
+    # the forward's states as runs interleaved over lanes (cuda_backend.state_run, macro sn):
+    # K 8 in runs of 4 and K 6 in runs of 2, through initial states, packed sequences, the
+    # splits' end states and decays, and the last states
+    "state-runs-of-4-varlen-h0": dict(dtype=torch.bfloat16, complex=False, batch=1,
+                                      varlen=True, cu_seqlens=[0, 50, 96, 200, 300],
+                                      initial_state=True,
+                                      fwd={"threads": 64, "lpc": 2, "tl": 32, "splits": 4}),
+    "state-runs-of-2-complex-h0": dict(dtype=torch.float32, complex=True, N=12,
+                                       initial_state=True,
+                                       fwd={"threads": 64, "lpc": 2, "tl": 32, "splits": 4}),
 }
 
 
@@ -167,6 +177,10 @@ _SUM_CASES = {
                          bwd={"threads": 64, "lpc": 8, "tl": 32, "tb": 4}),
     "n16-lpc1-tb2": dict(dtype=torch.float32, complex=False,
                          bwd={"threads": 64, "lpc": 1, "tl": 16, "tb": 2}),
+    # forward K 8 of N 30 (NP 32) in runs of 4 over the lanes: padded states in the last run
+    "n30-fwd-state-runs-padded": dict(dtype=torch.bfloat16, complex=False, N=30, reverse=True,
+                                      fwd={"threads": 128, "lpc": 4, "tl": 32},
+                                      bwd={"threads": 64, "lpc": 4, "tl": 32, "tb": 4}),
     "n17-deterministic": dict(dtype=torch.float32, complex=False, N=17, B_groups=2,
                               deterministic=True,
                               bwd={"threads": 64, "lpc": 4, "tl": 16, "tb": 4}),
