@@ -185,7 +185,9 @@ def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
             return False
         return k.lpc <= max(1, 1 << max(0, math.ceil(math.log2(spec.d_state))))
 
-    fwd = [k for t, K, tl in itertools.product((64, 128, 256, 512), (1, 2, 4, 8), (16, 32, 64))
+    # forward K up to 16: with the states in runs over lanes (state_run) K 8 won at d_state
+    # 64-128 (NOTES "CUDA forward v5"), so the next size up is worth a try
+    fwd = [k for t, K, tl in itertools.product((64, 128, 256, 512), (1, 2, 4, 8, 16), (16, 32, 64))
            if ok(k := KernelConfig(t, _lpc_for(spec, K), tl, 8), spec, "fwd")]
     fwd = list(dict.fromkeys(fwd))
     bwd = []
