@@ -214,6 +214,15 @@ def state_run(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
     return 4 if K % 4 == 0 else 2 if K % 2 == 0 else 1
 
 
+def half_tiles(spec: ScanSpec, k: KernelConfig, kind: str) -> bool:
+    """The forward keeps 16-bit variable B / C tiles in shared memory as they came (exact),
+    halving the step loop's shared-memory reads: those, not the SFU, bound the forward
+    (NOTES "CUDA forward v5": (2K + 2) / K floats per state-step against 2 SFU cycles). Real A,
+    and runs of 2 or 4 states (one 4- or 8-byte load per run)."""
+    return (kind in ("fwd", "fsplit") and DTYPE_BYTES[spec.dtype] == 2 and not spec.complex_A
+            and state_run(spec, k, kind) in (2, 4))
+
+
 def geometry(spec: ScanSpec, k: KernelConfig) -> dict:
     K = states_per_thread(spec, k)
     return dict(K=K, NP=K * k.lpc, LPC=k.lpc, CPB=k.threads // k.lpc, THREADS=k.threads,
@@ -235,9 +244,10 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
         arrays += ([("S_SIG", chan)] if spec.delta_softplus else [])
         arrays += [("S_Y", chan), ("S_S1", chan), ("S_S2", chan)] if kind == "bwd" else []
     tiles = {"fwd": "BC", "bwd": "BC", "fsplit": "B", "bsplit": "C"}[kind]
+    half = half_tiles(spec, k, kind)
     for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
         if var and X in tiles:
-            arrays += [(f"S_{X}{p}", g["TL"] * g["NP"]) for p in parts]
+            arrays += [(f"S_{X}{p}", g["TL"] * g["NP"] // (2 if half else 1)) for p in parts]
     arrays += [("S_RST", g["TL"]), ("S_END", g["TL"])] if spec.varlen else []
     # the sequence of each step of the tile, whose initial state a sequence start takes
     arrays += [("S_SEQ", g["TL"])] if spec.varlen and spec.has_initial_state else []
@@ -437,6 +447,7 @@ def context(spec: ScanSpec, k: KernelConfig, kind: str, vec: int = 0) -> dict:
         deterministic=spec.deterministic,
         smem=offsets, YP=_partials(spec, k, kind), **geometry(spec, k),
         scatter=_scatter(spec, k, kind), SQ=state_run(spec, k, kind),
+        HBC=half_tiles(spec, k, kind),
         **_elements(spec, k, vec, kind))
 
 
