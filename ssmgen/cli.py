@@ -230,10 +230,13 @@ def tune_cmd(a) -> int:
         c, d = r["config"], r["default"]
         kcls = backends.get(backend).ScanConfig.KERNEL
         tag = lambda k: kcls(**k).label()  # noqa: E731
-        fb, db = r["fwd_ms"] + r["bwd_ms"], (d["fwd_ms"] or float("nan")) + (d["bwd_ms"] or float("nan"))
+        # a kind kept from an earlier record (--keep-*) has no default timing
+        ms = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        both = d["fwd_ms"] is not None and d["bwd_ms"] is not None
+        speedup = f"{(d['fwd_ms'] + d['bwd_ms']) / (r['fwd_ms'] + r['bwd_ms']):.2f}x" if both else "-"
         print(f"| {name} | {backend} | {c['chunk_len']} | {tag(c['fwd'])} | {r['fwd_ms']:.3f} "
-              f"({d['fwd_ms'] or float('nan'):.3f}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
-              f"({d['bwd_ms'] or float('nan'):.3f}) | {db / fb:.2f}x |")
+              f"({ms(d['fwd_ms'])}) | {tag(c['bwd'])} | {r['bwd_ms']:.3f} "
+              f"({ms(d['bwd_ms'])}) | {speedup} |")
     if step_rows:
         print("\n| decode step | backend | config | us (default) |\n|---|---|---|---|")
     for name, backend, r in step_rows:
