@@ -216,9 +216,10 @@ def state_run(spec: ScanSpec, k: KernelConfig, kind: str) -> int:
 
 def half_tiles(spec: ScanSpec, k: KernelConfig, kind: str) -> bool:
     """The forward keeps 16-bit variable B / C tiles in shared memory as they came (exact),
-    halving the step loop's shared-memory reads: those, not the SFU, bound the forward
-    (NOTES "CUDA forward v5": (2K + 2) / K floats per state-step against 2 SFU cycles). Real A,
-    and runs of 2 or 4 states (one 4- or 8-byte load per run)."""
+    halving the step loop's B / C reads ((2K + 2) / K words per state-step -> (K + 2) / K).
+    Measured 0-5% faster (NOTES "CUDA forward v5": the step chain's latency is the other
+    limit), and half the tiles' shared memory. Real A, runs of 2 or 4 states (one 4- or 8-byte
+    load per run)."""
     return (kind in ("fwd", "fsplit") and DTYPE_BYTES[spec.dtype] == 2 and not spec.complex_A
             and state_run(spec, k, kind) in (2, 4))
 

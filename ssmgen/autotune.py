@@ -158,8 +158,8 @@ def tune(inputs, delta_softplus=True, backend: str = "triton", *, variants=None,
     names where its forward came from (fwd_from). keep_bwd: the same for the backward (its
     chunk_len and config; bwd_from), after a forward-only change. earlier: an earlier record of
     this problem whose configs join the candidates right after the defaults, beyond the caps
-    (max_fwd, max_bwd) where those dropped them, so that a tune cannot lose a previous winner (seen: m1_n128's forward, NOTES "CUDA
-    forward v4").
+    (max_fwd, max_bwd) where those dropped them, so that a tune cannot lose a previous winner
+    (seen: m1_n128's forward, NOTES "CUDA forward v4").
 
     timer(fn) -> ms; default: CUDA events with an L2 flush. device: the record's device dict
     (default: the current CUDA device). progress(done, total, text) is called per candidate."""
