@@ -13,9 +13,5 @@ PYTHONPATH=/tmp/oldsite${PYTHONPATH:+:$PYTHONPATH} timeout ${AB_S:-150} python3 
 tail -2 $R/ab_old.log; cut -c1-200 $R/ab_old.json
 timeout ${AB_S:-150} python3 benchmarks/bwd_ab_proc.py --kind fwd --against /tmp/ab > $R/ab_new.json 2> $R/ab_new.log
 tail -2 $R/ab_new.log; cut -c1-300 $R/ab_new.json
-timeout ${TEST_S:-150} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  -k "lane_and_channel_sums or vector_and_element_forwards or split_sequences" \
-  tests/test_scan_numerics.py tests/test_cuda_backend.py > $R/gpu_tests.log 2>&1
-tail -6 $R/gpu_tests.log
-timeout ${SMOKE_S:-120} python3 benchmarks/cuda_smoke.py --no-time > $R/smoke.log 2>&1; tail -4 $R/smoke.log
+source benchmarks/forward_checks.sh
 cd $OUT && tar czf fwd_v4.tgz fwd_v4 && rm -rf fwd_v4

@@ -14,9 +14,5 @@ timeout ${NCU_S:-90} ncu --clock-control none -k regex:ssmgen_cuda_fwd --launch-
   --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats \
   python3 benchmarks/bwd_ab_proc.py --kind fwd --shapes m1_n128_bf16 > $R/ncu_fwd_m1_n128.txt 2>&1
 grep -E "ssmgen_cuda|Duration|L1/TEX Cache Throughput|Memory Throughput|Registers Per|Issued Warp|No Eligible|Warp Cycles Per Issued" $R/ncu_fwd_m1_n128.txt | head -20
-timeout ${TEST_S:-170} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  -k "vector_and_element_forwards or lane_and_channel_sums or split_sequences" \
-  tests/test_scan_numerics.py tests/test_cuda_backend.py > $R/gpu_tests.log 2>&1
-tail -4 $R/gpu_tests.log
-timeout ${SMOKE_S:-100} python3 benchmarks/cuda_smoke.py --no-time > $R/smoke.log 2>&1; tail -3 $R/smoke.log
+source benchmarks/forward_checks.sh
 cd $OUT && tar czf fwd_v5.tgz fwd_v5 && rm -rf fwd_v5

@@ -8,10 +8,7 @@ set -u
 source benchmarks/device_setup.sh
 R=$OUT/fwd_v5b; mkdir -p $R
 AB_NO_SETUP=1 NAME=fwd_v5b/rounds ROUNDS=${ROUNDS:-2} SHAPES=${SHAPES:-m1_n128_bf16} bash benchmarks/ab_rounds.sh
-timeout ${TEST_S:-150} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  -k "state_runs or lane_and_channel_sums or split_sequences or vector_and_element_forwards" \
-  tests/test_scan_numerics.py tests/test_cuda_backend.py > $R/gpu_tests.log 2>&1
-tail -4 $R/gpu_tests.log
+source benchmarks/forward_checks.sh
 timeout ${CUDA_S:-330} python3 -m ssmgen tune --backends cuda --max-bwd 32 --budget-s ${CUDA_BUDGET:-300} --keep-bwd 2>&1 | tr '\r' '\n' > $R/tune_cuda.log
 grep -A10 "^tuned" $R/tune_cuda.log
 cp "$SSMGEN_CACHE_DIR/autotune/records.json" $OUT/records.json

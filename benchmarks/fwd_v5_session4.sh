@@ -7,11 +7,7 @@ set -u
 source benchmarks/device_setup.sh
 R=$OUT/fwd_v5d; mkdir -p $R
 AB_NO_SETUP=1 NAME=fwd_v5d/rounds ROUNDS=${ROUNDS:-2} SHAPES=${SHAPES:-m1_130m_bf16,m1_1.4b_bf16,m1_n64_bf16,m1_n128_bf16} bash benchmarks/ab_rounds.sh
-timeout ${TEST_S:-120} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  -k "state_runs or lane_and_channel_sums or vector_and_element_forwards or split_sequences" \
-  tests/test_scan_numerics.py tests/test_cuda_backend.py > $R/gpu_tests.log 2>&1
-tail -3 $R/gpu_tests.log
-timeout ${SMOKE_S:-80} python3 benchmarks/cuda_smoke.py --no-time > $R/smoke.log 2>&1; tail -2 $R/smoke.log
+source benchmarks/forward_checks.sh
 timeout ${CUDA_S:-240} python3 -m ssmgen tune --backends cuda --shapes m1_130m_bf16,m1_1.4b_bf16,m1_long_bf16,m1_n64_bf16,m1_n128_bf16 \
   --max-fwd 16 --budget-s ${CUDA_BUDGET:-210} --keep-bwd 2>&1 | tr '\r' '\n' > $R/tune_cuda.log
 grep -A8 "^tuned" $R/tune_cuda.log
