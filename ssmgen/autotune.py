@@ -289,9 +289,9 @@ def _with_earlier(rec: dict, default, fwd: list, bwd: list):
 
 
 def earlier_record(backend: str, inputs, delta_softplus=True, variants=None,
-                 device_name: str | None = None) -> dict | None:
+                   device_name: str | None = None) -> dict | None:
     """The newest record of this backend, device, tuning key and exact shape, whatever its
-    template version (tune's keep_fwd / keep_bwd), or None."""
+    template version (tune's earlier, keep_fwd / keep_bwd), or None."""
     from . import device as dev
 
     call = normalize(*inputs, delta_softplus=delta_softplus,
