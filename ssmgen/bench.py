@@ -308,12 +308,20 @@ def main(suite_path=None, out_root="benchmarks/results", shapes=None,
     meta["peer_step"] = "mamba-ssm Triton selective_state_update" if peer_step else None
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows, "step_rows": step_rows}, f, indent=1)
+    text = report(meta, rows, step_rows, out)
+    print(text)
+    return 0
+
+
+def report(meta, rows, step_rows, out) -> str:
+    """results.md (the scan table, then the step table) and, where scan shapes ran,
+    results.png under `out`; returns the markdown. A run of step shapes alone has no plot."""
     text = table(meta, rows) + (step_table(step_rows) if step_rows else "")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
-    plot(rows, os.path.join(out, "results.png"))
-    print(text)
-    return 0
+    if rows:
+        plot(rows, os.path.join(out, "results.png"))
+    return text
 
 
 def impls(rows) -> list:

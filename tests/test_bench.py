@@ -39,3 +39,14 @@ def test_report_table_and_plot(tmp_path):
     assert "| m1_130m_bf16 | peer | 2.000 |" in text
     bench.plot(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_report_of_step_shapes_alone(tmp_path):
+    """`ssmgen bench --shapes step_...` has step rows and no scan rows: a table, no plot."""
+    meta = {"device": {"name": "FakeGPU"}, "copy_TBps": 3.0, "exp2_Tps": 4.0, "date": "today"}
+    step = [{"name": "step_b64_d4096_n16", "kind": "step", "triton_eager_ms": 0.02,
+             "triton_graph_ms": 0.008, "floor_ms": 0.012}]
+    text = bench.report(meta, [], step, str(tmp_path))
+    assert "| step_b64_d4096_n16 | triton | 0.0200 | 0.0080 | 0.0120 |" in text
+    assert (tmp_path / "results.md").read_text().strip() == text.strip()
+    assert not (tmp_path / "results.png").exists()
