@@ -20,11 +20,12 @@ setup(
     },
     package_data={
         "ssmgen": ["suite.json"],
+        "ssmgen.backends": ["*.cpp"],
         "ssmgen.templates": ["triton/*.jinja", "triton/*.json", "cuda/*.jinja", "cuda/*.json"],
         "ssmgen.autotune_cache": ["*.json"],
     },
     include_package_data=True,
     install_requires=["torch", "triton", "jinja2"],
-    extras_require={"test": ["pytest", "hypothesis", "numpy"], "cuda": ["cupy-cuda13x"]},
+    extras_require={"test": ["pytest", "hypothesis", "numpy"], "cuda": ["cupy-cuda13x", "ninja"]},
     entry_points={"console_scripts": ["ssmgen=ssmgen.cli:main"]},
 )

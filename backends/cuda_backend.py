@@ -736,16 +736,35 @@ def step(call, k: KernelConfig) -> torch.Tensor:
 def step_launcher(call, k: KernelConfig, slots):
     """A launcher of this call shape's step kernel: values -> None, where only the tensors at
     `slots` differ from call to call (ssmgen.step's plans); one prepared launch per device."""
-    prepared: dict = {}
-    slots = tuple(slots)
+    return _StepLauncher(call, k, tuple(slots))
 
-    def launch(values):
-        dev = values[slots[0]].device.index or 0
-        p = prepared.get(dev)
+
+class _StepLauncher:
+    def __init__(self, call, k: KernelConfig, slots: tuple):
+        self.call, self.k, self.slots = call, k, slots
+        self.prepared: dict = {}
+
+    def _get(self, values):
+        dev = values[self.slots[0]].device.index or 0
+        p = self.prepared.get(dev)
         if p is None:
-            p = prepared[dev] = _step_prepared(call, k, values, dev)
-        p([(i, values[i].data_ptr()) for i in slots])
-    return launch
+            p = self.prepared[dev] = _step_prepared(self.call, self.k, values, dev)
+        return p
+
+    def __call__(self, values) -> None:
+        self._get(values)([(i, values[i].data_ptr()) for i in self.slots])
+
+    def fast_parts(self, values: list):
+        """What a C++ launch (fastcall.Launch) needs: every parameter is an int64 cell; the
+        kernels make no alignment assumption (slots -1). None where launches go through CuPy
+        (SSMGEN_CUDA_LAUNCH=cupy, or no driver entry point)."""
+        if cuda_runtime._cu_launch() is None:
+            return None
+        p = self._get(values)
+        return dict(cells=[int(v) & (2**64 - 1) for v in p._vals],
+                    cell_of={i: i for i in range(len(values))},
+                    aligned={i: -1 for i in self.slots}, fn=cuda_runtime._ptr(p.fn),
+                    grid=p.grid, block=p.threads, smem=p.smem)
 
 
 def launch_step(call, k: KernelConfig, values: list) -> None:

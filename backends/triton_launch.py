@@ -43,6 +43,11 @@ def _jit_only() -> bool:
     return _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook)
 
 
+def unhooked() -> bool:
+    """No interpreter and no launch hooks: a launch may bypass the JIT (fastcall's guard)."""
+    return not _jit_only()
+
+
 def _raw(values: list) -> list:
     """Pointers as ints: Triton's launcher takes an int as the address itself, where for a
     tensor it calls data_ptr() and asks the driver about the pointer (~0.3 us per argument)."""
@@ -106,3 +111,42 @@ class Bound:
         for i, p in zip(self.slots, ptrs):
             args[i] = p
         _run(kernel, self.grid, dev, args)
+
+    def fast_parts(self, values: list):
+        """What a C++ launch (fastcall.Launch) of the kernel these values selected needs: the
+        parameters' 64-bit cells (pointers 0), each slot's alignment (1 / 0: the kernel was
+        specialized on it), the CUfunction and the launch shape; None where that kernel is not
+        compiled yet or takes what the driver call alone does not give (scratch buffers,
+        clusters, cooperative or PDL launches, tensor descriptors)."""
+        from . import fastcall
+
+        if _jit_only():
+            return None
+        dev = torch.cuda.current_device()
+        ptrs = [values[i].data_ptr() for i in self.slots]
+        key = (dev, *[values[i].dtype for i in self.slots], *[p & 15 == 0 for p in ptrs])
+        kernel = self.kernels.get(key)
+        if kernel is None or kernel.function is None:
+            return None
+        md = kernel.metadata
+        if (getattr(md, "num_ctas", 1) != 1 or md.global_scratch_size or md.profile_scratch_size
+                or md.launch_cooperative_grid or md.launch_pdl):
+            return None
+        types = list(kernel.src.signature.values())
+        if len(types) != len(values) or any(not isinstance(t, str) or t.startswith("tensordesc")
+                                            for t in types):
+            return None
+        cells = [fastcall.cell(t, v if not isinstance(v, torch.Tensor) else 0)
+                 for t, v in zip(types, values) if t != "constexpr"]
+        # the launcher's two trailing scratch pointers (NULL: both sizes are 0)
+        cells += [0, 0]
+        at = {}  # position in values -> cell, constexprs dropped
+        for i, t in enumerate(types):
+            if t != "constexpr":
+                at[i] = len(at)
+        if any(i not in at for i in self.slots):
+            return None
+        g = tuple(self.grid) + (1,) * (3 - len(self.grid))
+        return dict(cells=cells, cell_of=at,
+                    aligned={i: int(p & 15 == 0) for i, p in zip(self.slots, ptrs)},
+                    fn=kernel.function, grid=g, block=32 * md.num_warps, smem=md.shared)

@@ -10,6 +10,6 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
 python -m pip install -q "triton==3.6.0" "numpy<2.3" "jinja2>=3" "hypothesis>=6" "pytest>=8" \
-    pytest-xdist setuptools wheel matplotlib
+    pytest-xdist setuptools wheel matplotlib ninja
 python -m pip install -q --no-deps --no-build-isolation -e .
 python -c "import ssmgen, torch, triton; print('ssmgen', ssmgen.__version__, '| torch', torch.__version__, '| triton', triton.__version__)"

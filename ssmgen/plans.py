@@ -52,11 +52,17 @@ def runs_kernels_directly(t: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+_MAX_FAST = 8  # C++ launches tried per flags before the signature path (recent signatures)
+
+
 class Table:
-    """signature -> plan, with the tuning records' state each plan was made under."""
+    """signature -> plan, with the tuning records' state each plan was made under; and per
+    call flags, the C++ launches (backends/fastcall.py) made from those plans, which check a
+    call's arguments themselves, so that a hit skips the signature too."""
 
     def __init__(self):
         self._plans: dict = {}
+        self._fast: dict = {}
 
     def get(self, key):
         hit = self._plans.get(key)
@@ -81,8 +87,34 @@ class Table:
         self._plans.pop(key, None)
         return None
 
+    def fast(self, flags):
+        """The C++ launches made under these flags ((launch, guard) pairs, newest first), or
+        None when there are none or the records changed since (the same rule as get())."""
+        hit = self._fast.get(flags)
+        if hit is None:
+            return None
+        if hit[1] != tunecache.writes:
+            del self._fast[flags]
+            return None
+        now = time.monotonic()
+        if now - hit[3] > RECHECK_S:
+            if tunecache.all_records() is not hit[2]:
+                del self._fast[flags]
+                return None
+            hit[3] = now
+        return hit[0]
+
+    def put_fast(self, flags, launch, guard=None) -> None:
+        hit = self._fast.get(flags)
+        if hit is None or hit[1] != tunecache.writes:
+            hit = self._fast[flags] = [[], tunecache.writes, tunecache.all_records(),
+                                       time.monotonic()]
+        hit[0].insert(0, (launch, guard))
+        del hit[0][_MAX_FAST:]
+
     def clear(self) -> None:
         self._plans.clear()
+        self._fast.clear()
 
     def __len__(self):
         return len(self._plans)

@@ -16,6 +16,7 @@ the host would cost a device sync on every step).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -224,11 +225,20 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     from .ops import pick_backend
 
     raw = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    if config is None:
+        fast = _plans.fast((backend, dt_softplus))
+        if fast is not None and plans.enabled():
+            poison = os.environ.get("SSMGEN_POISON") == "1"
+            for launch, guard in fast:
+                if guard is None or guard():
+                    out = launch.run(raw, poison)
+                    if out is not None:
+                        return out
     key = (plans.signature((backend, dt_softplus), raw) if config is None and plans.enabled()
            else None)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:
-        return plan.run(raw)
+        return plan.run(raw, key[:2])
     call = normalize_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                           state_batch_indices)
     # on a GPU the Triton step by default: measured 8.1 us vs the CUDA step's 21.4 us per call
@@ -250,7 +260,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     k = step_config(mod, call, config, name)
     out = mod.step(call, k).reshape(x.shape)
     if key is not None:
-        plan = _Plan.make(mod, call, k, raw, x.shape)
+        plan = _Plan.make(mod, call, k, raw, x.shape, name)
         if plan is not None:
             _plans.put(key, plan)
     return out
@@ -275,9 +285,11 @@ class _Plan:
     out: int                # position of out in values
     out_shape: tuple
     x_shape: tuple
+    backend: str
+    fast_tried: bool = False
 
     @classmethod
-    def make(cls, mod, call: StepCall, k, raw, x_shape):
+    def make(cls, mod, call: StepCall, k, raw, x_shape, backend: str):
         """None where normalize_step made a copy of a caller's tensor (a dtype or layout change:
         such a call keeps the full path, which makes the copy)."""
         from .backends import buffers
@@ -301,9 +313,9 @@ class _Plan:
         bare = dataclasses.replace(call, state=None, x=None, dt=None, A=None, B=None, C=None,
                                    D=None, z=None, dt_bias=None, indices=None)
         launch = mod.step_launcher(bare, k, [i for i, _, _ in slots] + [out_at])
-        return cls(launch, values, slots, out_at, out_shape, tuple(x_shape))
+        return cls(launch, values, slots, out_at, out_shape, tuple(x_shape), backend)
 
-    def run(self, raw):
+    def run(self, raw, flags):
         from .backends import buffers
 
         values = list(self.values)
@@ -313,7 +325,38 @@ class _Plan:
         out = buffers.new(self.out_shape, x.dtype, x.device)
         values[self.out] = out
         self.launch(values)
+        if not self.fast_tried:  # the launcher has its kernel now: the C++ launch of it
+            self.fast_tried = True
+            self._make_fast(raw, values, flags)
         return out.view(self.x_shape)
+
+    def _make_fast(self, raw, values, flags) -> None:
+        """Registers a fastcall.Launch of this plan under its flags, checked against this
+        call's arguments: later calls with the same metadata skip the signature and this
+        Python launch (benchmarks/NOTES.md, "Eager decode step"). Nothing where the module
+        cannot be built or the launcher cannot say what it launches."""
+        from .backends import fastcall
+
+        parts = getattr(self.launch, "fast_parts", None)
+        mod = fastcall.module() if parts is not None else None
+        parts = parts(values) if mod is not None else None
+        dev = fastcall.current_device() if parts is not None else -1
+        if parts is None or dev < 0:
+            return
+        at = parts["cell_of"]
+        slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
+        try:
+            launch = mod.Launch(tuple(raw), parts["cells"], slots, at[self.out], 1,
+                                list(self.x_shape), dev, torch._C._cuda_getCurrentRawStream,
+                                parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
+        except ValueError:  # an argument that is not a plain tensor: the Python plan only
+            return
+        guard = None
+        if self.backend == "triton":
+            from .backends import triton_launch
+
+            guard = triton_launch.unhooked
+        _plans.put_fast(flags, launch, guard)
 
 
 def _view_dtype(t):

@@ -6,7 +6,9 @@ matches the float64 reference like the first, outputs and every gradient; a valu
 check (cu_seqlens) still runs on a hit; a call whose normalization copies an argument makes no
 step plan and stays correct; plans keep no caller tensor alive; plans go stale when tuning
 records change; the fast launchers (Triton's compiled-kernel launch, the driver launch of the
-CUDA backend) match the slow ones on the GPU, misaligned pointers included.
+CUDA backend) match the slow ones on the GPU, misaligned pointers included; a step that matches
+a C++ launch (backends/fastcall.py) skips the Python plan, and one that does not (metadata,
+alignment) takes it, right either way.
 """
 import gc
 import weakref
@@ -61,6 +63,16 @@ def test_step_plan_matches_reference(c, seed):
         finally:
             step.step_config = real
         assert not looked_up, "a planned call must not look its config up again"
+        if HAS_CUDA:  # the plan's run made its C++ launch: the next call takes it
+            assert step._plans.fast((backend, c["softplus"])), "no C++ launch was made"
+            ran = []
+            real_run = step._Plan.run
+            step._Plan.run = lambda *a, **k: ran.append(1) or real_run(*a, **k)
+            try:
+                check(c, backend, seed + 2)
+            finally:
+                step._Plan.run = real_run
+            assert not ran, "a call matching a C++ launch must not run the Python plan"
 
 
 def test_step_copied_arguments_make_no_plan():
@@ -212,3 +224,61 @@ def test_cuda_driver_launch_matches_cupy(monkeypatch):
     cr._cu_launch.cache_clear()
     assert cr._cu_launch() is not None
     assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_step_cpp_launch_falls_back_on_any_difference(backend):
+    """A serving loop's step: D and dt_bias as nn.Parameter, a state pool with indices. After the
+    C++ launch exists, calls that differ in strides or (Triton) alignment of x take the Python
+    path and stay right; the original signature takes the C++ launch again."""
+    c = dict(batch=5, heads=4, headdim=16, N=16, groups=2, complex=False, dtype=torch.bfloat16,
+             mamba2=True, indices=True, D=True, z=True, bias=True, softplus=True,
+             complex_tensor=False, tie=True)
+
+    def args_of(seed, x_variant=None):
+        a = make(c, seed)
+        a[6] = torch.nn.Parameter(a[6])
+        a[8] = torch.nn.Parameter(a[8])
+        if x_variant == "strided":
+            a[1] = torch.cat([a[1], a[1]], dim=-1)[..., :c["headdim"]]
+        elif x_variant == "misaligned":
+            flat = torch.empty(a[1].numel() + 1, dtype=a[1].dtype, device=DEV)
+            a[1] = flat[1:].view(a[1].shape).copy_(a[1])
+        return a
+
+    def run_and_check(a):
+        state0 = a[0].clone()
+        y_ref, rows_ref = step.selective_state_update_ref(*a)
+        y = ssmgen.selective_state_update(*a, backend=backend)
+        live = a[10] >= 0
+        assert_close("out", y[live], y_ref[live], a[1].dtype)
+        assert_close("state", a[0][a[10][live]], rows_ref[live], torch.float32)
+        assert not torch.equal(a[0], state0)
+
+    for seed in range(3):
+        run_and_check(args_of(seed))
+    flags = (backend, True)
+    assert len(step._plans.fast(flags)) == 1
+    ran = []
+    real_run = step._Plan.run
+    step._Plan.run = lambda *a, **k: ran.append(1) or real_run(*a, **k)
+    try:
+        run_and_check(args_of(10))
+        assert not ran
+        # whether each of three calls runs a Python plan: a new signature takes the full path,
+        # then its plan (which makes its C++ launch), then that launch; a misaligned x keeps
+        # the original signature, whose Triton launch refuses it (kernel specialized on
+        # alignment) and whose CUDA launch takes it (no alignment assumed)
+        expect = {"strided": [False, True, False],
+                  "misaligned": [True, True, True] if backend == "triton" else [False] * 3}
+        for variant, want in expect.items():
+            for seed, w in zip((20, 21, 22), want):
+                ran.clear()
+                run_and_check(args_of(seed, variant))
+                assert bool(ran) == w, f"{variant}, call {seed - 19}: Python plan run {bool(ran)}"
+        ran.clear()
+        run_and_check(args_of(30))
+        assert not ran, "the first signature's C++ launch is still used"
+    finally:
+        step._Plan.run = real_run

@@ -1,0 +1,124 @@
+"""Prepared launches checked in C++ (fastcall.cpp): the eager decode step's host path.
+
+A planned step call (ssmgen.step) still spent ~40-65 us of Python per call on the H100 host
+(benchmarks/NOTES.md, "Host overhead"): the plan key reads 7 attributes of each of 10 arguments
+(~1 us per tensor there), `torch.empty` and `view` cost 3-4 us each, and Triton's launcher
+parses ~40 arguments. A `Launch` does the same checks on the tensors' C++ metadata, allocates
+out with `at::empty` and calls the driver's cuLaunchKernel, in one call from Python.
+
+The module is built once per torch / Python / source hash with torch's extension builder
+(ninja and a C++ compiler; ~30 s) into cache_dir()/fastcall/. Where it cannot be built, or
+SSMGEN_FASTCALL=0, `module()` is None and callers keep their Python path: the fast path is only
+ever an addition to a working one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+_SRC = Path(__file__).with_name("fastcall.cpp")
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("SSMGEN_FASTCALL", "1") != "0"
+
+
+def module():
+    """The built extension, or None (disabled, or the build failed: warned once)."""
+    if not enabled():
+        return None
+    if "mod" in _state:
+        return _state["mod"]
+    with _lock:
+        if "mod" not in _state:
+            _state["mod"] = _build()
+    return _state["mod"]
+
+
+def _build():
+    import torch
+    from torch.utils import cpp_extension
+
+    from ssmgen import render
+
+    src = _SRC.read_bytes()
+    tag = hashlib.sha256(src + torch.__version__.encode() + sys.version.encode()).hexdigest()[:12]
+    name = f"ssmgen_fastcall_{tag}"
+    build = render.cache_dir() / "fastcall" / name
+    try:
+        build.mkdir(parents=True, exist_ok=True)
+        _ninja_on_path()
+        return cpp_extension.load(name=name, sources=[str(_SRC)], build_directory=str(build),
+                                  extra_cflags=["-O2"], verbose=False)
+    except Exception as e:  # no compiler / ninja / headers: the Python path stays
+        warnings.warn(f"ssmgen: the C++ launcher (backends/fastcall.cpp) could not be built, "
+                      f"eager decode steps keep the Python launch path: {e}", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
+def _ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; a venv's pip-installed ninja is not on it unless the venv
+    is activated (`.venv/bin/python -m pytest`), so its folder is added."""
+    import shutil
+
+    if shutil.which("ninja") is not None:
+        return
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        dirs.insert(0, ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    for d in dirs:
+        if shutil.which("ninja", path=d) is not None:
+            os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+            return
+
+
+def current_device() -> int:
+    """The CUDA device of the driver's current context, -1 without one (what Launch.run
+    compares against the device its plan was made on)."""
+    import ctypes
+
+    try:
+        cu = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return -1
+    d = ctypes.c_int(-1)
+    return d.value if cu.cuCtxGetDevice(ctypes.byref(d)) == 0 else -1
+
+
+# -- parameter cells -----------------------------------------------------------------------------
+_INT_BITS = {"i1": 8, "i8": 8, "i16": 16, "i32": 32, "i64": 64, "u1": 8, "u8": 8, "u16": 16,
+             "u32": 32, "u64": 64}
+
+
+def cell(ty: str, v) -> int:
+    """A kernel parameter's bits in a 64-bit cell (the driver reads the parameter's size from
+    the cell's start: little-endian). ty: a Triton signature type; pointers take 0 here."""
+    import struct
+
+    if ty.startswith("*"):
+        return 0
+    if ty in ("fp32", "f32"):
+        return struct.unpack("<I", struct.pack("<f", float(v)))[0]
+    if ty == "fp64":
+        return struct.unpack("<Q", struct.pack("<d", float(v)))[0]
+    bits = _INT_BITS.get(ty)
+    if bits is None:
+        raise ValueError(f"fastcall: kernel parameter type {ty!r} is not supported")
+    v = int(v)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if ty[0] == "i" else (0, (1 << bits) - 1)
+    if ty == "i1":
+        lo, hi = 0, 1
+    if not lo <= v <= hi:
+        raise ValueError(f"fastcall: {v} does not fit a {ty} kernel parameter")
+    return v & ((1 << bits) - 1)
