@@ -3,7 +3,8 @@
 At shapes whose kernels run for a few microseconds, a loop of back-to-back eager calls is
 bound by the Python each call runs, so its time per call is the host overhead. Measured, each
 in the same process: selective_scan forward and forward+backward (tiny shape), the decode step
-(tiny and step_b64_d4096_n16), with call plans on and off (SSMGEN_PLANS) and, for the CUDA
+(tiny and step_b64_d4096_n16), with call plans on and off (SSMGEN_PLANS), the step's C++
+launch on and off (SSMGEN_FASTCALL) and, for the CUDA
 backend, launches through the driver and through CuPy (SSMGEN_CUDA_LAUNCH); mamba-ssm's
 selective_scan_fn and Triton selective_state_update where importable (SSMGEN_PEER_SRC and a
 built selective_scan_cuda). Then the m1_130m suite shape's forward through the public call
@@ -18,7 +19,7 @@ import sys
 import torch
 
 import ssmgen
-from ssmgen import bench, suite
+from ssmgen import bench, ops, step, suite
 from ssmgen.backends import cuda_runtime
 
 
@@ -32,18 +33,26 @@ def scan_inputs(b, d, L, N, dtype, grad):
     return [t.requires_grad_(grad) for t in x]
 
 
-def modes(backend):
+def modes(backend, is_step=False):
     yield "plans", {"SSMGEN_PLANS": "1"}
+    if is_step:  # the step's C++ launch (backends/fastcall.py) off: its Python plan only
+        yield "plans_no_fastcall", {"SSMGEN_PLANS": "1", "SSMGEN_FASTCALL": "0"}
     yield "no_plans", {"SSMGEN_PLANS": "0"}
     if backend == "cuda":
         yield "plans_cupy_launch", {"SSMGEN_PLANS": "1", "SSMGEN_CUDA_LAUNCH": "cupy"}
 
 
 def with_env(env, fn):
-    old = {k: os.environ.get(k) for k in ("SSMGEN_PLANS", "SSMGEN_CUDA_LAUNCH")}
-    os.environ.pop("SSMGEN_CUDA_LAUNCH", None)
+    """fn() under env; plans (and their C++ launches) are dropped before and after, so each
+    mode makes its own."""
+    names = ("SSMGEN_PLANS", "SSMGEN_CUDA_LAUNCH", "SSMGEN_FASTCALL")
+    old = {k: os.environ.get(k) for k in names}
+    for k in names:
+        os.environ.pop(k, None)
     os.environ.update(env)
     cuda_runtime._cu_launch.cache_clear()
+    ops._plans.clear()
+    step._plans.clear()
     try:
         return fn()
     finally:
@@ -53,6 +62,8 @@ def with_env(env, fn):
             else:
                 os.environ[k] = v
         cuda_runtime._cu_launch.cache_clear()
+        ops._plans.clear()
+        step._plans.clear()
 
 
 def us(fn, calls=300):
@@ -105,7 +116,7 @@ def main(out_path):
         a = bench.step_inputs(s)
         kw = dict(z=a[7], dt_bias=a[8], dt_softplus=True)
         for be in ("triton", "cuda"):
-            for mode, env in modes(be):
+            for mode, env in modes(be, is_step=True):
                 f = lambda: ssmgen.selective_state_update(*a[:7], **kw, backend=be)  # noqa
                 add(name, be, mode, measure(lambda: with_env(env, lambda: us(f, 500))))
         if peer_step is not None:
