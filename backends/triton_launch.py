@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import torch
+from triton import knobs  # module level: _jit_only runs on every fast step launch
 
 _kernels: dict = {}
 _MAX_KERNELS = 4096  # one entry per (kernel, shapes' ints, alignments): bounded, cleared when full
@@ -38,8 +39,6 @@ def _hooked(hook) -> bool:
 def _jit_only() -> bool:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return True
-    from triton import knobs
-
     return _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook)
 
 
