@@ -11,5 +11,5 @@ SSMGEN_EXAMPLES=25 timeout 260 python3 -m pytest -q -x tests/test_fastcall.py te
   tests/test_step.py tests/test_bench.py > $R/gpu_tests.log 2>&1; tail -5 $R/gpu_tests.log
 timeout 200 python3 benchmarks/host_overhead.py $R/host_overhead.json > $R/host_overhead.log 2>&1
 grep step $R/host_overhead.log
-timeout 120 python3 -m ssmgen bench --shapes step_b64_d4096_n16 --out $R/bench > $R/bench.log 2>&1
+timeout 120 python3 -m ssmgen bench --shapes step_b64_d4096_n16 --out $OUT/bench_step > $R/bench.log 2>&1
 tail -8 $R/bench.log
