@@ -7,7 +7,11 @@ parses ~40 arguments. A `Launch` does the same checks on the tensors' C++ metada
 out with `at::empty` and calls the driver's cuLaunchKernel, in one call from Python.
 
 The module is built once per torch / Python / source hash with torch's extension builder
-(ninja and a C++ compiler; ~30 s) into cache_dir()/fastcall/. Where it cannot be built, or
+(ninja and a C++ compiler; ~20-30 s) into cache_dir()/fastcall/. A step plan asks for it
+without waiting (`module(wait=False)`): the build runs in a thread while calls keep the Python
+plan, so a serving loop does not stall for it. The thread is not a daemon: torch's builder
+leaves a lock file behind when killed mid-build, on which later builds would wait forever, so a
+process that exits during the first build waits for it. Where it cannot be built, or
 SSMGEN_FASTCALL=0, `module()` is None and callers keep their Python path: the fast path is only
 ever an addition to a working one.
 """
@@ -29,16 +33,32 @@ def enabled() -> bool:
     return os.environ.get("SSMGEN_FASTCALL", "1") != "0"
 
 
-def module():
-    """The built extension, or None (disabled, or the build failed: warned once)."""
+def module(wait: bool = True):
+    """The built extension, or None: disabled, the build failed (warned once), or, with
+    wait=False, still building (started by the first call)."""
     if not enabled():
         return None
     if "mod" in _state:
         return _state["mod"]
     with _lock:
-        if "mod" not in _state:
-            _state["mod"] = _build()
-    return _state["mod"]
+        t = _state.get("thread")
+        if t is None:
+            t = _state["thread"] = threading.Thread(target=_build_once,
+                                                    name="ssmgen-fastcall-build")
+            t.start()
+    if wait:
+        t.join()
+    return _state.get("mod")
+
+
+def building() -> bool:
+    """The build thread runs and has not set the module yet."""
+    t = _state.get("thread")
+    return t is not None and t.is_alive() and "mod" not in _state
+
+
+def _build_once() -> None:
+    _state["mod"] = _build()
 
 
 def _build():
@@ -59,7 +79,7 @@ def _build():
     except Exception as e:  # no compiler / ninja / headers: the Python path stays
         warnings.warn(f"ssmgen: the C++ launcher (backends/fastcall.cpp) could not be built, "
                       f"eager decode steps keep the Python launch path: {e}", RuntimeWarning,
-                      stacklevel=3)
+                      stacklevel=2)
         return None
 
 

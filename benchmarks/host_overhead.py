@@ -20,7 +20,7 @@ import torch
 
 import ssmgen
 from ssmgen import bench, ops, step, suite
-from ssmgen.backends import cuda_runtime
+from ssmgen.backends import cuda_runtime, fastcall
 
 
 def scan_inputs(b, d, L, N, dtype, grad):
@@ -109,6 +109,7 @@ def main(out_path):
             add("scan_fwd_b1_d64_L64", "mamba-ssm selective_scan_cuda.fwd (no Python)", "-",
                 measure(lambda: us(f)))
 
+    fastcall.module()  # built before timing (step plans use it once its thread is done)
     peer_step = bench._peer_step()
     for name, s in (("step_b1_d64_n16", dict(batch=1, dim=64, d_state=16, dtype="bfloat16")),
                     ("step_b64_d4096_n16", dict(batch=64, dim=4096, d_state=16,

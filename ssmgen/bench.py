@@ -236,7 +236,9 @@ def run_step(s: dict, peer_step, backends=("triton", "cuda"), copy_bw=None) -> d
     """One decode-step shape: each ssmgen backend and mamba-ssm's Triton step, eager from
     Python and replayed in a CUDA graph; outputs compared with the first implementation."""
     import ssmgen
+    from .backends import fastcall
 
+    fastcall.module()  # built before timing: step plans would use it once its thread is done
     x = step_inputs(s)
     row = {"name": s["name"], "kind": "step"}
     fns = {be: (lambda be=be, st=x[0].clone(): ssmgen.selective_state_update(

@@ -326,7 +326,6 @@ class _Plan:
         values[self.out] = out
         self.launch(values)
         if not self.fast_tried:  # the launcher has its kernel now: the C++ launch of it
-            self.fast_tried = True
             self._make_fast(raw, values, flags)
         return out.view(self.x_shape)
 
@@ -334,11 +333,15 @@ class _Plan:
         """Registers a fastcall.Launch of this plan under its flags, checked against this
         call's arguments: later calls with the same metadata skip the signature and this
         Python launch (benchmarks/NOTES.md, "Eager decode step"). Nothing where the module
-        cannot be built or the launcher cannot say what it launches."""
+        cannot be built or the launcher cannot say what it launches; while the module builds
+        (a thread: the first use on a machine), a later run of this plan tries again."""
         from .backends import fastcall
 
         parts = getattr(self.launch, "fast_parts", None)
-        mod = fastcall.module() if parts is not None else None
+        mod = fastcall.module(wait=False) if parts is not None else None
+        if mod is None and parts is not None and fastcall.building():
+            return
+        self.fast_tried = True
         parts = parts(values) if mod is not None else None
         dev = fastcall.current_device() if parts is not None else -1
         if parts is None or dev < 0:

@@ -134,3 +134,38 @@ def test_float_and_pointer_cells():
     assert fastcall.cell("*bf16", 123) == 0
     with pytest.raises(ValueError, match="not supported"):
         fastcall.cell("nvTmaDesc", 0)
+
+
+def test_module_builds_in_a_thread_and_plans_retry_until_it_is_done(monkeypatch):
+    """A step plan asks for the module without waiting: while the build thread runs the plan
+    keeps its Python launch and asks again on its next run; once the build is over (here: it
+    failed, None) it stops asking."""
+    import threading
+
+    import ssmgen
+    from ssmgen import step
+    from test_step import make
+
+    gate = threading.Event()
+    built = []
+    monkeypatch.setattr(fastcall, "_state", {})
+    monkeypatch.setattr(fastcall, "_build", lambda: built.append(1) or gate.wait(10) and None)
+    assert fastcall.module(wait=False) is None and fastcall.building()
+    assert fastcall.module(wait=False) is None and len(built) == 1, "one build thread"
+
+    step._plans.clear()
+    c = dict(batch=2, heads=1, headdim=4, N=3, groups=1, complex=False, dtype=torch.float32,
+             mamba2=False, indices=False, D=True, z=False, bias=False, softplus=False,
+             complex_tensor=False, tie=False)
+    try:
+        for seed in range(2):  # the full path, then the plan's first run
+            ssmgen.selective_state_update(*make(c, seed), backend="triton")
+        (plan, *_), = step._plans._plans.values()
+        assert not plan.fast_tried, "asked while building: ask again later"
+        gate.set()
+        assert fastcall.module() is None and not fastcall.building()
+        ssmgen.selective_state_update(*make(c, 2), backend="triton")
+        assert plan.fast_tried and step._plans.fast(("triton", False)) is None
+    finally:
+        gate.set()
+        step._plans.clear()

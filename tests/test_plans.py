@@ -19,6 +19,7 @@ from hypothesis import given, settings, strategies as st
 
 import ssmgen
 from ssmgen import ops, plans, step, tunecache
+from ssmgen.backends import fastcall
 from ssmgen.numerics import assert_close
 from ssmgen.reference import selective_scan_ref
 
@@ -27,6 +28,8 @@ from test_step import HAS_CUDA, DEV, BACKENDS, check, make, step_cases
 
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
+    if HAS_CUDA:  # the C++ launcher built (step plans ask for it without waiting)
+        assert fastcall.module() is not None
     monkeypatch.setenv("SSMGEN_POISON", "1")
     monkeypatch.delenv("SSMGEN_PLANS", raising=False)
     ops._plans.clear()
