@@ -52,6 +52,24 @@ def runs_kernels_directly(t: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def _entry(value) -> list:
+    """[value, the records' state it was made under, when that was last checked]."""
+    return [value, tunecache.writes, tunecache.all_records(), time.monotonic()]
+
+
+def _current(entry: list) -> bool:
+    """False once this process wrote a record since, or (re-read at most every RECHECK_S)
+    another process did."""
+    if entry[1] != tunecache.writes:
+        return False
+    now = time.monotonic()
+    if now - entry[3] > RECHECK_S:
+        if tunecache.all_records() is not entry[2]:
+            return False
+        entry[3] = now
+    return True
+
+
 _MAX_FAST = 8  # C++ launches tried per flags before the signature path (recent signatures)
 
 
@@ -68,20 +86,14 @@ class Table:
         hit = self._plans.get(key)
         if hit is None:
             return None
-        plan, writes, recs, checked = hit
-        if writes != tunecache.writes:
+        if not _current(hit):
             return self._drop(key)
-        now = time.monotonic()
-        if now - checked > RECHECK_S:
-            if tunecache.all_records() is not recs:
-                return self._drop(key)
-            self._plans[key] = (plan, writes, recs, now)
-        return plan
+        return hit[0]
 
     def put(self, key, plan) -> None:
         if len(self._plans) >= _MAX:
             self._plans.clear()
-        self._plans[key] = (plan, tunecache.writes, tunecache.all_records(), time.monotonic())
+        self._plans[key] = _entry(plan)
 
     def _drop(self, key):
         self._plans.pop(key, None)
@@ -93,22 +105,15 @@ class Table:
         hit = self._fast.get(flags)
         if hit is None:
             return None
-        if hit[1] != tunecache.writes:
+        if not _current(hit):
             del self._fast[flags]
             return None
-        now = time.monotonic()
-        if now - hit[3] > RECHECK_S:
-            if tunecache.all_records() is not hit[2]:
-                del self._fast[flags]
-                return None
-            hit[3] = now
         return hit[0]
 
     def put_fast(self, flags, launch, guard=None) -> None:
         hit = self._fast.get(flags)
-        if hit is None or hit[1] != tunecache.writes:
-            hit = self._fast[flags] = [[], tunecache.writes, tunecache.all_records(),
-                                       time.monotonic()]
+        if hit is None or not _current(hit):
+            hit = self._fast[flags] = _entry([])
         hit[0].insert(0, (launch, guard))
         del hit[0][_MAX_FAST:]
 
