@@ -660,7 +660,7 @@ def _fill(t, value):
 
 
 MUTATIONS = [
-    ("drop-dim", lambda t: t[0] if t.dim() > 1 else t[None]),
+    ("drop-dim", lambda t: (t[0] if t.shape[0] else t.flatten(0, 1)) if t.dim() > 1 else t[None]),
     ("add-dim", lambda t: t[None]),
     ("shrink-last", lambda t: t[..., :-1]),
     ("grow-first", lambda t: torch.cat([t, t[:1]], 0)),
