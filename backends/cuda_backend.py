@@ -764,7 +764,7 @@ class _StepLauncher:
         return dict(cells=[int(v) & (2**64 - 1) for v in p._vals],
                     cell_of={i: i for i in range(len(values))},
                     aligned={i: -1 for i in self.slots}, fn=cuda_runtime._ptr(p.fn),
-                    grid=p.grid, block=p.threads, smem=p.smem)
+                    grid=p.grid, block=p.threads, smem=p.smem, guard=None)
 
 
 def launch_step(call, k: KernelConfig, values: list) -> None:

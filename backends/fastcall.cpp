@@ -210,4 +210,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("run", &Launch::run)
       .def_property_readonly("arity", &Launch::arity);
   m.def("driver_found", [] { return driver().launch != nullptr; });
+  // the CUDA device of the driver's current context, -1 without one (what Launch.run compares
+  // against the device its plan was made on)
+  m.def("current_device", [] {
+    const Driver& d = driver();
+    int dev = -1;
+    return d.ctx_device != nullptr && d.ctx_device(&dev) == 0 ? dev : -1;
+  });
 }

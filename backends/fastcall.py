@@ -103,19 +103,6 @@ def _ninja_on_path() -> None:
             return
 
 
-def current_device() -> int:
-    """The CUDA device of the driver's current context, -1 without one (what Launch.run
-    compares against the device its plan was made on)."""
-    import ctypes
-
-    try:
-        cu = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return -1
-    d = ctypes.c_int(-1)
-    return d.value if cu.cuCtxGetDevice(ctypes.byref(d)) == 0 else -1
-
-
 # -- parameter cells -----------------------------------------------------------------------------
 _INT_BITS = {"i1": 8, "i8": 8, "i16": 16, "i32": 32, "i64": 64, "u1": 8, "u8": 8, "u16": 16,
              "u32": 32, "u64": 64}

@@ -95,13 +95,18 @@ class Bound:
         self.opts = _options(num_warps, num_stages)
         self.kernels: dict = {}
 
+    def _key(self, values: list):
+        """(device, the compiled kernel's key, the slots' pointers)."""
+        dev = torch.cuda.current_device()
+        ptrs = [values[i].data_ptr() for i in self.slots]
+        return dev, (dev, *[values[i].dtype for i in self.slots],
+                     *[p & 15 == 0 for p in ptrs]), ptrs
+
     def __call__(self, values: list) -> None:
         if _jit_only():
             self.fn[self.grid](*values, **self.opts)
             return
-        dev = torch.cuda.current_device()
-        ptrs = [values[i].data_ptr() for i in self.slots]
-        key = (dev, *[values[i].dtype for i in self.slots], *[p & 15 == 0 for p in ptrs])
+        dev, key, ptrs = self._key(values)
         kernel = self.kernels.get(key)
         if kernel is None:
             self.kernels[key] = self.fn[self.grid](*values, **self.opts)
@@ -114,16 +119,15 @@ class Bound:
     def fast_parts(self, values: list):
         """What a C++ launch (fastcall.Launch) of the kernel these values selected needs: the
         parameters' 64-bit cells (pointers 0), each slot's alignment (1 / 0: the kernel was
-        specialized on it), the CUfunction and the launch shape; None where that kernel is not
+        specialized on it), the CUfunction, the launch shape and a guard (no launch hooks:
+        profilers see the JIT's launches); None where that kernel is not
         compiled yet or takes what the driver call alone does not give (scratch buffers,
         clusters, cooperative or PDL launches, tensor descriptors)."""
         from . import fastcall
 
         if _jit_only():
             return None
-        dev = torch.cuda.current_device()
-        ptrs = [values[i].data_ptr() for i in self.slots]
-        key = (dev, *[values[i].dtype for i in self.slots], *[p & 15 == 0 for p in ptrs])
+        _, key, ptrs = self._key(values)
         kernel = self.kernels.get(key)
         if kernel is None or kernel.function is None:
             return None
@@ -148,4 +152,5 @@ class Bound:
         g = tuple(self.grid) + (1,) * (3 - len(self.grid))
         return dict(cells=cells, cell_of=at,
                     aligned={i: int(p & 15 == 0) for i, p in zip(self.slots, ptrs)},
-                    fn=kernel.function, grid=g, block=32 * md.num_warps, smem=md.shared)
+                    fn=kernel.function, grid=g, block=32 * md.num_warps, smem=md.shared,
+                    guard=unhooked)

@@ -260,7 +260,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     k = step_config(mod, call, config, name)
     out = mod.step(call, k).reshape(x.shape)
     if key is not None:
-        plan = _Plan.make(mod, call, k, raw, x.shape, name)
+        plan = _Plan.make(mod, call, k, raw, x.shape)
         if plan is not None:
             _plans.put(key, plan)
     return out
@@ -285,11 +285,10 @@ class _Plan:
     out: int                # position of out in values
     out_shape: tuple
     x_shape: tuple
-    backend: str
     fast_tried: bool = False
 
     @classmethod
-    def make(cls, mod, call: StepCall, k, raw, x_shape, backend: str):
+    def make(cls, mod, call: StepCall, k, raw, x_shape):
         """None where normalize_step made a copy of a caller's tensor (a dtype or layout change:
         such a call keeps the full path, which makes the copy)."""
         from .backends import buffers
@@ -313,7 +312,7 @@ class _Plan:
         bare = dataclasses.replace(call, state=None, x=None, dt=None, A=None, B=None, C=None,
                                    D=None, z=None, dt_bias=None, indices=None)
         launch = mod.step_launcher(bare, k, [i for i, _, _ in slots] + [out_at])
-        return cls(launch, values, slots, out_at, out_shape, tuple(x_shape), backend)
+        return cls(launch, values, slots, out_at, out_shape, tuple(x_shape))
 
     def run(self, raw, flags):
         from .backends import buffers
@@ -337,14 +336,14 @@ class _Plan:
         (a thread: the first use on a machine), a later run of this plan tries again."""
         from .backends import fastcall
 
-        parts = getattr(self.launch, "fast_parts", None)
-        mod = fastcall.module(wait=False) if parts is not None else None
-        if mod is None and parts is not None and fastcall.building():
+        fast_parts = getattr(self.launch, "fast_parts", None)
+        mod = fastcall.module(wait=False) if fast_parts is not None else None
+        if mod is None and fast_parts is not None and fastcall.building():
             return
         self.fast_tried = True
-        parts = parts(values) if mod is not None else None
-        dev = fastcall.current_device() if parts is not None else -1
-        if parts is None or dev < 0:
+        parts = fast_parts(values) if mod is not None else None
+        dev = mod.current_device() if parts is not None else -1
+        if dev < 0:
             return
         at = parts["cell_of"]
         slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
@@ -354,12 +353,7 @@ class _Plan:
                                 parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
         except ValueError:  # an argument that is not a plain tensor: the Python plan only
             return
-        guard = None
-        if self.backend == "triton":
-            from .backends import triton_launch
-
-            guard = triton_launch.unhooked
-        _plans.put_fast(flags, launch, guard)
+        _plans.put_fast(flags, launch, parts["guard"])
 
 
 def _view_dtype(t):
