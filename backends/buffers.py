@@ -18,6 +18,7 @@ import os
 import torch
 
 from ssmgen.inputs import Call
+from ssmgen.spec import DTYPE_BYTES
 
 
 def new(shape, dtype, device):
@@ -30,6 +31,16 @@ def new(shape, dtype, device):
 
 def n_chunks(call: Call) -> int:
     return -(-call.seqlen // call.spec.chunk_len)
+
+
+def memory_chunk_len(spec) -> int:
+    """The shortest chunk_len (a power of two, at least 16) whose fp32 checkpoints take no more
+    bytes than u (N[*2] * 4 bytes per chunk against chunk * u's element size per channel): what
+    the forward saves for the backward then stays within one input-sized tensor, as mamba-ssm's
+    (it saves its ungated out). The tuner's memory rule (autotune.pick); d_state 128 at bf16
+    needs 256."""
+    need = spec.d_state * (2 if spec.complex_A else 1) * 4 // DTYPE_BYTES[spec.dtype]
+    return max(16, 1 << max(0, need - 1).bit_length())
 
 
 def _kx(call: Call) -> tuple:

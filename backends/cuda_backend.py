@@ -40,10 +40,11 @@ MAIN = {v: k for k, v in PREPASS.items()}
 SMEM_LIMIT = 227 * 1024   # opt-in shared memory per block on sm_80 / sm_90
 MAX_HISTORY = 96          # fp32 registers of decays + states a backward sub-tile may keep
 DEFAULT_CHUNK = 128       # checkpoint interval when neither the user nor a record gives one
+MAX_INNER = 4             # inner chunks per chunk the tuner and the defaults use at most
 
 
 _RANGES = {"threads": (32, 1024), "lpc": (1, 32), "tl": (4, 512), "tb": (1, 64),
-           "splits": (0, 64)}
+           "splits": (0, 64), "ic": (0, 2048)}
 AUTO_WARPS = 4   # auto splits: only where the grid gives fewer warps per SM than this
 AUTO_WAVES = 4   # and then blocks for this many full waves of the GPU (fewer: tail effects)
 
@@ -54,17 +55,26 @@ class KernelConfig:
     tl steps per shared-memory tile; tb steps per backward sub-tile (forward ignores it);
     splits: runs of whole chunks the sequence is cut into, each walked by its own blocks (at
     most one per chunk), 0 for as many as fill the GPU (auto_splits); a launch parameter: the
-    compiled kernels do not depend on it."""
+    compiled kernels do not depend on it. ic: the backward takes each chunk as inner chunks of
+    ic steps (0: the whole chunk), so that its shared memory holds ic steps' states while the
+    forward keeps checkpoints only every chunk_len steps; each inner chunk after a chunk's first
+    costs a walk from the checkpoint to it (forward ignores it)."""
 
     threads: int = 128
     lpc: int = 4
     tl: int = 32
     tb: int = 8
     splits: int = 0
+    ic: int = 0
 
     def tag(self) -> str:
         """The compiled kernel's part of the name (what the source depends on)."""
-        return f"t{self.threads}_p{self.lpc}_l{self.tl}_b{self.tb}"
+        return (f"t{self.threads}_p{self.lpc}_l{self.tl}_b{self.tb}"
+                + (f"_i{self.ic}" if self.ic else ""))
+
+    def __repr__(self) -> str:   # (in every kernel's source: ic only where it is set)
+        names = [f.name for f in dataclasses.fields(self) if f.name != "ic" or self.ic]
+        return f"KernelConfig({', '.join(f'{n}={getattr(self, n)}' for n in names)})"
 
     def label(self) -> str:
         return self.tag() + {0: "_sauto", 1: ""}.get(self.splits, f"_s{self.splits}")
@@ -77,7 +87,7 @@ class KernelConfig:
     def block_l(self) -> int:  # what the tuner compares with chunk_len
         return self.tl
 
-    def check_fields(self, names=("threads", "lpc", "tl", "tb", "splits")) -> None:
+    def check_fields(self, names=("threads", "lpc", "tl", "tb", "splits", "ic")) -> None:
         for name in names:
             lo, hi = _RANGES[name]
             v = getattr(self, name)
@@ -97,6 +107,9 @@ class KernelConfig:
         if kind == "bwd":
             if self.tb > self.tl:
                 raise ValueError(f"config.tb={self.tb} must be <= tl={self.tl}")
+            if self.ic and not self.tl <= self.ic < spec.chunk_len:
+                raise ValueError(f"config.ic={self.ic} must be 0 (the whole chunk) or in "
+                                 f"tl={self.tl}..chunk_len/2={spec.chunk_len // 2}")
             hist = (2 * self.tb + 1) * states_per_thread(spec, self) * kc(spec)
             if hist > MAX_HISTORY:
                 raise ValueError(f"config: a backward sub-tile keeps (2*tb+1)*K = {hist} fp32 "
@@ -157,9 +170,11 @@ def default_config(spec: ScanSpec) -> ScanConfig:
 def _default_bwd(spec: ScanSpec):
     lpc = _lpc_for(spec, 2 if spec.complex_A else 4)
     tl = min(32, spec.chunk_len)
+    # chunks past DEFAULT_CHUNK in inner chunks of that length: the same shared memory
+    ic = DEFAULT_CHUNK if spec.chunk_len > DEFAULT_CHUNK else 0
     for threads in sorted({min(256, max(128, 16 * lpc)), 128, 64}, reverse=True):
         for tb in (8, 4, 2, 1):
-            k = KernelConfig(threads=max(threads, lpc, tl), lpc=lpc, tl=tl, tb=min(tb, tl))
+            k = KernelConfig(threads=max(threads, lpc, tl), lpc=lpc, tl=tl, tb=min(tb, tl), ic=ic)
             try:
                 k.check(spec, "bwd")
                 return k
@@ -169,8 +184,11 @@ def _default_bwd(spec: ScanSpec):
 
 
 def default_chunk_len(spec: ScanSpec) -> int:
-    """128, or the longest shorter interval whose default backward fits in shared memory."""
-    for chunk in (DEFAULT_CHUNK, 64, 32, 16):
+    """The memory rule's chunk (buffers.memory_chunk_len: checkpoints no larger than u; at most
+    4 inner chunks of DEFAULT_CHUNK) where longer than DEFAULT_CHUNK, else DEFAULT_CHUNK, or
+    the longest shorter interval whose default backward fits in shared memory."""
+    longest = max(DEFAULT_CHUNK, min(buffers.memory_chunk_len(spec), MAX_INNER * DEFAULT_CHUNK))
+    for chunk in dict.fromkeys((longest, DEFAULT_CHUNK, 64, 32, 16)):
         if _default_bwd(spec.replace(chunk_len=chunk)) is not None:
             return chunk
     return 16
@@ -191,12 +209,18 @@ def candidates(spec: ScanSpec, dim: int, seqlen: int) -> dict:
            if ok(k := KernelConfig(t, _lpc_for(spec, K), tl, 8), spec, "fwd")]
     fwd = list(dict.fromkeys(fwd))
     bwd = []
-    for chunk in (64, 128, 256):
+    # chunks up to the memory rule's (buffers.memory_chunk_len); past DEFAULT_CHUNK also as
+    # inner chunks (at most MAX_INNER per chunk: the walks to them grow as their count squared)
+    mem = min(buffers.memory_chunk_len(spec), MAX_INNER * DEFAULT_CHUNK)
+    for chunk in sorted({64, 128, 256, max(256, mem)}):
         if chunk > max(64, 1 << max(0, (seqlen - 1).bit_length())):
             continue
         s = spec.replace(chunk_len=chunk)
-        for t, K, tl, tb in itertools.product((64, 128, 256), (1, 2, 4, 8), (16, 32), (4, 8, 16)):
-            k = KernelConfig(t, _lpc_for(spec, K), tl, tb)
+        inner = [ic for ic in (0, DEFAULT_CHUNK, 2 * DEFAULT_CHUNK)
+                 if ic < chunk and chunk <= MAX_INNER * (ic or chunk)]
+        for t, K, tl, tb, ic in itertools.product((64, 128, 256), (1, 2, 4, 8), (16, 32),
+                                                  (4, 8, 16), inner):
+            k = KernelConfig(t, _lpc_for(spec, K), tl, tb, ic=ic)
             if ok(k, s, "bwd") and (chunk, k) not in bwd:
                 bwd.append((chunk, k))
     return {"fwd": fwd, "bwd": bwd}
@@ -227,7 +251,7 @@ def half_tiles(spec: ScanSpec, k: KernelConfig, kind: str) -> bool:
 def geometry(spec: ScanSpec, k: KernelConfig) -> dict:
     K = states_per_thread(spec, k)
     return dict(K=K, NP=K * k.lpc, LPC=k.lpc, CPB=k.threads // k.lpc, THREADS=k.threads,
-                TL=k.tl, TB=k.tb)
+                TL=k.tl, TB=k.tb, IC=k.ic or spec.chunk_len)
 
 
 @functools.lru_cache(maxsize=None)
@@ -253,7 +277,7 @@ def smem_layout(spec: ScanSpec, k: KernelConfig, kind: str) -> tuple[dict, int]:
     # the sequence of each step of the tile, whose initial state a sequence start takes
     arrays += [("S_SEQ", g["TL"])] if spec.varlen and spec.has_initial_state else []
     if kind == "bwd":
-        arrays += [(f"S_HS{p}", spec.chunk_len // g["TB"] * g["THREADS"] * g["K"]) for p in parts]
+        arrays += [(f"S_HS{p}", g["IC"] // g["TB"] * g["THREADS"] * g["K"]) for p in parts]
         for X, var in (("B", spec.is_variable_B), ("C", spec.is_variable_C)):
             if var:
                 arrays += [(f"S_D{X}P{p}", g["TB"] * g["CPB"] * g["NP"]) for p in parts]

@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from . import backends, render, tunecache
+from .backends import buffers
 from .inputs import DEFAULT_CHUNK_LEN, Call, normalize
 from .numerics import assert_close
 from .reference import selective_scan_ref
@@ -136,8 +137,12 @@ def plan(mod, spec, dim: int, seqlen: int, max_fwd: int, max_bwd: int):
     cands = mod.candidates(spec, dim, seqlen)
     fwd = [default.fwd] + [k for k in _order(spec, cands["fwd"], mod.per_thread, default.fwd)
                            if k != default.fwd]
-    # per chunk length, most promising first; interleaved so that a cap keeps some of each
-    chunks = sorted({c for c, _ in cands["bwd"]}, key=lambda c: (c != spec.chunk_len, c))
+    # per chunk length, most promising first; interleaved so that a cap keeps some of each;
+    # chunks shorter than the memory rule's are left out where longer ones exist (pick would
+    # not take them)
+    chunks = {c for c, _ in cands["bwd"]}
+    chunks = {c for c in chunks if c >= buffers.memory_chunk_len(spec)} or chunks
+    chunks = sorted(chunks, key=lambda c: (c != spec.chunk_len, c))
     per_chunk = [[(c, k) for k in _order(spec, [k for cc, k in cands["bwd"] if cc == c],
                                          mod.per_thread, default.bwd)] for c in chunks]
     bwd = [pair for rank in itertools.zip_longest(*per_chunk) for pair in rank if pair]
@@ -305,12 +310,15 @@ def earlier_record(backend: str, inputs, delta_softplus=True, variants=None,
     return max(hits, key=lambda r: r.get("date", ""), default=None)
 
 
-def pick(rows, fwd_cls) -> tuple:
+def pick(rows, fwd_cls, min_chunk: int = 0) -> tuple:
     """(forward row, backward row) a record takes from its timed candidates (None where none
-    is valid): the backward with the longest chunks among those within MEMORY_SLACK of the
-    fastest, then the fastest forward whose tile fits its chunk."""
+    is valid): among the backwards with chunks of at least min_chunk steps (all of them where
+    none is; buffers.memory_chunk_len: checkpoints no larger than u), the one with the longest
+    chunks among those within MEMORY_SLACK of the fastest; then the fastest forward whose tile
+    fits its chunk."""
     ok = [r for r in rows if r["ms"] is not None]
     bwd = [r for r in ok if r["kind"] == "bwd"]
+    bwd = [r for r in bwd if r["chunk_len"] >= min_chunk] or bwd
     fastest = min((r["ms"] for r in bwd), default=None)
     best_b = max((r for r in bwd if r["ms"] - fastest <= MEMORY_SLACK * abs(fastest)),
                  key=lambda r: (r["chunk_len"], -r["ms"]), default=None)
@@ -324,7 +332,7 @@ def _record(backend, spec, call: Call, rows, default, device, seconds) -> dict:
     from . import device as dev
 
     ok = [r for r in rows if r["ms"] is not None]
-    best_f, best_b = pick(rows, type(default.fwd))
+    best_f, best_b = pick(rows, type(default.fwd), buffers.memory_chunk_len(spec))
     chunk = best_b["chunk_len"] if best_b else spec.chunk_len
     if best_f is None or best_b is None:
         raise RuntimeError(f"autotune: no valid candidate for {spec.key()}; errors: "

@@ -68,6 +68,7 @@ def _cuda_config(draw, N, cplx, chunk):
     tb = draw(st.sampled_from([t for t in (1, 2, 4, 8) if t <= tl]))
     lpc = min(_lpc_for(spec, K), threads)
     splits = draw(st.sampled_from([1, 1, 2, 4, 8]))  # cut the sequence (more than its chunks too)
+    inner = draw(st.sampled_from([0, 0, 2, 4]))  # the backward's chunks as that many inner chunks
     lg = lambda x: x.bit_length()  # noqa: E731
     combos = [(t, p, l, b) for t in (32, 64, 128, 256) for p in (1, 2, 4, 8, 16, 32)
               for l in (4, 8, 16, 32) for b in (1, 2, 4, 8)
@@ -75,9 +76,10 @@ def _cuda_config(draw, N, cplx, chunk):
     combos.sort(key=lambda x: (abs(lg(x[1]) - lg(lpc)), abs(lg(x[0]) - lg(threads)),
                                abs(lg(x[3]) - lg(tb)), abs(lg(x[2]) - lg(tl))))
     for t, p, l, b in combos:
+        ic = chunk // inner if inner and chunk // inner >= l else 0
         try:
-            KernelConfig(t, p, l, b).check(spec, "bwd")
-            return dict(threads=t, lpc=p, tl=l, tb=b, splits=splits)
+            KernelConfig(t, p, l, b, ic=ic).check(spec, "bwd")
+            return dict(threads=t, lpc=p, tl=l, tb=b, splits=splits, ic=ic)
         except ValueError:
             continue
     return None  # nothing fits this chunk_len (the caller takes a shorter one)

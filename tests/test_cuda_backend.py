@@ -63,6 +63,45 @@ def test_every_variant_compiles_without_spills(arch, tmp_path, monkeypatch, caps
 
 
 @needs_nvcc
+def test_inner_chunk_backwards_compile_without_spills(tmp_path, monkeypatch):
+    """The backward in inner chunks (config ic), both tile forms (a tile shorter than the inner
+    chunk; one as long, phase 1 choosing its tile's loads at run time), over the covering specs
+    with packed sequences and initial states, complex A, and d_state 64, for sm_90: no spills."""
+    monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
+    cs = covering_specs()
+    specs = [next(s for s in cs if s.varlen and s.has_initial_state and not s.complex_A),
+             next(s for s in cs if s.complex_A and s.varlen), next(s for s in cs if s.d_state == 64)]
+    for s in specs:
+        s = s.replace(chunk_len=128)
+        base = cb.default_config(s).bwd
+        for tl, ic in ((min(base.tl, 32), 64), (32, 32)):
+            k = dataclasses.replace(base, tl=tl, tb=min(base.tb, tl), ic=ic)
+            k.check(s, "bwd")
+            src = cb.render_source(s, k, "bwd")
+            assert f"#define IC {ic}" in src and "const bool keep" in src
+            use = cr.resource_usage(cb.kernel_name(s, k, "bwd"), src, 90)
+            assert 0 < use["registers"] <= 255, (k, use)
+            assert use["spill_stores"] == 0 and use["spill_loads"] == 0, (k, use)
+
+
+def test_inner_chunks_keep_the_whole_chunk_kernels_unchanged():
+    """ic = 0 renders the kernel it did before inner chunks existed (no IC, no walk), and the
+    inner-chunk kernel holds ic steps' states in shared memory, not chunk_len's."""
+    s = covering_specs()[0].replace(chunk_len=256)
+    k = cb.KernelConfig(threads=64, lpc=4, tl=32, tb=8)
+    src = cb.render_source(s, k, "bwd")
+    assert "#define IC" not in src and "bool keep" not in src
+    assert "_i" not in cb.kernel_name(s, k, "bwd").split("__")[1]
+    ki = dataclasses.replace(k, ic=64)
+    assert cb.kernel_name(s, ki, "bwd").endswith("_i64")
+    hs = lambda kk: cb.smem_layout(s, kk, "bwd")[1]  # noqa: E731
+    assert hs(k) - hs(ki) == (256 - 64) // 8 * 64 * 4 * 4   # S_HS: chunk / tb slots of K floats
+    for bad in (16, 256, 512):   # below tl, the whole chunk, past it
+        with pytest.raises(ValueError, match="config.ic"):
+            dataclasses.replace(k, ic=bad).check(s, "bwd")
+
+
+@needs_nvcc
 def test_compile_error_names_rendered_file_and_line(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cr, "_nvrtc", lambda: None)  # the nvcc path (no NVRTC on this machine)

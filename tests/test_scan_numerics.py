@@ -196,3 +196,40 @@ def test_lane_and_channel_sums_match_reference(name, monkeypatch):
     c["fwd"], c["bwd"] = dict(c["fwd"], splits=1), dict(c["bwd"], splits=1)
     monkeypatch.setenv("SSMGEN_DETERMINISTIC", "1" if c.pop("deterministic", False) else "0")
     check_case(c, "cuda", 2468)
+
+
+# Inner chunks (config ic): checkpoints every chunk_len = 128 steps, the backward's states kept
+# for ic steps at a time, after a walk from the checkpoint (L 300: the last chunk, 44 steps,
+# is two inner chunks of 32, one partial); a tile as long as the inner chunk (phase 2 reuses
+# phase 1's last tile, earlier tiles load B only), packed sequences with initial states
+# crossing inner chunks, reverse with splits, complex, d_state 128 at 32 lanes, deterministic
+_INNER_BASE = dict(_SPLIT_BASE, chunk_len=128, fwd={"threads": 128, "lpc": 4, "tl": 32})
+_INNER_CASES = {
+    "ic32-tile32-varlen-h0": dict(dtype=torch.bfloat16, complex=False, batch=1, varlen=True,
+                                  cu_seqlens=[0, 20, 100, 161, 300], initial_state=True,
+                                  bwd={"threads": 64, "lpc": 8, "tl": 32, "tb": 4, "ic": 32}),
+    "ic64-tile16-reverse-splits": dict(dtype=torch.float32, complex=False, reverse=True,
+                                       initial_state=True,
+                                       bwd={"threads": 64, "lpc": 4, "tl": 16, "tb": 8,
+                                            "ic": 64, "splits": 2}),
+    "ic32-complex-h0": dict(dtype=torch.float32, complex=True, N=6, initial_state=True,
+                            bwd={"threads": 64, "lpc": 2, "tl": 16, "tb": 4, "ic": 32}),
+    "ic64-n128-lpc32": dict(dtype=torch.bfloat16, complex=False, N=128, batch=1, dim=12,
+                            fwd={"threads": 128, "lpc": 32, "tl": 32},
+                            bwd={"threads": 128, "lpc": 32, "tl": 32, "tb": 8, "ic": 64}),
+    "ic32-deterministic-groups": dict(dtype=torch.float32, complex=False, N=17, B_groups=2,
+                                      deterministic=True,
+                                      bwd={"threads": 64, "lpc": 4, "tl": 16, "tb": 4,
+                                           "ic": 32}),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(_INNER_CASES))
+def test_inner_chunks_match_reference(name, monkeypatch):
+    """The backward in inner chunks (cuda_backend.KernelConfig.ic): output, last state and every
+    gradient against float64."""
+    c = dict(_INNER_BASE, **_INNER_CASES[name])
+    c["fwd"], c["bwd"] = dict(c["fwd"], splits=1), dict({"splits": 1}, **c["bwd"])
+    monkeypatch.setenv("SSMGEN_DETERMINISTIC", "1" if c.pop("deterministic", False) else "0")
+    check_case(c, "cuda", 1357)
