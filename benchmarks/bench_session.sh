@@ -16,10 +16,9 @@ if [ -n "${NCU_FWD:-}" ]; then
     python3 benchmarks/bwd_ab_proc.py --kind fwd --shapes $NCU_FWD > $R/ncu_fwd_$NCU_FWD.txt 2>&1
   grep -E "ssmgen_cuda|Duration|L1/TEX Cache Throughput|bank|Issued Warp" $R/ncu_fwd_$NCU_FWD.txt | head -12
 fi
+TESTS=${TESTS:-"tests/test_scan_numerics.py::test_lane_and_channel_sums_match_reference tests/test_cuda_backend.py tests/test_scan_numerics.py::test_split_sequences_match_reference tests/test_scan_numerics.py::test_suite_like_shape_cuda tests/test_scan_numerics.py::test_matches_reference_cuda"}
 SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-4} timeout ${TEST_S:-200} python3 -m pytest -m gpu -q -p no:cacheprovider -rf \
-  "tests/test_scan_numerics.py::test_lane_and_channel_sums_match_reference" \
-  tests/test_cuda_backend.py "tests/test_scan_numerics.py::test_split_sequences_match_reference" \
-  "tests/test_scan_numerics.py::test_suite_like_shape_cuda" "tests/test_scan_numerics.py::test_matches_reference_cuda" > $R/gpu_tests.log 2>&1
+  $TESTS > $R/gpu_tests.log 2>&1
 tail -6 $R/gpu_tests.log
 wait $PEER_PID; tail -1 $R/peer_build.log
 PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-} timeout ${BENCH_S:-300} python3 -m ssmgen bench --out $R > $R/bench.log 2>&1
