@@ -20,6 +20,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace py = pybind11;
@@ -105,35 +106,49 @@ struct Slot {
   int aligned;       // 1: must be 16-byte aligned, 0: must not be, -1: either
 };
 
+struct Out {
+  int cell;                      // which kernel parameter takes its pointer
+  std::vector<int64_t> shape;    // contiguous
+  at::TensorOptions options;
+};
+
 class Launch {
  public:
   // expect: the call's arguments (a tuple) the plan was made from; cells: every kernel
-  // parameter's bits (pointers at the slots are overwritten per call); slots: (cell, argument,
-  // alignment) triples; out_cell / out_like: where out goes and which argument it copies its
-  // dtype and device from (out is contiguous, shaped out_shape); device: the CUDA ordinal of
-  // the context current when the plan was made; stream_fn(device index) -> the current raw
-  // stream; fn: CUfunction; grid, block, smem: the launch shape.
+  // parameter's bits (pointers at the slots are overwritten per call; other cells, pointers to
+  // buffers the caller keeps alive included, as given); slots: (cell, argument, alignment)
+  // triples; outs: (cell, like, shape) per output, a new contiguous tensor of that shape whose
+  // pointer goes to that cell, in the dtype of argument `like` (-1: float32), on the device of
+  // argument `device_like`; device: the CUDA ordinal of the context current when the plan was
+  // made; stream_fn(device index) -> the current raw stream; fn: CUfunction; grid, block,
+  // smem: the launch shape.
   Launch(py::tuple expect, std::vector<uint64_t> cells, std::vector<std::array<int, 3>> slots,
-         int out_cell, int out_like, std::vector<int64_t> out_shape, int device,
-         py::object stream_fn, uint64_t fn, std::array<unsigned, 3> grid, unsigned block,
-         unsigned smem)
-      : cells_(std::move(cells)), out_cell_(out_cell), out_like_(out_like),
-        out_shape_(std::move(out_shape)), device_(device), stream_fn_(std::move(stream_fn)),
-        fn_(fn), grid_(grid), block_(block), smem_(smem) {
+         std::vector<std::tuple<int, int, std::vector<int64_t>>> outs, int device_like,
+         int device, py::object stream_fn, uint64_t fn, std::array<unsigned, 3> grid,
+         unsigned block, unsigned smem)
+      : cells_(std::move(cells)), device_like_(device_like), device_(device),
+        stream_fn_(std::move(stream_fn)), fn_(fn), grid_(grid), block_(block), smem_(smem) {
     if (cells_.size() > kMaxCells) throw std::invalid_argument("too many kernel parameters");
     for (auto o : expect) expect_.push_back(Expect::of(o.ptr()));
+    auto arg_ok = [&](int i) {
+      return i >= 0 && i < static_cast<int>(expect_.size()) && !expect_[i].none;
+    };
+    auto cell_ok = [&](int c) { return c >= 0 && c < static_cast<int>(cells_.size()); };
     for (auto& s : slots) {
-      if (s[0] < 0 || s[0] >= static_cast<int>(cells_.size()) || s[1] < 0 ||
-          s[1] >= static_cast<int>(expect_.size()) || expect_[s[1]].none)
+      if (!cell_ok(s[0]) || !arg_ok(s[1]))
         throw std::invalid_argument("slot out of range or on a None argument");
       slots_.push_back({s[0], s[1], s[2]});
     }
-    if (out_cell_ < 0 || out_cell_ >= static_cast<int>(cells_.size()) || out_like_ < 0 ||
-        out_like_ >= static_cast<int>(expect_.size()) || expect_[out_like_].none)
-      throw std::invalid_argument("out cell or out_like out of range");
-    out_options_ = at::TensorOptions()
-                       .dtype(expect_[out_like_].dtype)
-                       .device(expect_[out_like_].device);
+    if (!arg_ok(device_like_)) throw std::invalid_argument("device_like out of range");
+    if (outs.empty()) throw std::invalid_argument("no output");
+    for (auto& o : outs) {
+      int cell = std::get<0>(o), like = std::get<1>(o);
+      if (!cell_ok(cell) || (like != -1 && !arg_ok(like)))
+        throw std::invalid_argument("out cell or like out of range");
+      auto dtype = like == -1 ? c10::ScalarType::Float : expect_[like].dtype;
+      outs_.push_back({cell, std::get<2>(o),
+                       at::TensorOptions().dtype(dtype).device(expect_[device_like_].device)});
+    }
   }
 
   // The kernel parameters this call would launch with (out's pointer 0), or None on a
@@ -146,9 +161,10 @@ class Launch {
     return std::move(l);
   }
 
-  // out (a new tensor), after launching the kernel on the current stream; None where an
-  // argument, the current device or the driver call does not match (nothing launched).
-  // poison: out is NaN-filled first (SSMGEN_POISON, as backends/buffers.new does).
+  // The outputs (new tensors: one, or a tuple of them), after launching the kernel on the
+  // current stream; None where an argument, the current device or the driver call does not
+  // match (nothing launched). poison: outputs are NaN-filled first (SSMGEN_POISON, as
+  // backends/buffers.new does).
   py::object run(py::tuple raw, bool poison) const {
     std::array<uint64_t, kMaxCells> cells;
     if (!fill(raw, cells)) return py::none();
@@ -156,16 +172,25 @@ class Launch {
     if (d.launch == nullptr || d.ctx_device == nullptr) return py::none();
     int cur = -1;
     if (d.ctx_device(&cur) != 0 || cur != device_) return py::none();
-    at::Tensor out = at::empty(out_shape_, out_options_);
-    if (poison) out.fill_(std::numeric_limits<double>::quiet_NaN());
-    cells[out_cell_] = reinterpret_cast<uint64_t>(out.data_ptr());
-    uint64_t stream = stream_fn_(expect_[out_like_].device.index()).cast<uint64_t>();
+    std::vector<at::Tensor> made;
+    for (const Out& o : outs_) {
+      made.push_back(at::empty(o.shape, o.options));
+      if (poison) made.back().fill_(std::numeric_limits<double>::quiet_NaN());
+      cells[o.cell] = reinterpret_cast<uint64_t>(made.back().data_ptr());
+    }
+    uint64_t stream = stream_fn_(expect_[device_like_].device.index()).cast<uint64_t>();
     std::array<void*, kMaxCells> params;
     for (size_t i = 0; i < cells_.size(); ++i) params[i] = &cells[i];
     int rc = d.launch(reinterpret_cast<void*>(fn_), grid_[0], grid_[1], grid_[2], block_, 1, 1,
                       smem_, reinterpret_cast<void*>(stream), params.data(), nullptr);
     if (rc != 0) return py::none();
-    return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(out)));
+    auto wrap = [](at::Tensor t) {
+      return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(t)));
+    };
+    if (made.size() == 1) return wrap(std::move(made[0]));
+    py::tuple res(made.size());
+    for (size_t i = 0; i < made.size(); ++i) res[i] = wrap(std::move(made[i]));
+    return std::move(res);
   }
 
   size_t arity() const { return expect_.size(); }
@@ -182,16 +207,15 @@ class Launch {
       if (s.aligned >= 0 && static_cast<int>((p & 15) == 0) != s.aligned) return false;
       cells[s.cell] = p;
     }
-    cells[out_cell_] = 0;
+    for (const Out& o : outs_) cells[o.cell] = 0;
     return true;
   }
 
   std::vector<Expect> expect_;
   std::vector<uint64_t> cells_;
   std::vector<Slot> slots_;
-  int out_cell_, out_like_;
-  std::vector<int64_t> out_shape_;
-  at::TensorOptions out_options_;
+  std::vector<Out> outs_;
+  int device_like_;
   int device_;
   py::object stream_fn_;
   uint64_t fn_;
@@ -203,9 +227,9 @@ class Launch {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Launch>(m, "Launch")
-      .def(py::init<py::tuple, std::vector<uint64_t>, std::vector<std::array<int, 3>>, int, int,
-                    std::vector<int64_t>, int, py::object, uint64_t, std::array<unsigned, 3>,
-                    unsigned, unsigned>())
+      .def(py::init<py::tuple, std::vector<uint64_t>, std::vector<std::array<int, 3>>,
+                    std::vector<std::tuple<int, int, std::vector<int64_t>>>, int, int,
+                    py::object, uint64_t, std::array<unsigned, 3>, unsigned, unsigned>())
       .def("pack", &Launch::pack)
       .def("run", &Launch::run)
       .def_property_readonly("arity", &Launch::arity);

@@ -299,6 +299,27 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
+def forward_bound(call: Call, cfg: ScanConfig):
+    """The forward without checkpoints as a triton_launch.Bound, run once on this call: (the
+    Bound, its argument values, {"out" / "last" / "ckpt": position in the values}, (out, last
+    state)). What a C++ launch replays (ssmgen.ops, inference calls): its integers are fixed by
+    the call's metadata, its tensors are the call's own, the outputs and the 1-element
+    checkpoint placeholder (never written without SAVE_CKPT)."""
+    out, ckpt, last = buffers.forward_buffers(call, False)
+    args = _common_args(call, "fwd", cfg.fwd)
+    args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
+                SAVE_CKPT=False)
+    names = [n for n, _ in kernel_params(call.spec, "fwd")]
+    values = [args[n] for n in names]
+    slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
+    bound = triton_launch.Bound(kernel(call.spec, cfg.fwd, "fwd"), grid, slots,
+                                cfg.fwd.num_warps, cfg.fwd.num_stages)
+    bound(values)
+    where = {k: names.index(f"{k}_ptr") for k in ("out", "last", "ckpt") if f"{k}_ptr" in names}
+    return bound, values, where, (out, buffers.finish_last(call, last))
+
+
 def backward_workspace(call: Call, cfg: ScanConfig):
     """(the backward's kernel config, partial slots per variable B/C group or None, the fp32
     scratch shape: block-entry states of a chunk, (batch, channels, blocks per chunk, NP[, 2]))."""

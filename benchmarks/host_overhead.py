@@ -35,7 +35,8 @@ def scan_inputs(b, d, L, N, dtype, grad):
 
 def modes(backend, is_step=False):
     yield "plans", {"SSMGEN_PLANS": "1"}
-    if is_step:  # the step's C++ launch (backends/fastcall.py) off: its Python plan only
+    if is_step or backend == "triton":  # the C++ launch (backends/fastcall.py) of steps and
+        # of Triton inference scans off: their Python plans only
         yield "plans_no_fastcall", {"SSMGEN_PLANS": "1", "SSMGEN_FASTCALL": "0"}
     yield "no_plans", {"SSMGEN_PLANS": "0"}
     if backend == "cuda":
@@ -84,6 +85,7 @@ def main(out_path):
         except Exception as e:
             return f"{type(e).__name__}: {str(e)[:200]}"
 
+    fastcall.module()  # built before timing (plans use it once its thread is done)
     tiny = (1, 64, 64, 16)
     xf = scan_inputs(*tiny, torch.float32, grad=False)
     xg = scan_inputs(*tiny, torch.float32, grad=True)
@@ -109,7 +111,6 @@ def main(out_path):
             add("scan_fwd_b1_d64_L64", "mamba-ssm selective_scan_cuda.fwd (no Python)", "-",
                 measure(lambda: us(f)))
 
-    fastcall.module()  # built before timing (step plans use it once its thread is done)
     peer_step = bench._peer_step()
     for name, s in (("step_b1_d64_n16", dict(batch=1, dim=64, d_state=16, dtype="bfloat16")),
                     ("step_b64_d4096_n16", dict(batch=64, dim=4096, d_state=16,

@@ -265,11 +265,26 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     variants = dict(initial_state=initial_state, cu_seqlens=cu_seqlens, reverse=reverse)
-    key = (plans.signature((backend, torch.is_grad_enabled()), args + tuple(variants.values()))
+    raw = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    flags = (backend, torch.is_grad_enabled(), delta_softplus, return_last_state, reverse)
+    if config is None and cu_seqlens is None and plans.enabled():
+        fast = _plans.fast(flags)
+        if fast is not None:   # an inference call seen before: checked and launched in C++
+            poison = os.environ.get("SSMGEN_POISON") == "1"
+            for launch, guard in fast:
+                if guard is None or guard():
+                    res = launch.run(raw, poison)
+                    if res is not None:
+                        return _fast_result(res, return_last_state, A)
+    key = (plans.signature(flags[:2], args + tuple(variants.values()))
            if config is None and plans.enabled() else None)
     plan = _plans.get(key) if key is not None else None
     if plan is not None:  # seen before: validation (it passes again), backend, config, kernels
         call = normalize(*args, chunk_len=plan[1], **variants)  # these tensors' canonical views
+        if not plan[2][0]:
+            res = _make_fast(plan, call, raw, flags)
+            if res is not None:
+                return res if return_last_state else res[0]
         return _apply(plan[0], call, args, variants)
     chunk_len, cfg = _split_config(config)
     # every input check, before any rendering
@@ -304,8 +319,8 @@ def _kernel_call(name, call, cfg, chunk_len, args, variants, prepare, key):
         fallback.prepare(name, call, cfg, needs_grad)
     config = _encode(name, cfg)
     res = _apply(config, call, args, variants)
-    if key is not None:
-        _plans.put(key, (config, call.spec.chunk_len))
+    if key is not None:   # (config, chunk_len, [a C++ launch was tried])
+        _plans.put(key, (config, call.spec.chunk_len, [False]))
     return res
 
 
@@ -320,6 +335,75 @@ def _apply(config: str, call, args, variants):
 
 
 _plans = plans.Table()
+
+
+def _fast_result(res, return_last_state: bool, A):
+    if not return_last_state:
+        return res
+    out, last = res
+    return out, torch.view_as_complex(last) if A.is_complex() else last
+
+
+def _make_fast(plan, call, raw, flags):
+    """An inference call (eager, CUDA, no input needing a gradient, no packed sequences) on the
+    Triton backend, the one the small problems where host time shows run on: runs this call's
+    forward through a triton_launch.Bound and registers a fastcall.Launch of it under the
+    call's flags, so that later calls with the same argument metadata skip the signature,
+    normalization, the autograd Function and the Python launch (benchmarks/NOTES.md, "Inference
+    scans launched in C++"). Returns (out, last state) of this call, or None where no launch
+    was made (the plan path runs it). Tried once per plan, again while the module builds."""
+    from .backends import fastcall, triton_backend, triton_launch
+
+    u = call.u
+    if (not plan[0].startswith("triton:") or call.spec.varlen or u.device.type != "cuda"
+            or not plans.runs_kernels_directly(u)
+            or (torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
+                                                for x in raw))):
+        plan[2][0] = True
+        return None
+    mod = fastcall.module(wait=False)
+    if mod is None:
+        plan[2][0] = not fastcall.building()
+        return None
+    plan[2][0] = True
+    if not triton_launch.unhooked():
+        return None
+    ptr_of = {}
+    for j, x in enumerate(raw):
+        if isinstance(x, torch.Tensor):
+            if x.data_ptr() in ptr_of:  # two arguments on one address: slots would be ambiguous
+                return None
+            ptr_of[x.data_ptr()] = j
+    bound, values, where, res = triton_backend.forward_bound(call, _decode(plan[0])[1])
+    parts = bound.fast_parts(values)
+    dev = mod.current_device() if parts is not None else -1
+    if dev < 0:
+        return res
+    at, cells, slots = parts["cell_of"], list(parts["cells"]), []
+    outs = [(at[where["out"]], 0, list(values[where["out"]].shape))]
+    if "last" in where:   # fp32 (rows, dim, N[, 2]); _fast_result views complex ones
+        outs.append((at[where["last"]], -1, list(values[where["last"]].shape)))
+    for i in bound.slots:
+        if i in (where["out"], where.get("last")):
+            continue
+        if i == where["ckpt"]:  # the placeholder (never written): a fixed pointer, kept alive
+            cells[at[i]] = values[i].data_ptr()     # by the guard below
+            continue
+        j = ptr_of.get(values[i].data_ptr())
+        if j is None:  # a tensor that normalization made (a copy): the plan path only
+            return res
+        slots.append((at[i], j, parts["aligned"][i]))
+    try:
+        launch = mod.Launch(raw, cells, slots, outs, 0, dev, torch._C._cuda_getCurrentRawStream,
+                            parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
+    except ValueError:  # an argument that is not a plain tensor
+        return res
+    _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], values[where["ckpt"]]))
+    return res
+
+
+def _guard(guard, placeholder) -> bool:   # (holds the launch's checkpoint placeholder)
+    return guard()
 
 
 def _encode(name, cfg) -> str:

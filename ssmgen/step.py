@@ -348,8 +348,8 @@ class _Plan:
         at = parts["cell_of"]
         slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
         try:
-            launch = mod.Launch(tuple(raw), parts["cells"], slots, at[self.out], 1,
-                                list(self.x_shape), dev, torch._C._cuda_getCurrentRawStream,
+            launch = mod.Launch(tuple(raw), parts["cells"], slots,
+                                [(at[self.out], 1, list(self.x_shape))], 1, dev, torch._C._cuda_getCurrentRawStream,
                                 parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
         except ValueError:  # an argument that is not a plain tensor: the Python plan only
             return

@@ -285,3 +285,87 @@ def test_step_cpp_launch_falls_back_on_any_difference(backend):
         assert not ran, "the first signature's C++ launch is still used"
     finally:
         step._Plan.run = real_run
+
+
+_INFER_CASES = {
+    # a model's D and delta_bias as nn.Parameter (requires_grad, under no_grad), B 4-dim, C
+    # 3-dim, the last state returned (the Mamba mixer's prefill)
+    "bf16-params-last": dict(dtype=torch.bfloat16, cplx=False, last=True, h0=False,
+                             no_grad=True),
+    # complex A (the last state a complex view of the fp32 output), an initial state
+    "complex-h0-last": dict(dtype=torch.float32, cplx=True, last=True, h0=True, no_grad=True),
+    # grad mode on, no input needing a gradient; out alone
+    "fp16-grad-mode-out-only": dict(dtype=torch.float16, cplx=False, last=False, h0=False,
+                                    no_grad=False),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(_INFER_CASES))
+def test_inference_scan_cpp_launch(name, monkeypatch):
+    """Inference scans (no input needing a gradient) on the Triton backend: the first call takes
+    the full path and leaves a plan, the second runs the plan and makes a C++ launch, the third
+    takes that launch (no normalization, no Python launch); every call matches the float64
+    reference, outputs NaN-poisoned before the kernel writes them. A call with other strides
+    takes the Python path and stays right; the launch serves the first signature again."""
+    c = _INFER_CASES[name]
+    b, d, L, N, dt = 2, 24, 40, 6, c["dtype"]
+
+    def args_of(seed, strided=False):
+        g = torch.Generator().manual_seed(seed)
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        A = -0.5 * torch.rand(d, N, generator=g)
+        if c["cplx"]:
+            A = torch.complex(A, r(d, N))
+        x = dict(u=r(b, d, L), delta=0.5 * torch.rand(b, d, L, generator=g), A=A,
+                 B=r(b, 1, N, L), C=r(b, N, L), D=r(d), z=r(b, d, L),
+                 delta_bias=0.1 * torch.rand(d, generator=g))
+        if c["no_grad"]:   # a model's parameters (they require gradients) under no_grad
+            x["D"], x["delta_bias"] = map(torch.nn.Parameter, (x["D"], x["delta_bias"]))
+        if c["cplx"]:
+            x["B"], x["C"] = torch.complex(x["B"], r(b, 1, N, L)), torch.complex(x["C"], r(b, N, L))
+        for k in ("u", "delta", "z") + (() if c["cplx"] else ("B", "C")):
+            x[k] = x[k].to(dt)
+        x = {k: (torch.nn.Parameter(v.to(DEV)) if isinstance(v, torch.nn.Parameter)
+                 else v.to(DEV)) for k, v in x.items()}
+        if strided:   # (made on the device: a copy there would be contiguous)
+            x["u"] = torch.cat([x["u"], x["u"]], dim=-1)[..., :L]
+        if c["h0"]:
+            x["initial_state"] = r(b, d, N).to(A.dtype).to(DEV) if not c["cplx"] else \
+                torch.complex(r(b, d, N), r(b, d, N)).to(DEV)
+        return x
+
+    def run(x):
+        with torch.set_grad_enabled(not c["no_grad"]):
+            res = ssmgen.selective_scan(**x, delta_softplus=True, return_last_state=c["last"],
+                                        backend="triton")
+        out, last = res if c["last"] else (res, None)
+        assert not out.requires_grad and out.dtype == dt and out.shape == x["u"].shape
+        ref = selective_scan_ref(**{k: v.detach() for k, v in x.items()}, delta_softplus=True,
+                                 return_last_state=True)
+        assert_close("out", out, ref[0], dt)
+        if c["last"]:
+            assert last.dtype == x["A"].dtype and not last.requires_grad
+            assert_close("last", last, ref[1], torch.float32)
+
+    made = counting(monkeypatch, ops, "_make_fast")
+    applied = counting(monkeypatch, ops, "_apply")
+    for seed in range(3):
+        run(args_of(seed))
+    assert len(made) == 1 and len(applied) == 1, (made, applied)   # full path, then the plan's
+    flags = ("triton", not c["no_grad"], True, c["last"], False)
+    assert len(ops._plans.fast(flags)) == 1
+    normalized = counting(monkeypatch, ops, "normalize")
+    run(args_of(5))
+    assert not normalized and len(applied) == 1, "the C++ launch skips the Python path"
+    run(args_of(6, strided=True))   # another signature: the full path
+    assert len(applied) == 2 and normalized
+    run(args_of(7))
+    assert len(applied) == 2, "the first signature's launch still serves it"
+
+
+@pytest.mark.gpu
+def test_training_scans_make_no_cpp_launch():
+    for seed in range(3):
+        scan_check(scan_inputs(seed), "triton", torch.float32)
+    assert ops._plans.fast(("triton", True, True, True, False)) is None
