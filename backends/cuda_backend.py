@@ -633,6 +633,42 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
+def forward_fast(call: Call, cfg: ScanConfig):
+    """The forward without checkpoints, run once on this call, and what a C++ launch of the
+    same kernel needs (fastcall.Launch; ssmgen.ops, inference calls): (parts or None, argument
+    values, {"out" / "last": position in them}, positions of fixed buffers (the checkpoint and
+    split placeholders, which the kernel does not write at one split), (out, last state)).
+    No parts where the call takes two kernels (splits) or launches go through CuPy. Every
+    parameter is a 64-bit cell; the vector variant's 16-byte tensors must stay aligned."""
+    out, ckpt, last = buffers.forward_buffers(call, False)
+    t = _inputs(call)
+    t.update(out=out, ckpt=ckpt, last=last)
+    k = cfg.fwd
+    plan = split_plan(call, k, "fwd")
+    _split_prepass(call, k, "fwd", t, {}, plan)
+    _run(call, k, "fwd", t, {"save_ckpt": 0}, plan)
+    res = (out, buffers.finish_last(call, last))
+    if plan[0] > 1 or cuda_runtime._cu_launch() is None:
+        return None, None, None, None, res
+    dseg, bps, gx = _segments(call, k)
+    ints = _int_args(call, dseg, bps, {"save_ckpt": 0, "split_chunks": plan[1]})
+    names = [n for _, n in kernel_params(call.spec, "fwd")]
+    values = [t[n] if n in t else int(ints[n]) for n in names]
+    fn, smem = _loaded(call, k, "fwd")
+    vec = vector_ok(call, vector_steps(call.spec, k, "fwd"),
+                    dict(u=call.u, delta=call.delta, z=call.z, B=call.B, C=call.C))
+    tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    parts = dict(cells=[0 if i in tensors else int(v) & (2**64 - 1) for i, v in enumerate(values)],
+                 cell_of={i: i for i in range(len(values))},
+                 aligned={i: 1 if vec and names[i] in ("u", "delta", "z", "B", "C") else -1
+                          for i in tensors},
+                 fn=cuda_runtime._ptr(fn), grid=(gx, call.batch, 1), block=k.threads,
+                 smem=smem, guard=None, slots=tensors)
+    where = {n: names.index(n) for n in ("out", "last") if n in names}
+    fixed = [names.index(n) for n in ("ckpt", "hsp", "psp")]
+    return parts, values, where, fixed, res
+
+
 def _split_prepass(call: Call, k: KernelConfig, kind: str, t: dict, extra: dict,
                    plan: tuple[int, int]) -> None:
     """Adds the split buffers to t (dummies for one split) and runs the kind's pre-pass."""

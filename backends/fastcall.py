@@ -1,7 +1,7 @@
 """Prepared launches checked in C++ (fastcall.cpp): the host path of eager decode steps and of
-inference scans (ssmgen.ops._make_fast: Triton forwards with no input needing a gradient, the
-small problems whose time is host time: 15.8 us per b1 d64 L64 forward on the H100 against 163
-through the Python plan and mamba-ssm's 38).
+inference scans (ssmgen.ops._make_fast: one-kernel forwards with no input needing a gradient;
+a short prefill, b4 d1536 L128, 20 us on the H100 against 333 through the Python plan and
+mamba-ssm's 73).
 
 A planned step call (ssmgen.step) still spent ~40-65 us of Python per call on the H100 host
 (benchmarks/NOTES.md, "Host overhead"): the plan key reads 7 attributes of each of 10 arguments

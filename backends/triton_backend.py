@@ -299,12 +299,12 @@ def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt
 
 
-def forward_bound(call: Call, cfg: ScanConfig):
-    """The forward without checkpoints as a triton_launch.Bound, run once on this call: (the
-    Bound, its argument values, {"out" / "last" / "ckpt": position in the values}, (out, last
-    state)). What a C++ launch replays (ssmgen.ops, inference calls): its integers are fixed by
-    the call's metadata, its tensors are the call's own, the outputs and the 1-element
-    checkpoint placeholder (never written without SAVE_CKPT)."""
+def forward_fast(call: Call, cfg: ScanConfig):
+    """The forward without checkpoints as a triton_launch.Bound, run once on this call, and
+    what a C++ launch of the same kernel needs (fastcall.Launch; ssmgen.ops, inference calls):
+    (parts or None, argument values, {"out" / "last": position in them}, positions of fixed
+    buffers (the 1-element checkpoint placeholder, never written without SAVE_CKPT), (out,
+    last state)). Its integers are fixed by the call's metadata."""
     out, ckpt, last = buffers.forward_buffers(call, False)
     args = _common_args(call, "fwd", cfg.fwd)
     args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
@@ -316,8 +316,11 @@ def forward_bound(call: Call, cfg: ScanConfig):
     bound = triton_launch.Bound(kernel(call.spec, cfg.fwd, "fwd"), grid, slots,
                                 cfg.fwd.num_warps, cfg.fwd.num_stages)
     bound(values)
-    where = {k: names.index(f"{k}_ptr") for k in ("out", "last", "ckpt") if f"{k}_ptr" in names}
-    return bound, values, where, (out, buffers.finish_last(call, last))
+    parts = bound.fast_parts(values)
+    if parts is not None:
+        parts["slots"] = list(slots)
+    where = {k: names.index(f"{k}_ptr") for k in ("out", "last") if f"{k}_ptr" in names}
+    return parts, values, where, [names.index("ckpt_ptr")], (out, buffers.finish_last(call, last))
 
 
 def backward_workspace(call: Call, cfg: ScanConfig):

@@ -33,11 +33,10 @@ def scan_inputs(b, d, L, N, dtype, grad):
     return [t.requires_grad_(grad) for t in x]
 
 
-def modes(backend, is_step=False):
+def modes(backend):
     yield "plans", {"SSMGEN_PLANS": "1"}
-    if is_step or backend == "triton":  # the C++ launch (backends/fastcall.py) of steps and
-        # of Triton inference scans off: their Python plans only
-        yield "plans_no_fastcall", {"SSMGEN_PLANS": "1", "SSMGEN_FASTCALL": "0"}
+    # the C++ launch (backends/fastcall.py) of steps and inference scans off: Python plans only
+    yield "plans_no_fastcall", {"SSMGEN_PLANS": "1", "SSMGEN_FASTCALL": "0"}
     yield "no_plans", {"SSMGEN_PLANS": "0"}
     if backend == "cuda":
         yield "plans_cupy_launch", {"SSMGEN_PLANS": "1", "SSMGEN_CUDA_LAUNCH": "cupy"}
@@ -86,6 +85,17 @@ def main(out_path):
             return f"{type(e).__name__}: {str(e)[:200]}"
 
     fastcall.module()  # built before timing (plans use it once its thread is done)
+    # a short prefill of a Mamba-130m-sized layer (batch x dim > FEW_ROWS: the CUDA backend by
+    # default, one chunk: no splits), the backend ssmgen picks, no gradients
+    xp = scan_inputs(4, 1536, 128, 16, torch.bfloat16, grad=False)
+    for mode, env in modes("cuda"):
+        f = lambda: ssmgen.selective_scan(*xp, delta_softplus=True)  # noqa: E731
+        add("prefill_b4_d1536_L128_bf16", "auto (cuda)", mode,
+            measure(lambda: with_env(env, lambda: us(f))))
+    ssi0 = bench.peer_import("mamba_ssm.ops.selective_scan_interface")
+    if ssi0 is not None:
+        f = lambda: ssi0.selective_scan_fn(*xp, delta_softplus=True)  # noqa: E731
+        add("prefill_b4_d1536_L128_bf16", "mamba-ssm selective_scan_fn", "-", measure(lambda: us(f)))
     tiny = (1, 64, 64, 16)
     xf = scan_inputs(*tiny, torch.float32, grad=False)
     xg = scan_inputs(*tiny, torch.float32, grad=True)
@@ -118,7 +128,7 @@ def main(out_path):
         a = bench.step_inputs(s)
         kw = dict(z=a[7], dt_bias=a[8], dt_softplus=True)
         for be in ("triton", "cuda"):
-            for mode, env in modes(be, is_step=True):
+            for mode, env in modes(be):
                 f = lambda: ssmgen.selective_state_update(*a[:7], **kw, backend=be)  # noqa
                 add(name, be, mode, measure(lambda: with_env(env, lambda: us(f, 500))))
         if peer_step is not None:

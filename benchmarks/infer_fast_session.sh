@@ -10,7 +10,7 @@ R=$OUT/infer; mkdir -p $R
 PEER_PID=$!
 { time python3 -c "from ssmgen.backends import fastcall; print(fastcall.module())"; } > $R/build.log 2>&1
 tail -4 $R/build.log
-SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-10} timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -rf \
+SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-10} timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider -rf ${TESTS:-} \
   tests/test_fastcall.py tests/test_plans.py "tests/test_scan_numerics.py::test_inner_chunks_match_reference" \
   > $R/gpu_tests.log 2>&1
 tail -6 $R/gpu_tests.log

@@ -345,18 +345,17 @@ def _fast_result(res, return_last_state: bool, A):
 
 
 def _make_fast(plan, call, raw, flags):
-    """An inference call (eager, CUDA, no input needing a gradient, no packed sequences) on the
-    Triton backend, the one the small problems where host time shows run on: runs this call's
-    forward through a triton_launch.Bound and registers a fastcall.Launch of it under the
-    call's flags, so that later calls with the same argument metadata skip the signature,
-    normalization, the autograd Function and the Python launch (benchmarks/NOTES.md, "Inference
-    scans launched in C++"). Returns (out, last state) of this call, or None where no launch
-    was made (the plan path runs it). Tried once per plan, again while the module builds."""
-    from .backends import fastcall, triton_backend, triton_launch
+    """An inference call (eager, CUDA, no input needing a gradient, no packed sequences): runs
+    this call's forward through the backend's `forward_fast` and registers a fastcall.Launch of
+    it under the call's flags, so that later calls with the same argument metadata skip the
+    signature, normalization, the autograd Function and the Python launch (benchmarks/NOTES.md,
+    "Inference scans launched in C++"). Returns (out, last state) of this call, or None where
+    no launch was tried (the plan path runs it). Tried once per plan, again while the module
+    builds."""
+    from .backends import fastcall
 
     u = call.u
-    if (not plan[0].startswith("triton:") or call.spec.varlen or u.device.type != "cuda"
-            or not plans.runs_kernels_directly(u)
+    if (call.spec.varlen or u.device.type != "cuda" or not plans.runs_kernels_directly(u)
             or (torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
                                                 for x in raw))):
         plan[2][0] = True
@@ -366,16 +365,14 @@ def _make_fast(plan, call, raw, flags):
         plan[2][0] = not fastcall.building()
         return None
     plan[2][0] = True
-    if not triton_launch.unhooked():
-        return None
+    backend, cfg = _decode(plan[0])
     ptr_of = {}
     for j, x in enumerate(raw):
         if isinstance(x, torch.Tensor):
             if x.data_ptr() in ptr_of:  # two arguments on one address: slots would be ambiguous
                 return None
             ptr_of[x.data_ptr()] = j
-    bound, values, where, res = triton_backend.forward_bound(call, _decode(plan[0])[1])
-    parts = bound.fast_parts(values)
+    parts, values, where, fixed, res = backend.forward_fast(call, cfg)
     dev = mod.current_device() if parts is not None else -1
     if dev < 0:
         return res
@@ -383,11 +380,11 @@ def _make_fast(plan, call, raw, flags):
     outs = [(at[where["out"]], 0, list(values[where["out"]].shape))]
     if "last" in where:   # fp32 (rows, dim, N[, 2]); _fast_result views complex ones
         outs.append((at[where["last"]], -1, list(values[where["last"]].shape)))
-    for i in bound.slots:
-        if i in (where["out"], where.get("last")):
+    for i in parts["slots"]:
+        if i in where.values():
             continue
-        if i == where["ckpt"]:  # the placeholder (never written): a fixed pointer, kept alive
-            cells[at[i]] = values[i].data_ptr()     # by the guard below
+        if i in fixed:  # placeholders (never written): fixed pointers, kept alive by the guard
+            cells[at[i]] = values[i].data_ptr()
             continue
         j = ptr_of.get(values[i].data_ptr())
         if j is None:  # a tensor that normalization made (a copy): the plan path only
@@ -398,12 +395,13 @@ def _make_fast(plan, call, raw, flags):
                             parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
     except ValueError:  # an argument that is not a plain tensor
         return res
-    _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], values[where["ckpt"]]))
+    keep = [values[i] for i in fixed]
+    _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], keep))
     return res
 
 
-def _guard(guard, placeholder) -> bool:   # (holds the launch's checkpoint placeholder)
-    return guard()
+def _guard(guard, placeholders) -> bool:   # (holds the launch's fixed buffers)
+    return guard is None or guard()
 
 
 def _encode(name, cfg) -> str:

@@ -301,9 +301,10 @@ _INFER_CASES = {
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
 @pytest.mark.parametrize("name", list(_INFER_CASES))
-def test_inference_scan_cpp_launch(name, monkeypatch):
-    """Inference scans (no input needing a gradient) on the Triton backend: the first call takes
+def test_inference_scan_cpp_launch(name, backend, monkeypatch):
+    """Inference scans (no input needing a gradient), each backend: the first call takes
     the full path and leaves a plan, the second runs the plan and makes a C++ launch, the third
     takes that launch (no normalization, no Python launch); every call matches the float64
     reference, outputs NaN-poisoned before the kernel writes them. A call with other strides
@@ -338,7 +339,7 @@ def test_inference_scan_cpp_launch(name, monkeypatch):
     def run(x):
         with torch.set_grad_enabled(not c["no_grad"]):
             res = ssmgen.selective_scan(**x, delta_softplus=True, return_last_state=c["last"],
-                                        backend="triton")
+                                        backend=backend)
         out, last = res if c["last"] else (res, None)
         assert not out.requires_grad and out.dtype == dt and out.shape == x["u"].shape
         ref = selective_scan_ref(**{k: v.detach() for k, v in x.items()}, delta_softplus=True,
@@ -353,7 +354,7 @@ def test_inference_scan_cpp_launch(name, monkeypatch):
     for seed in range(3):
         run(args_of(seed))
     assert len(made) == 1 and len(applied) == 1, (made, applied)   # full path, then the plan's
-    flags = ("triton", not c["no_grad"], True, c["last"], False)
+    flags = (backend, not c["no_grad"], True, c["last"], False)
     assert len(ops._plans.fast(flags)) == 1
     normalized = counting(monkeypatch, ops, "normalize")
     run(args_of(5))
@@ -365,7 +366,27 @@ def test_inference_scan_cpp_launch(name, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_training_scans_make_no_cpp_launch():
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_training_scans_make_no_cpp_launch(backend):
     for seed in range(3):
-        scan_check(scan_inputs(seed), "triton", torch.float32)
-    assert ops._plans.fast(("triton", True, True, True, False)) is None
+        scan_check(scan_inputs(seed), backend, torch.float32)
+    assert ops._plans.fast((backend, True, True, True, False)) is None
+
+
+@pytest.mark.gpu
+def test_split_cuda_inference_scan_makes_no_cpp_launch(monkeypatch):
+    """A CUDA forward cut into splits (few rows: auto splits; a pre-pass and the main kernel)
+    keeps the Python plan, and stays right."""
+    from ssmgen.backends import cuda_backend
+    made = []
+    real = cuda_backend.forward_fast
+    monkeypatch.setattr(cuda_backend, "forward_fast",
+                        lambda *a: made.append(real(*a)) or made[-1])
+    x = lambda seed: scan_inputs(seed, b=1, d=8, L=600, grad=False)  # noqa: E731
+    with torch.no_grad():
+        for seed in range(3):
+            out = ssmgen.selective_scan(**x(seed), delta_softplus=True, backend="cuda")
+            ref = selective_scan_ref(**x(seed), delta_softplus=True)
+            assert_close("out", out, ref, torch.float32)
+    assert len(made) == 1 and made[0][0] is None, "splits: no launch parts"
+    assert ops._plans.fast(("cuda", False, False, False, False)) is None
