@@ -6,9 +6,10 @@ matches the float64 reference like the first, outputs and every gradient; a valu
 check (cu_seqlens) still runs on a hit; a call whose normalization copies an argument makes no
 step plan and stays correct; plans keep no caller tensor alive; plans go stale when tuning
 records change; the fast launchers (Triton's compiled-kernel launch, the driver launch of the
-CUDA backend) match the slow ones on the GPU, misaligned pointers included; a step that matches
-a C++ launch (backends/fastcall.py) skips the Python plan, and one that does not (metadata,
-alignment) takes it, right either way.
+CUDA backend) match the slow ones on the GPU, misaligned pointers included; a step or an
+inference scan (both backends) that matches a C++ launch (backends/fastcall.py) skips the
+Python plan, and one that does not (metadata, alignment) takes it, right either way; training
+scans and split CUDA forwards make no C++ launch.
 """
 import gc
 import weakref
