@@ -600,20 +600,21 @@ def _run(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict,
          plan: tuple[int, int]) -> None:
     """Launches one kernel (grid z: the splits of `plan`, split_plan's; a pre-pass skips the
     split it does not need); `extra`: integer arguments beyond sizes and input strides."""
-    spec = call.spec
+    values, grid = _values(call, k, kind, tensors, extra, plan)
+    fn, smem = _loaded(call, k, kind)
+    args = [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
+    cuda_runtime.launch(fn, grid, k.threads, smem, args, call.u.device.index or 0)
+
+
+def _values(call: Call, k: KernelConfig, kind: str, tensors: dict, extra: dict,
+            plan: tuple[int, int]) -> tuple[list, tuple]:
+    """(the kernel's arguments in order: tensors and ints, the launch grid)."""
     dseg, bps, gx = _segments(call, k)
     nsplit, per = plan
     ints = _int_args(call, dseg, bps, dict(extra, split_chunks=per))
-    fn, smem = _loaded(call, k, kind)
-    args = []
-    for _, n in kernel_params(spec, kind):
-        if n in tensors:
-            t = tensors[n]
-            args.append(t.data_ptr())
-        else:
-            args.append(int(ints[n]))
-    gz = nsplit - 1 if kind in MAIN else nsplit
-    cuda_runtime.launch(fn, (gx, call.batch, gz), k.threads, smem, args, call.u.device.index or 0)
+    values = [tensors[n] if n in tensors else int(ints[n])
+              for _, n in kernel_params(call.spec, kind)]
+    return values, (gx, call.batch, nsplit - 1 if kind in MAIN else nsplit)
 
 
 def _inputs(call: Call) -> dict:
@@ -624,13 +625,18 @@ def _inputs(call: Call) -> dict:
 
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     """Returns (out, last_state or None, checkpoints); layouts in backends/buffers.py."""
+    return _forward(call, cfg, save_ckpt)[:3]
+
+
+def _forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
+    """forward's results, then its kernels' tensors by parameter name and its split plan."""
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     t = _inputs(call)
     t.update(out=out, ckpt=ckpt, last=last)
     plan = split_plan(call, cfg.fwd, "fwd")
     _split_prepass(call, cfg.fwd, "fwd", t, {}, plan)
     _run(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)}, plan)
-    return out, buffers.finish_last(call, last), ckpt
+    return out, buffers.finish_last(call, last), ckpt, t, plan
 
 
 def forward_fast(call: Call, cfg: ScanConfig):
@@ -640,20 +646,13 @@ def forward_fast(call: Call, cfg: ScanConfig):
     split placeholders, which the kernel does not write at one split), (out, last state)).
     No parts where the call takes two kernels (splits) or launches go through CuPy. Every
     parameter is a 64-bit cell; the vector variant's 16-byte tensors must stay aligned."""
-    out, ckpt, last = buffers.forward_buffers(call, False)
-    t = _inputs(call)
-    t.update(out=out, ckpt=ckpt, last=last)
-    k = cfg.fwd
-    plan = split_plan(call, k, "fwd")
-    _split_prepass(call, k, "fwd", t, {}, plan)
-    _run(call, k, "fwd", t, {"save_ckpt": 0}, plan)
-    res = (out, buffers.finish_last(call, last))
+    out, last, _, t, plan = _forward(call, cfg, False)
+    res = (out, last)
     if plan[0] > 1 or cuda_runtime._cu_launch() is None:
         return None, None, None, None, res
-    dseg, bps, gx = _segments(call, k)
-    ints = _int_args(call, dseg, bps, {"save_ckpt": 0, "split_chunks": plan[1]})
+    k = cfg.fwd
+    values, grid = _values(call, k, "fwd", t, {"save_ckpt": 0}, plan)
     names = [n for _, n in kernel_params(call.spec, "fwd")]
-    values = [t[n] if n in t else int(ints[n]) for n in names]
     fn, smem = _loaded(call, k, "fwd")
     vec = vector_ok(call, vector_steps(call.spec, k, "fwd"),
                     dict(u=call.u, delta=call.delta, z=call.z, B=call.B, C=call.C))
@@ -662,7 +661,7 @@ def forward_fast(call: Call, cfg: ScanConfig):
                  cell_of={i: i for i in range(len(values))},
                  aligned={i: 1 if vec and names[i] in ("u", "delta", "z", "B", "C") else -1
                           for i in tensors},
-                 fn=cuda_runtime._ptr(fn), grid=(gx, call.batch, 1), block=k.threads,
+                 fn=cuda_runtime._ptr(fn), grid=grid, block=k.threads,
                  smem=smem, guard=None, slots=tensors)
     where = {n: names.index(n) for n in ("out", "last") if n in names}
     fixed = [names.index(n) for n in ("ckpt", "hsp", "psp")]

@@ -290,13 +290,18 @@ def check_launch(call: Call) -> None:
 
 def forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     """Returns (out, last_state or None, checkpoints); layouts in backends/buffers.py."""
+    out, ckpt, last, args, grid = _forward_args(call, cfg, save_ckpt)
+    _launch(call.spec, cfg.fwd, "fwd", args, grid)
+    return out, buffers.finish_last(call, last), ckpt
+
+
+def _forward_args(call: Call, cfg: ScanConfig, save_ckpt: bool):
+    """(out, checkpoints, raw last state, the kernel's arguments by name, the grid)."""
     out, ckpt, last = buffers.forward_buffers(call, save_ckpt)
     args = _common_args(call, "fwd", cfg.fwd)
     args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
                 SAVE_CKPT=save_ckpt)
-    grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
-    _launch(call.spec, cfg.fwd, "fwd", args, grid)
-    return out, buffers.finish_last(call, last), ckpt
+    return out, ckpt, last, args, (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
 
 
 def forward_fast(call: Call, cfg: ScanConfig):
@@ -305,14 +310,10 @@ def forward_fast(call: Call, cfg: ScanConfig):
     (parts or None, argument values, {"out" / "last": position in them}, positions of fixed
     buffers (the 1-element checkpoint placeholder, never written without SAVE_CKPT), (out,
     last state)). Its integers are fixed by the call's metadata."""
-    out, ckpt, last = buffers.forward_buffers(call, False)
-    args = _common_args(call, "fwd", cfg.fwd)
-    args.update(out_ptr=out, ckpt_ptr=ckpt, last_ptr=last, n_chunks=buffers.n_chunks(call),
-                SAVE_CKPT=False)
+    out, _, last, args, grid = _forward_args(call, cfg, False)
     names = [n for n, _ in kernel_params(call.spec, "fwd")]
     values = [args[n] for n in names]
     slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
-    grid = (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
     bound = triton_launch.Bound(kernel(call.spec, cfg.fwd, "fwd"), grid, slots,
                                 cfg.fwd.num_warps, cfg.fwd.num_stages)
     bound(values)

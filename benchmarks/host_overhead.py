@@ -95,7 +95,8 @@ def main(out_path):
     ssi0 = bench.peer_import("mamba_ssm.ops.selective_scan_interface")
     if ssi0 is not None:
         f = lambda: ssi0.selective_scan_fn(*xp, delta_softplus=True)  # noqa: E731
-        add("prefill_b4_d1536_L128_bf16", "mamba-ssm selective_scan_fn", "-", measure(lambda: us(f)))
+        add("prefill_b4_d1536_L128_bf16", "mamba-ssm selective_scan_fn", "-",
+            measure(lambda: us(f)))
     tiny = (1, 64, 64, 16)
     xf = scan_inputs(*tiny, torch.float32, grad=False)
     xg = scan_inputs(*tiny, torch.float32, grad=True)

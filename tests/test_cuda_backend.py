@@ -70,7 +70,8 @@ def test_inner_chunk_backwards_compile_without_spills(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMGEN_CACHE_DIR", str(tmp_path))
     cs = covering_specs()
     specs = [next(s for s in cs if s.varlen and s.has_initial_state and not s.complex_A),
-             next(s for s in cs if s.complex_A and s.varlen), next(s for s in cs if s.d_state == 64)]
+             next(s for s in cs if s.complex_A and s.varlen),
+             next(s for s in cs if s.d_state == 64)]
     for s in specs:
         s = s.replace(chunk_len=128)
         base = cb.default_config(s).bwd
