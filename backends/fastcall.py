@@ -106,6 +106,24 @@ def _ninja_on_path() -> None:
             return
 
 
+def make(mod, raw, parts: dict, slots: list, outs: list, device_like: int):
+    """A Launch of the kernel that `parts` (a launcher's fast_parts: cells, fn, grid, block,
+    smem) describes, checked against the arguments `raw`; slots and outs as Launch takes them.
+    None where no CUDA context is current or an argument is not a plain tensor: the caller
+    keeps its Python path."""
+    import torch
+
+    dev = mod.current_device()
+    if dev < 0:
+        return None
+    try:
+        return mod.Launch(tuple(raw), parts["cells"], slots, outs, device_like, dev,
+                          torch._C._cuda_getCurrentRawStream, parts["fn"], list(parts["grid"]),
+                          parts["block"], parts["smem"])
+    except ValueError:
+        return None
+
+
 # -- parameter cells -----------------------------------------------------------------------------
 _INT_BITS = {"i1": 8, "i8": 8, "i16": 16, "i32": 32, "i64": 64, "u1": 8, "u8": 8, "u16": 16,
              "u32": 32, "u64": 64}

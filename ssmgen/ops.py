@@ -268,14 +268,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     raw = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     flags = (backend, torch.is_grad_enabled(), delta_softplus, return_last_state, reverse)
     if config is None and cu_seqlens is None and plans.enabled():
-        fast = _plans.fast(flags)
-        if fast is not None:   # an inference call seen before: checked and launched in C++
-            poison = os.environ.get("SSMGEN_POISON") == "1"
-            for launch, guard in fast:
-                if guard is None or guard():
-                    res = launch.run(raw, poison)
-                    if res is not None:
-                        return _fast_result(res, return_last_state, A)
+        res = _plans.run_fast(flags, raw)  # an inference call seen before: checked, launched in C++
+        if res is not None:
+            return _fast_result(res, return_last_state, A)
     key = (plans.signature(flags[:2], args + tuple(variants.values()))
            if config is None and plans.enabled() else None)
     plan = _plans.get(key) if key is not None else None
@@ -373,8 +368,7 @@ def _make_fast(plan, call, raw, flags):
                 return None
             ptr_of[x.data_ptr()] = j
     parts, values, where, fixed, res = backend.forward_fast(call, cfg)
-    dev = mod.current_device() if parts is not None else -1
-    if dev < 0:
+    if parts is None:
         return res
     at, cells, slots = parts["cell_of"], list(parts["cells"]), []
     outs = [(at[where["out"]], 0, list(values[where["out"]].shape))]
@@ -390,13 +384,10 @@ def _make_fast(plan, call, raw, flags):
         if j is None:  # a tensor that normalization made (a copy): the plan path only
             return res
         slots.append((at[i], j, parts["aligned"][i]))
-    try:
-        launch = mod.Launch(raw, cells, slots, outs, 0, dev, torch._C._cuda_getCurrentRawStream,
-                            parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
-    except ValueError:  # an argument that is not a plain tensor
-        return res
-    keep = [values[i] for i in fixed]
-    _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], keep))
+    launch = fastcall.make(mod, raw, dict(parts, cells=cells), slots, outs, device_like=0)
+    if launch is not None:
+        keep = [values[i] for i in fixed]
+        _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], keep))
     return res
 
 

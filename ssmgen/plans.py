@@ -110,6 +110,20 @@ class Table:
             return None
         return hit[0]
 
+    def run_fast(self, flags, raw):
+        """The result of the first C++ launch made under these flags that takes this call's
+        arguments (each checks them itself, then launches), or None."""
+        fast = self.fast(flags)
+        if fast is None:
+            return None
+        poison = os.environ.get("SSMGEN_POISON") == "1"
+        for launch, guard in fast:
+            if guard is None or guard():
+                res = launch.run(raw, poison)
+                if res is not None:
+                    return res
+        return None
+
     def put_fast(self, flags, launch, guard=None) -> None:
         hit = self._fast.get(flags)
         if hit is None or not _current(hit):

@@ -16,7 +16,6 @@ the host would cost a device sync on every step).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -225,15 +224,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     from .ops import pick_backend
 
     raw = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
-    if config is None:
-        fast = _plans.fast((backend, dt_softplus))
-        if fast is not None and plans.enabled():
-            poison = os.environ.get("SSMGEN_POISON") == "1"
-            for launch, guard in fast:
-                if guard is None or guard():
-                    out = launch.run(raw, poison)
-                    if out is not None:
-                        return out
+    if config is None and plans.enabled():
+        out = _plans.run_fast((backend, dt_softplus), raw)
+        if out is not None:
+            return out
     key = (plans.signature((backend, dt_softplus), raw) if config is None and plans.enabled()
            else None)
     plan = _plans.get(key) if key is not None else None
@@ -342,18 +336,14 @@ class _Plan:
             return
         self.fast_tried = True
         parts = fast_parts(values) if mod is not None else None
-        dev = mod.current_device() if parts is not None else -1
-        if dev < 0:
+        if parts is None:
             return
         at = parts["cell_of"]
         slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
-        try:
-            launch = mod.Launch(tuple(raw), parts["cells"], slots,
-                                [(at[self.out], 1, list(self.x_shape))], 1, dev, torch._C._cuda_getCurrentRawStream,
-                                parts["fn"], list(parts["grid"]), parts["block"], parts["smem"])
-        except ValueError:  # an argument that is not a plain tensor: the Python plan only
-            return
-        _plans.put_fast(flags, launch, parts["guard"])
+        launch = fastcall.make(mod, raw, parts, slots, [(at[self.out], 1, list(self.x_shape))],
+                               device_like=1)
+        if launch is not None:
+            _plans.put_fast(flags, launch, parts["guard"])
 
 
 def _view_dtype(t):
