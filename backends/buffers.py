@@ -164,16 +164,32 @@ def finish_grads(call: Call, g: dict, dlast=None, step_major: int = 0) -> dict:
         empty = _empty_seqs(call, g["dinit"])
         g["dinit"] = (g["dinit"].masked_fill_(empty, 0.0) if dlast is None
                       else torch.where(empty, dlast, g["dinit"]))
-    for n in ("dA", "dD", "ddbias"):
-        if g[n] is not None:
-            g[n] = g[n].sum(0)
+    return apply_grad_steps(grad_steps(call, g, step_major), g)
+
+
+def grad_steps(call: Call, g: dict, step_major: int = 0) -> dict:
+    """What finish_grads does to each kernel buffer of g, from metadata alone (a training
+    plan keeps it for later calls with the same metadata, ssmgen.ops): "sum" (per-row
+    partials summed over rows) or ("copy", shape, dtype, N) (step-major sums copied into the
+    canonical layout and dtype)."""
+    steps = {n: "sum" for n in ("dA", "dD", "ddbias") if g[n] is not None}
     for X in ("B", "C"):
         t = getattr(call, X)
         if t.dim() == 2 or g["d" + X].dim() == 5:  # per-row / per-block partials
-            g["d" + X] = g["d" + X].sum(0)
-        elif step_major:  # one copy: transposed, padding dropped, cast
-            sm = g["d" + X][..., :call.spec.d_state].transpose(-1, -2)
-            g["d" + X] = torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(sm)
+            steps["d" + X] = "sum"
+        elif step_major:
+            steps["d" + X] = ("copy", tuple(t.shape), t.dtype, call.spec.d_state)
+    return steps
+
+
+def apply_grad_steps(steps: dict, g: dict) -> dict:
+    for n, step in steps.items():
+        if step == "sum":  # one row: its view, no kernel
+            g[n] = g[n][0] if g[n].shape[0] == 1 else g[n].sum(0)
+        else:  # one copy: transposed, padding dropped, cast
+            _, shape, dtype, N = step
+            sm = g[n][..., :N].transpose(-1, -2)
+            g[n] = torch.empty(shape, dtype=dtype, device=sm.device).copy_(sm)
     return g
 
 

@@ -639,33 +639,40 @@ def _forward(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, buffers.finish_last(call, last), ckpt, t, plan
 
 
-def forward_fast(call: Call, cfg: ScanConfig):
-    """The forward without checkpoints, run once on this call, and what a C++ launch of the
-    same kernel needs (fastcall.Launch; ssmgen.ops, inference calls): (parts or None, argument
-    values, {"out" / "last": position in them}, positions of fixed buffers (the checkpoint and
-    split placeholders, which the kernel does not write at one split), (out, last state)).
-    No parts where the call takes two kernels (splits) or launches go through CuPy. Every
-    parameter is a 64-bit cell; the vector variant's 16-byte tensors must stay aligned."""
-    out, last, _, t, plan = _forward(call, cfg, False)
-    res = (out, last)
+def forward_fast(call: Call, cfg: ScanConfig, save_ckpt: bool = False):
+    """The forward run once on this call, and what a C++ launch of the same kernel needs
+    (fastcall.Launch; ssmgen.ops, inference and training calls): (parts or None, argument
+    values, {"out" / "ckpt" / "last": position of each output in them}, positions of fixed
+    buffers (placeholders the kernel does not write at one split: the split buffers, and the
+    checkpoint without save_ckpt), (out, raw last state or None, checkpoints)). No parts where
+    the call takes two kernels (splits) or launches go through CuPy. Every parameter is a
+    64-bit cell; the vector variant's 16-byte tensors must stay aligned."""
+    out, _, ckpt, t, plan = _forward(call, cfg, save_ckpt)
+    res = (out, t["last"], ckpt)
     if plan[0] > 1 or cuda_runtime._cu_launch() is None:
         return None, None, None, None, res
-    k = cfg.fwd
-    values, grid = _values(call, k, "fwd", t, {"save_ckpt": 0}, plan)
-    names = [n for _, n in kernel_params(call.spec, "fwd")]
-    fn, smem = _loaded(call, k, "fwd")
-    vec = vector_ok(call, vector_steps(call.spec, k, "fwd"),
+    names = ("out", "ckpt", "last") if save_ckpt else ("out", "last")
+    fixed = ("hsp", "psp") if save_ckpt else ("ckpt", "hsp", "psp")
+    return _fast(call, cfg.fwd, "fwd", t, {"save_ckpt": int(save_ckpt)}, plan, names, fixed,
+                 ("u", "delta", "z", "B", "C")) + (res,)
+
+
+def _fast(call, k, kind, t, extra, plan, outs, fixed, vector_names):
+    """(parts, values, {output name: position}, fixed positions) of a C++ launch of the kernel
+    `_run` would launch with these tensors (see forward_fast)."""
+    values, grid = _values(call, k, kind, t, extra, plan)
+    names = [n for _, n in kernel_params(call.spec, kind)]
+    fn, smem = _loaded(call, k, kind)
+    vec = vector_ok(call, vector_steps(call.spec, k, kind),
                     dict(u=call.u, delta=call.delta, z=call.z, B=call.B, C=call.C))
     tensors = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
     parts = dict(cells=[0 if i in tensors else int(v) & (2**64 - 1) for i, v in enumerate(values)],
                  cell_of={i: i for i in range(len(values))},
-                 aligned={i: 1 if vec and names[i] in ("u", "delta", "z", "B", "C") else -1
-                          for i in tensors},
+                 aligned={i: 1 if vec and names[i] in vector_names else -1 for i in tensors},
                  fn=cuda_runtime._ptr(fn), grid=grid, block=k.threads,
                  smem=smem, guard=None, slots=tensors)
-    where = {n: names.index(n) for n in ("out", "last") if n in names}
-    fixed = [names.index(n) for n in ("ckpt", "hsp", "psp")]
-    return parts, values, where, fixed, res
+    where = {n: names.index(n) for n in outs if n in names}
+    return parts, values, where, [names.index(n) for n in fixed]
 
 
 def _split_prepass(call: Call, k: KernelConfig, kind: str, t: dict, extra: dict,
@@ -703,6 +710,30 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
+    g, dlast, _, _, _, sm = _backward(call, cfg, ckpt, dout, dlast)
+    return buffers.finish_grads(call, g, dlast, step_major=sm)
+
+
+def backward_fast(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):
+    """The backward run once on this call, and what a C++ launch of its kernel needs
+    (ssmgen.ops, training calls): (parts or None, argument values, {gradient name: position
+    of its buffer}, positions of the buffers the kernel adds into (zeros), fixed placeholder
+    positions, the gradient buffers as the kernel left them, the steps that finish them
+    (buffers.grad_steps)). No parts for a split backward (two kernels) or CuPy launches."""
+    g, _, t, extra, plan, sm = _backward(call, cfg, ckpt, dout, dlast)
+    steps = buffers.grad_steps(call, g, sm)
+    if plan[0] > 1 or cuda_runtime._cu_launch() is None:
+        return None, None, None, None, None, g, steps
+    parts, values, where, fixed = _fast(call, cfg.bwd, "bwd", t, extra, plan,
+                                        [n for n, v in g.items() if v is not None],
+                                        ("hsp", "psp"), ("u", "delta", "z", "B", "C", "dout"))
+    zero = [where["d" + X] for X in ("B", "C") if getattr(call, X).dim() == 4]
+    return parts, values, where, zero, fixed, g, steps
+
+
+def _backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):
+    """Runs the backward kernel(s): (gradient buffers, dlast as the kernel read it, the kernel's
+    tensors by parameter name, its integer extras, the split plan, step_major)."""
     v = vector_steps(call.spec, cfg.bwd, "bwd")
     if dout.stride(-1) != 1 or (v and call.seqlen % v == 0 and not vector_aligned(dout, v)):
         # unit step stride for the kernel, and where the vector backward may run, aligned like
@@ -727,7 +758,7 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     t.update(ckpt=ckpt, dout=dout, dlast=dlast, **{n: v for n, v in g.items() if v is not None})
     _split_prepass(call, cfg.bwd, "bwd", t, extra, plan)
     _run(call, cfg.bwd, "bwd", t, extra, plan)
-    return buffers.finish_grads(call, g, dlast, step_major=sm)
+    return g, dlast, t, extra, plan, sm
 
 
 def step_major(call: Call, cfg: ScanConfig) -> int:

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/fill.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -110,6 +111,7 @@ struct Out {
   int cell;                      // which kernel parameter takes its pointer
   std::vector<int64_t> shape;    // contiguous
   at::TensorOptions options;
+  bool zero;                     // zero-filled (a kernel adds into it), else uninitialized
 };
 
 class Launch {
@@ -117,13 +119,13 @@ class Launch {
   // expect: the call's arguments (a tuple) the plan was made from; cells: every kernel
   // parameter's bits (pointers at the slots are overwritten per call; other cells, pointers to
   // buffers the caller keeps alive included, as given); slots: (cell, argument, alignment)
-  // triples; outs: (cell, like, shape) per output, a new contiguous tensor of that shape whose
-  // pointer goes to that cell, in the dtype of argument `like` (-1: float32), on the device of
-  // argument `device_like`; device: the CUDA ordinal of the context current when the plan was
-  // made; stream_fn(device index) -> the current raw stream; fn: CUfunction; grid, block,
-  // smem: the launch shape.
+  // triples; outs: (cell, like, shape, zero) per output, a new contiguous tensor of that shape
+  // whose pointer goes to that cell, in the dtype of argument `like` (-1: float32), on the
+  // device of argument `device_like`, zero-filled where `zero` (a kernel adds into it);
+  // device: the CUDA ordinal of the context current when the plan was made; stream_fn(device
+  // index) -> the current raw stream; fn: CUfunction; grid, block, smem: the launch shape.
   Launch(py::tuple expect, std::vector<uint64_t> cells, std::vector<std::array<int, 3>> slots,
-         std::vector<std::tuple<int, int, std::vector<int64_t>>> outs, int device_like,
+         std::vector<std::tuple<int, int, std::vector<int64_t>, bool>> outs, int device_like,
          int device, py::object stream_fn, uint64_t fn, std::array<unsigned, 3> grid,
          unsigned block, unsigned smem)
       : cells_(std::move(cells)), device_like_(device_like), device_(device),
@@ -147,7 +149,8 @@ class Launch {
         throw std::invalid_argument("out cell or like out of range");
       auto dtype = like == -1 ? c10::ScalarType::Float : expect_[like].dtype;
       outs_.push_back({cell, std::get<2>(o),
-                       at::TensorOptions().dtype(dtype).device(expect_[device_like_].device)});
+                       at::TensorOptions().dtype(dtype).device(expect_[device_like_].device),
+                       std::get<3>(o)});
     }
   }
 
@@ -174,8 +177,8 @@ class Launch {
     if (d.ctx_device(&cur) != 0 || cur != device_) return py::none();
     std::vector<at::Tensor> made;
     for (const Out& o : outs_) {
-      made.push_back(at::empty(o.shape, o.options));
-      if (poison) made.back().fill_(std::numeric_limits<double>::quiet_NaN());
+      made.push_back(o.zero ? at::zeros(o.shape, o.options) : at::empty(o.shape, o.options));
+      if (poison && !o.zero) made.back().fill_(std::numeric_limits<double>::quiet_NaN());
       cells[o.cell] = reinterpret_cast<uint64_t>(made.back().data_ptr());
     }
     uint64_t stream = stream_fn_(expect_[device_like_].device.index()).cast<uint64_t>();
@@ -228,7 +231,7 @@ class Launch {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Launch>(m, "Launch")
       .def(py::init<py::tuple, std::vector<uint64_t>, std::vector<std::array<int, 3>>,
-                    std::vector<std::tuple<int, int, std::vector<int64_t>>>, int, int,
+                    std::vector<std::tuple<int, int, std::vector<int64_t>, bool>>, int, int,
                     py::object, uint64_t, std::array<unsigned, 3>, unsigned, unsigned>())
       .def("pack", &Launch::pack)
       .def("run", &Launch::run)

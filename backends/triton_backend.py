@@ -304,24 +304,32 @@ def _forward_args(call: Call, cfg: ScanConfig, save_ckpt: bool):
     return out, ckpt, last, args, (triton.cdiv(call.dim, cfg.fwd.block_d), call.batch)
 
 
-def forward_fast(call: Call, cfg: ScanConfig):
-    """The forward without checkpoints as a triton_launch.Bound, run once on this call, and
-    what a C++ launch of the same kernel needs (fastcall.Launch; ssmgen.ops, inference calls):
-    (parts or None, argument values, {"out" / "last": position in them}, positions of fixed
-    buffers (the 1-element checkpoint placeholder, never written without SAVE_CKPT), (out,
-    last state)). Its integers are fixed by the call's metadata."""
-    out, _, last, args, grid = _forward_args(call, cfg, False)
-    names = [n for n, _ in kernel_params(call.spec, "fwd")]
+def forward_fast(call: Call, cfg: ScanConfig, save_ckpt: bool = False):
+    """The forward as a triton_launch.Bound, run once on this call, and what a C++ launch of
+    the same kernel needs (fastcall.Launch; ssmgen.ops, inference and training calls): (parts
+    or None, argument values, {"out" / "ckpt" / "last": position of each output in them},
+    positions of fixed buffers (the 1-element checkpoint placeholder, never written without
+    SAVE_CKPT), (out, raw last state or None, checkpoints)). Its integers are fixed by the
+    call's metadata."""
+    out, ckpt, last, args, grid = _forward_args(call, cfg, save_ckpt)
+    parts, values, where = _fast(call.spec, cfg.fwd, "fwd", args, grid, ("out", "ckpt", "last"))
+    fixed = [] if save_ckpt else [where.pop("ckpt")]
+    return parts, values, where, fixed, (out, last, ckpt)
+
+
+def _fast(spec, k, kind, args, grid, outs):
+    """Runs the kernel through a triton_launch.Bound: (its fast_parts with the tensor slots, or
+    None; the argument values; {output name: position} of the outputs named in `outs`)."""
+    names = [n for n, _ in kernel_params(spec, kind)]
     values = [args[n] for n in names]
     slots = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
-    bound = triton_launch.Bound(kernel(call.spec, cfg.fwd, "fwd"), grid, slots,
-                                cfg.fwd.num_warps, cfg.fwd.num_stages)
+    bound = triton_launch.Bound(kernel(spec, k, kind), grid, slots, k.num_warps, k.num_stages)
     bound(values)
     parts = bound.fast_parts(values)
     if parts is not None:
         parts["slots"] = list(slots)
-    where = {k: names.index(f"{k}_ptr") for k in ("out", "last") if f"{k}_ptr" in names}
-    return parts, values, where, [names.index("ckpt_ptr")], (out, buffers.finish_last(call, last))
+    where = {n: names.index(f"{n}_ptr") for n in outs if f"{n}_ptr" in names}
+    return parts, values, where
 
 
 def backward_workspace(call: Call, cfg: ScanConfig):
@@ -344,6 +352,31 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
              dlast=None) -> dict:
     """Gradients of every input in canonical form (B/C variable in canonical real layout);
     dlast: the last state's gradient (None: zero)."""
+    k, args, grid, g, dlast = _backward_args(call, cfg, ckpt, dout, dlast)
+    _launch(call.spec, k, "bwd", args, grid)
+    return buffers.finish_grads(call, g, dlast)
+
+
+def backward_fast(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):
+    """The backward as a triton_launch.Bound, run once on this call, and what a C++ launch of
+    it needs (ssmgen.ops, training calls): (parts or None, argument values, {gradient name
+    (and "scratch"): position of its buffer}, positions of the buffers the kernel adds into
+    (zeros), fixed placeholder positions, the gradient buffers as the kernel left them, the
+    steps that finish them (buffers.grad_steps))."""
+    k, args, grid, g, _ = _backward_args(call, cfg, ckpt, dout, dlast)
+    names = tuple(n for n, v in g.items() if v is not None)
+    scratch = args["scratch_ptr"].numel() > 1  # a per-call buffer, else a placeholder
+    parts, values, where = _fast(call.spec, k, "bwd", args, grid,
+                                 names + (("scratch",) if scratch else ()))
+    zero = [where["d" + X] for X in ("B", "C") if getattr(call, X).dim() == 4]
+    fixed = [] if scratch else [[n for n, _ in kernel_params(call.spec, "bwd")].index(
+        "scratch_ptr")]
+    return parts, values, where, zero, fixed, g, buffers.grad_steps(call, g)
+
+
+def _backward_args(call: Call, cfg: ScanConfig, ckpt, dout, dlast):
+    """(kernel config, the backward kernel's arguments by name, grid, gradient buffers, dlast
+    as the kernel reads it)."""
     spec = call.spec
     k, slots, scratch_shape = backward_workspace(call, cfg)
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
@@ -358,8 +391,7 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
     if slots:
         args.update({f"ds_{X}slot": g["d" + X].stride(0) for X in ("B", "C")
                      if g["d" + X].dim() == 5})
-    _launch(spec, k, "bwd", args, grid)
-    return buffers.finish_grads(call, g, dlast)
+    return k, args, grid, g, dlast
 
 
 # -- the decode step ---------------------------------------------------------------------------

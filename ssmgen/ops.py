@@ -18,6 +18,7 @@ from .inputs import normalize
 from .reference import selective_scan_ref
 
 from .backends import NAMES as KERNEL_BACKENDS
+from .backends import buffers
 
 BACKENDS = KERNEL_BACKENDS + ("reference",)
 # At batch x dim <= FEW_ROWS the default is Triton even where the CUDA backend runs: its blocks
@@ -177,19 +178,33 @@ def _backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, de
         call = dataclasses.replace(call, spec=call.spec.replace(deterministic=True))
     mod, cfg = _decode(config)
     g = mod.backward(call, cfg, ckpt, dout, dlast)
-    cplx = call.spec.complex_A
+    raw = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return _as_inputs(_input_forms(raw, call.spec.complex_A), g, lambda: _empty(u))
 
-    def as_input(grad, x):
-        if x is None or grad is None:
-            return _empty(u)
-        if cplx and x.is_complex():
-            grad = torch.view_as_complex(grad.reshape(x.shape + (2,)))
-        return grad.reshape(x.shape).to(x.dtype)
 
-    return [as_input(g["du"], u), as_input(g["ddelta"], delta), as_input(g["dA"], A),
-            as_input(g["dB"], B), as_input(g["dC"], C), as_input(g["dD"], D),
-            as_input(g["dz"], z), as_input(g["ddbias"], delta_bias),
-            as_input(g["dinit"], initial_state)]
+GRAD_NAMES = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddbias", "dinit")  # raw's order
+
+
+def _input_forms(raw, cplx: bool) -> list:
+    """Per input of (u, delta, A, B, C, D, z, delta_bias, initial_state): its (shape, dtype,
+    complex) that its gradient takes, or None where the input is."""
+    return [None if x is None else (x.shape, x.dtype, cplx and x.is_complex()) for x in raw]
+
+
+def _as_inputs(forms, g: dict, empty=lambda: None) -> list:
+    """The kernels' finished gradients (canonical form, by GRAD_NAMES) in the inputs' own
+    shapes and dtypes; empty() for an absent input."""
+    res = []
+    for form, name in zip(forms, GRAD_NAMES):
+        grad = g.get(name)
+        if form is None or grad is None:
+            res.append(empty())
+            continue
+        shape, dtype, cplx = form
+        if cplx:
+            grad = torch.view_as_complex(grad.reshape(shape + (2,)))
+        res.append(grad.reshape(shape).to(dtype))
+    return res
 
 
 @scan_bwd.register_fake
@@ -271,6 +286,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         res = _plans.run_fast(flags, raw)  # an inference call seen before: checked, launched in C++
         if res is not None:
             return _fast_result(res, return_last_state, A)
+        if flags[1]:  # a training call seen before: its forward launched in C++ (_TrainPlan)
+            res = _plans.run_fast(flags + ("train",), raw)
+            if res is not None:
+                return res
     key = (plans.signature(flags[:2], args + tuple(variants.values()))
            if config is None and plans.enabled() else None)
     plan = _plans.get(key) if key is not None else None
@@ -279,7 +298,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if not plan[2][0]:
             res = _make_fast(plan, call, raw, flags)
             if res is not None:
-                return res if return_last_state else res[0]
+                return res
         return _apply(plan[0], call, args, variants)
     chunk_len, cfg = _split_config(config)
     # every input check, before any rendering
@@ -340,19 +359,17 @@ def _fast_result(res, return_last_state: bool, A):
 
 
 def _make_fast(plan, call, raw, flags):
-    """An inference call (eager, CUDA, no input needing a gradient, no packed sequences): runs
-    this call's forward through the backend's `forward_fast` and registers a fastcall.Launch of
-    it under the call's flags, so that later calls with the same argument metadata skip the
-    signature, normalization, the autograd Function and the Python launch (benchmarks/NOTES.md,
-    "Inference scans launched in C++"). Returns (out, last state) of this call, or None where
-    no launch was tried (the plan path runs it). Tried once per plan, again while the module
-    builds."""
+    """An eager call on CUDA tensors without packed sequences: runs this call's forward through
+    the backend's `forward_fast` and registers a fastcall.Launch of it under the call's flags,
+    so that later calls with the same argument metadata skip the signature, normalization and
+    the Python launch (benchmarks/NOTES.md, "Inference scans launched in C++"). A training
+    call (an input needs a gradient) gets a _TrainPlan: the forward with checkpoints, its
+    backward launched in C++ as well. Returns this call's result, or None where no launch was
+    tried (the plan path runs it). Tried once per plan, again while the module builds."""
     from .backends import fastcall
 
     u = call.u
-    if (call.spec.varlen or u.device.type != "cuda" or not plans.runs_kernels_directly(u)
-            or (torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
-                                                for x in raw))):
+    if call.spec.varlen or u.device.type != "cuda" or not plans.runs_kernels_directly(u):
         plan[2][0] = True
         return None
     mod = fastcall.module(wait=False)
@@ -360,35 +377,146 @@ def _make_fast(plan, call, raw, flags):
         plan[2][0] = not fastcall.building()
         return None
     plan[2][0] = True
+    train = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
+                                            for x in raw)
+    ptr_of = _pointers(raw)
+    if ptr_of is None:  # two arguments on one address: slots would be ambiguous
+        return None
     backend, cfg = _decode(plan[0])
+    parts, values, where, fixed, (out, last, ckpt) = backend.forward_fast(call, cfg, train)
+    launch = keep = None
+    if parts is not None:  # out in u's dtype; checkpoints, last state fp32
+        outs = [(where["out"], 0, False)] + [(where[n], -1, False) for n in ("ckpt", "last")
+                                             if n in where]
+        launch, keep = _launch_of(mod, parts, values, raw, ptr_of, outs, fixed)
+    guard = None if parts is None else functools.partial(_guard, parts["guard"], keep)
+    if train:
+        entry = _TrainPlan(plan[0], call, raw, launch)
+        if launch is not None:
+            _plans.put_fast(flags + ("train",), entry, guard)
+        return entry.wrap((out, ckpt) if last is None else (out, ckpt, last), raw)
+    if launch is not None:
+        _plans.put_fast(flags, launch, guard)
+    return _fast_result((out, last) if call.spec.return_last_state else out,
+                        call.spec.return_last_state, call.A)
+
+
+def _pointers(raw):
+    """{data_ptr: position} of the tensors in raw, or None where two share an address."""
     ptr_of = {}
     for j, x in enumerate(raw):
         if isinstance(x, torch.Tensor):
-            if x.data_ptr() in ptr_of:  # two arguments on one address: slots would be ambiguous
+            if x.data_ptr() in ptr_of:
                 return None
             ptr_of[x.data_ptr()] = j
-    parts, values, where, fixed, res = backend.forward_fast(call, cfg)
-    if parts is None:
-        return res
+    return ptr_of
+
+
+def _launch_of(mod, parts, values, raw, ptr_of, outs, fixed):
+    """(a fastcall.Launch of the kernel a backend's fast_parts describe, or None; the fixed
+    buffers it points at, which the caller keeps alive). outs: (position in values, like,
+    zero) per output (Launch's meaning of like and zero). Every other pointer must be one of
+    raw's tensors (by address: the canonical views normalization makes share it) or a fixed
+    placeholder; one that is neither (a copy normalization made) leaves the Python path."""
+    from .backends import fastcall
+
     at, cells, slots = parts["cell_of"], list(parts["cells"]), []
-    outs = [(at[where["out"]], 0, list(values[where["out"]].shape))]
-    if "last" in where:   # fp32 (rows, dim, N[, 2]); _fast_result views complex ones
-        outs.append((at[where["last"]], -1, list(values[where["last"]].shape)))
+    taken = {i for i, _, _ in outs}
     for i in parts["slots"]:
-        if i in where.values():
+        if i in taken:
             continue
-        if i in fixed:  # placeholders (never written): fixed pointers, kept alive by the guard
+        if i in fixed:  # placeholders (never written): fixed pointers, kept alive by the caller
             cells[at[i]] = values[i].data_ptr()
             continue
         j = ptr_of.get(values[i].data_ptr())
-        if j is None:  # a tensor that normalization made (a copy): the plan path only
-            return res
+        if j is None:
+            return None, None
         slots.append((at[i], j, parts["aligned"][i]))
-    launch = fastcall.make(mod, raw, dict(parts, cells=cells), slots, outs, device_like=0)
-    if launch is not None:
-        keep = [values[i] for i in fixed]
-        _plans.put_fast(flags, launch, functools.partial(_guard, parts["guard"], keep))
-    return res
+    launch = fastcall.make(mod, raw, dict(parts, cells=cells), slots,
+                           [(at[i], like, list(values[i].shape), zero) for i, like, zero in outs],
+                           device_like=0)
+    return launch, [values[i] for i in fixed]
+
+
+class _TrainPlan:
+    """A planned training call's C++ launches (benchmarks/NOTES.md, "Training calls launched
+    in C++"): the forward with checkpoints (its Launch checks the call's arguments), and the
+    backward's, made at the first backward through this plan and checked against the saved
+    inputs, the checkpoints, dout and the last state's gradient. What the backward's Python
+    does then is fixed by metadata too: finishing the kernel's buffers (buffers.grad_steps)
+    and shaping them as the inputs (_input_forms). Any mismatch takes the ordinary backward."""
+
+    def __init__(self, config: str, call, raw, fwd):
+        self.config, self.fwd = config, fwd
+        spec = call.spec
+        self.flags = (spec.delta_softplus, spec.return_last_state, spec.reverse, spec.chunk_len)
+        self.forms = _input_forms(raw, spec.complex_A)
+        self.cplx_last = spec.complex_A and spec.return_last_state
+        self.bwd = self.bwd_tried = self.bwd_guard = None
+        self.names = self.steps = self.keep = None
+
+    def run(self, raw, poison: bool):
+        """Table.run_fast's call: the forward's C++ launch, wrapped for autograd."""
+        res = self.fwd.run(raw, poison)
+        return None if res is None else self.wrap(res, raw)
+
+    def wrap(self, res, raw):
+        """(out, ckpt[, raw last state]) -> the public result, recorded for autograd."""
+        outs = _LaunchedScanFn.apply(self, list(res), *raw)
+        if not self.flags[1]:
+            return outs
+        out, last = outs
+        return out, torch.view_as_complex(last) if self.cplx_last else last
+
+    def backward(self, raw, ckpt, dout, dlast) -> list:
+        det = deterministic_mode()
+        bargs = (*raw, ckpt, dout, dlast)
+        if self.bwd is not None and not det and (self.bwd_guard is None or self.bwd_guard()):
+            bufs = self.bwd.run(bargs, os.environ.get("SSMGEN_POISON") == "1")
+            if bufs is not None:
+                g = dict(zip(self.names, bufs if isinstance(bufs, tuple) else (bufs,)))
+                return _as_inputs(self.forms, buffers.apply_grad_steps(self.steps, g))
+        softplus, ret_last, reverse, chunk_len = self.flags
+        if self.bwd_tried or det:
+            g = _backward(*raw, None, softplus, ret_last, reverse, chunk_len, self.config,
+                          ckpt, dout, dlast, det)
+            return [gr if x is not None else None for gr, x in zip(g, raw)]
+        self.bwd_tried = True
+        call = normalize(*raw[:8], softplus, ret_last, chunk_len, initial_state=raw[8],
+                         reverse=reverse, check_values=False)
+        backend, cfg = _decode(self.config)
+        parts, values, where, zero, fixed, g, steps = backend.backward_fast(call, cfg, ckpt,
+                                                                            dout, dlast)
+        grads = _as_inputs(self.forms, buffers.apply_grad_steps(steps, dict(g)))
+        from .backends import fastcall
+
+        mod, ptr_of = fastcall.module(wait=False), _pointers(bargs)
+        if mod is not None and ptr_of is not None and parts is not None:
+            outs = [(i, 0 if n in ("du", "ddelta", "dz") else -1, i in zero)
+                    for n, i in where.items()]  # du, ddelta, dz in u's dtype, the rest fp32
+            launch, keep = _launch_of(mod, parts, values, bargs, ptr_of, outs, fixed)
+            if launch is not None:
+                self.bwd, self.names, self.steps, self.keep = launch, list(where), steps, keep
+                self.bwd_guard = parts["guard"]
+        return grads
+
+
+class _LaunchedScanFn(torch.autograd.Function):
+    """The autograd node of a _TrainPlan's call: saves the inputs and the checkpoints, as
+    SelectiveScanFn does; the outputs were made by the C++ launch before."""
+
+    @staticmethod
+    def forward(ctx, plan, res, *raw):
+        ctx.plan = plan
+        ctx.save_for_backward(*raw, res[1])
+        if len(res) == 2:
+            return res[0]
+        return res[0], res[2]
+
+    @staticmethod
+    def backward(ctx, dout, dlast=None):
+        *raw, ckpt = ctx.saved_tensors
+        return (None, None, *ctx.plan.backward(raw, ckpt, dout, dlast))
 
 
 def _guard(guard, placeholders) -> bool:   # (holds the launch's fixed buffers)

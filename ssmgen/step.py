@@ -340,8 +340,8 @@ class _Plan:
             return
         at = parts["cell_of"]
         slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
-        launch = fastcall.make(mod, raw, parts, slots, [(at[self.out], 1, list(self.x_shape))],
-                               device_like=1)
+        launch = fastcall.make(mod, raw, parts, slots,
+                               [(at[self.out], 1, list(self.x_shape), False)], device_like=1)
         if launch is not None:
             _plans.put_fast(flags, launch, parts["guard"])
 

@@ -32,7 +32,7 @@ def launch_of(mod, raw, aligned=(-1, -1, -1), cells=(0, 0, 11, 2**40, 0, 0)):
     # cells: state, x, an int32 size, an int64 stride, D, out
     return mod.Launch(raw, list(cells), [(0, 0, aligned[0]), (1, 1, aligned[1]),
                                          (4, 3, aligned[2])],
-                      [(5, 1, [2, 4])], 1, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
+                      [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
 
 
 def test_pack_places_pointers_and_keeps_fixed_cells(mod):
@@ -95,15 +95,18 @@ def test_bad_plans_are_rejected_at_construction(mod):
     with pytest.raises(ValueError, match="Parameter"):
         launch_of(mod, (raw[0], raw[1].as_subclass(Sub), None, raw[3]))
     with pytest.raises(ValueError, match="None"):
-        mod.Launch(raw, [0] * 6, [(0, 2, -1)], [(5, 1, [2, 4])], 1, 0, lambda d: 0, 1,
+        mod.Launch(raw, [0] * 6, [(0, 2, -1)], [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1,
                    [1, 1, 1], 32, 0)
     with pytest.raises(ValueError, match="too many"):
-        mod.Launch(raw, [0] * 200, [], [(5, 1, [2, 4])], 1, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
-    for outs in ([(9, 1, [2, 4])], [(5, 2, [2, 4])], [(5, 7, [2, 4])], []):  # cell, like, none
+        mod.Launch(raw, [0] * 200, [], [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1, [1, 1, 1],
+                   32, 0)
+    for outs in ([(9, 1, [2, 4], False)], [(5, 2, [2, 4], False)], [(5, 7, [2, 4], True)],
+                 []):  # cell, like, none
         with pytest.raises(ValueError, match="out"):
             mod.Launch(raw, [0] * 6, [], outs, 1, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
     with pytest.raises(ValueError, match="device_like"):
-        mod.Launch(raw, [0] * 6, [], [(5, -1, [3])], 2, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
+        mod.Launch(raw, [0] * 6, [], [(5, -1, [3], False)], 2, 0, lambda d: 0, 1, [1, 1, 1],
+                   32, 0)
 
 
 def test_run_without_a_matching_cuda_context_launches_nothing(mod):

@@ -9,7 +9,9 @@ records change; the fast launchers (Triton's compiled-kernel launch, the driver 
 CUDA backend) match the slow ones on the GPU, misaligned pointers included; a step or an
 inference scan (both backends) that matches a C++ launch (backends/fastcall.py) skips the
 Python plan, and one that does not (metadata, alignment) takes it, right either way; training
-scans and split CUDA forwards make no C++ launch.
+scans (both backends) launch forward and backward in C++ from their third call, and fall
+back to the Python backward for another dout or deterministic mode; split CUDA forwards make
+no C++ launch.
 """
 import gc
 import weakref
@@ -366,12 +368,99 @@ def test_inference_scan_cpp_launch(name, backend, monkeypatch):
     assert len(applied) == 2, "the first signature's launch still serves it"
 
 
+_TRAIN_CASES = {
+    # every input needs a gradient, the last state returned and its gradient used
+    "bf16-all-grads-last": dict(dtype=torch.bfloat16, cplx=False, last=True, h0=False,
+                                grads="all"),
+    # complex A with an initial state (its gradient too) and the last state
+    "complex-h0-last": dict(dtype=torch.float32, cplx=True, last=True, h0=True, grads="all"),
+    # a model's view: only u, delta and z need gradients (B, C, A, D, delta_bias frozen)
+    "fp16-some-grads-out-only": dict(dtype=torch.float16, cplx=False, last=False, h0=False,
+                                     grads=("u", "delta", "z")),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_training_scans_make_no_cpp_launch(backend):
-    for seed in range(3):
-        scan_check(scan_inputs(seed), backend, torch.float32)
-    assert ops._plans.fast((backend, True, True, True, False)) is None
+@pytest.mark.parametrize("name", list(_TRAIN_CASES))
+def test_training_scan_cpp_launch(name, backend, monkeypatch):
+    """Training calls, each backend: the second call of a signature makes the forward's C++
+    launch (with checkpoints), the first backward through it makes the backward's; from the
+    third call on both are taken (no normalization, no Python launch, forward or backward).
+    Every call's out, last state and every gradient match the float64 reference, outputs
+    NaN-poisoned. A dout with other strides, and deterministic mode, take the Python backward
+    and stay right; the launches serve the next call again."""
+    c = _TRAIN_CASES[name]
+    b, d, L, N, dt = 2, 24, 40, 6, c["dtype"]
+
+    def args_of(seed):
+        g = torch.Generator().manual_seed(seed)
+        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+        A = -0.5 * torch.rand(d, N, generator=g)
+        if c["cplx"]:
+            A = torch.complex(A, r(d, N))
+        x = dict(u=r(b, d, L), delta=0.5 * torch.rand(b, d, L, generator=g), A=A,
+                 B=r(b, 1, N, L), C=r(b, N, L), D=r(d), z=r(b, d, L),
+                 delta_bias=0.1 * torch.rand(d, generator=g))
+        if c["cplx"]:
+            x["B"], x["C"] = torch.complex(x["B"], r(b, 1, N, L)), torch.complex(x["C"], r(b, N, L))
+        if c["h0"]:
+            x["initial_state"] = torch.complex(r(b, d, N), r(b, d, N))
+        for k in ("u", "delta", "z") + (() if c["cplx"] else ("B", "C")):
+            x[k] = x[k].to(dt)
+        want = x.keys() if c["grads"] == "all" else c["grads"]
+        return {k: v.to(DEV).requires_grad_(k in want) for k, v in x.items()}
+
+    def run(x, dout_strided=False):
+        res = ssmgen.selective_scan(**x, delta_softplus=True, return_last_state=c["last"],
+                                    backend=backend)
+        out, last = res if c["last"] else (res, None)
+        leaves = {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in x.items()}
+        ref, ref_last = selective_scan_ref(**leaves, delta_softplus=True, return_last_state=True)
+        assert out.dtype == dt and out.requires_grad
+        assert_close("out", out, ref, dt)
+        g_out = torch.randn(out.shape, device=DEV, dtype=torch.float64)
+        if dout_strided:  # a dout the launch was not made for: (b, L, d) memory, transposed
+            g_out = g_out.transpose(1, 2).contiguous().transpose(1, 2)
+        loss, ref_loss = (out.double() * g_out).sum(), (ref * g_out).sum()
+        if c["last"]:
+            assert last.dtype == x["A"].dtype and last.requires_grad
+            assert_close("last", last, ref_last, torch.float32)
+            g_last = torch.randn_like(ref_last)
+            loss = loss + (torch.view_as_real(last).double() * torch.view_as_real(g_last)).sum() \
+                if c["cplx"] else loss + (last.double() * g_last).sum()
+            ref_loss = ref_loss + ((torch.view_as_real(ref_last) * torch.view_as_real(g_last)).sum()
+                                   if c["cplx"] else (ref_last * g_last).sum())
+        names = [k for k, v in x.items() if v.requires_grad]
+        got = torch.autograd.grad(loss, [x[k] for k in names])
+        want = torch.autograd.grad(ref_loss, [leaves[k] for k in names])
+        for k, gk, gr in zip(names, got, want):
+            assert_close(f"d{k}", gk, gr, dt)
+
+    made = counting(monkeypatch, ops, "_make_fast")
+    applied = counting(monkeypatch, ops, "_apply")
+    backward_py = counting(monkeypatch, ops, "_backward")
+    for seed in range(2):
+        run(args_of(seed))
+    assert len(made) == 1 and len(applied) == 1, (made, applied)
+    flags = (backend, True, True, c["last"], False, "train")
+    entry = ops._plans.fast(flags)[0][0]
+    assert entry.bwd is not None, "the first backward through the plan made its launch"
+    assert len(backward_py) == 1, "the full path's backward only"
+    normalized = counting(monkeypatch, ops, "normalize")
+    for seed in (3, 4):
+        run(args_of(seed))
+    assert not normalized and len(applied) == 1 and len(backward_py) == 1, \
+        "forward and backward launched in C++"
+    run(args_of(5), dout_strided=True)
+    assert len(backward_py) == 2 and len(applied) == 1, "another dout: the Python backward"
+    monkeypatch.setenv("SSMGEN_DETERMINISTIC", "1")
+    run(args_of(6))
+    assert len(backward_py) == 3, "deterministic: the Python backward (its own kernel)"
+    monkeypatch.delenv("SSMGEN_DETERMINISTIC")
+    normalized.clear()
+    run(args_of(7))
+    assert len(backward_py) == 3 and not normalized, "the launches serve the plan again"
 
 
 @pytest.mark.gpu
