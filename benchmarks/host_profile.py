@@ -1,6 +1,7 @@
 """Where a planned eager call spends its host time (GPU machine): cProfile of repeated decode
-steps and tiny scan forwards per backend, and the cost of the primitives they use.
-Usage: python benchmarks/host_profile.py"""
+steps, tiny scan forwards and tiny forward+backward calls per backend, the kernels a
+forward+backward launches (torch.profiler), and the cost of the primitives they use.
+Usage: python benchmarks/host_profile.py [train]   (train: the forward+backward part only)"""
 import cProfile
 import io
 import pstats
@@ -43,8 +44,52 @@ def profile(label, fn, n):
     pr.disable()
     torch.cuda.synchronize()
     s = io.StringIO()
-    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
-    print(f"=== {label}: {n} calls\n" + "\n".join(s.getvalue().splitlines()[4:30]))
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(30)
+    print(f"=== {label}: {n} calls\n" + "\n".join(s.getvalue().splitlines()[4:42]))
+
+
+def kernels(label, fn, n=20):
+    """The GPU work of one call: kernels and memory operations per call, and their device time."""
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    print(f"=== {label}: device work per call (mean of {n})")
+    rows = [e for e in prof.key_averages() if e.device_time_total > 0]
+    for e in sorted(rows, key=lambda e: -e.device_time_total)[:25]:
+        print(f"  {e.count / n:5.1f}x  {e.device_time_total / n:8.1f} us device"
+              f"  {e.cpu_time_total / n:8.1f} us cpu  {e.key[:90]}")
+
+
+def train(dtype=torch.float32):
+    """Tiny forward+backward (b1 d64 L64 N16, every option, grads on every input)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, d, L, N = 1, 64, 64, 16
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda")  # noqa: E731
+    x = [r(b, d, L).to(dtype), (0.5 * torch.rand(b, d, L, generator=g, device="cuda")).to(dtype),
+         -0.5 * torch.rand(d, N, generator=g, device="cuda"), r(b, N, L).to(dtype),
+         r(b, N, L).to(dtype), r(d), r(b, d, L).to(dtype),
+         0.1 * torch.rand(d, generator=g, device="cuda")]
+    x = [t.requires_grad_(True) for t in x]
+    dout = torch.randn_like(x[0])
+    for be in ("cuda", "triton"):
+        fb = lambda: torch.autograd.backward(  # noqa: E731
+            ssmgen.selective_scan(*x, delta_softplus=True, backend=be), dout)
+        print(f"--- fwd+bwd {be} {dtype}: {bench._time_eager(fb, calls=100) * 1e3:.1f} us/call")
+        profile(f"fwd+bwd {be} b1 d64 L64 {dtype}", fb, 300)
+        kernels(f"fwd+bwd {be} b1 d64 L64 {dtype}", fb)
+    ssi = bench.peer_import("mamba_ssm.ops.selective_scan_interface")
+    if ssi is not None:
+        fb = lambda: torch.autograd.backward(  # noqa: E731
+            ssi.selective_scan_fn(*x, delta_softplus=True), dout)
+        us = bench._time_eager(fb, calls=100) * 1e3
+        print(f"--- fwd+bwd mamba-ssm {dtype}: {us:.1f} us/call")
+        kernels(f"fwd+bwd mamba-ssm {dtype}", fb)
 
 
 def main():
@@ -69,4 +114,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:] == ["train"]:
+        train()
+        train(torch.bfloat16)
+    else:
+        main()
