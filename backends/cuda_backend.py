@@ -670,7 +670,7 @@ def _fast(call, k, kind, t, extra, plan, outs, fixed, vector_names):
                  cell_of={i: i for i in range(len(values))},
                  aligned={i: 1 if vec and names[i] in vector_names else -1 for i in tensors},
                  fn=cuda_runtime._ptr(fn), grid=grid, block=k.threads,
-                 smem=smem, guard=None, slots=tensors)
+                 smem=smem, guard=None, slots=tensors, names=names)
     where = {n: names.index(n) for n in outs if n in names}
     return parts, values, where, [names.index(n) for n in fixed]
 

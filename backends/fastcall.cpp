@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/fill.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
@@ -105,6 +106,7 @@ struct Slot {
   int cell;          // which kernel parameter
   int raw;           // which argument of the call
   int aligned;       // 1: must be 16-byte aligned, 0: must not be, -1: either
+  bool copy;         // the kernel reads a contiguous copy of the argument, made per call
 };
 
 struct Out {
@@ -118,13 +120,15 @@ class Launch {
  public:
   // expect: the call's arguments (a tuple) the plan was made from; cells: every kernel
   // parameter's bits (pointers at the slots are overwritten per call; other cells, pointers to
-  // buffers the caller keeps alive included, as given); slots: (cell, argument, alignment)
-  // triples; outs: (cell, like, shape, zero) per output, a new contiguous tensor of that shape
+  // buffers the caller keeps alive included, as given); slots: (cell, argument, alignment,
+  // copy) per tensor parameter (copy: a contiguous copy of the argument is made per call and
+  // its pointer taken, as the Python path's normalization copies an argument whose last
+  // stride is not 1); outs: (cell, like, shape, zero) per output, a new contiguous tensor of that shape
   // whose pointer goes to that cell, in the dtype of argument `like` (-1: float32), on the
   // device of argument `device_like`, zero-filled where `zero` (a kernel adds into it);
   // device: the CUDA ordinal of the context current when the plan was made; stream_fn(device
   // index) -> the current raw stream; fn: CUfunction; grid, block, smem: the launch shape.
-  Launch(py::tuple expect, std::vector<uint64_t> cells, std::vector<std::array<int, 3>> slots,
+  Launch(py::tuple expect, std::vector<uint64_t> cells, std::vector<std::array<int, 4>> slots,
          std::vector<std::tuple<int, int, std::vector<int64_t>, bool>> outs, int device_like,
          int device, py::object stream_fn, uint64_t fn, std::array<unsigned, 3> grid,
          unsigned block, unsigned smem)
@@ -139,7 +143,7 @@ class Launch {
     for (auto& s : slots) {
       if (!cell_ok(s[0]) || !arg_ok(s[1]))
         throw std::invalid_argument("slot out of range or on a None argument");
-      slots_.push_back({s[0], s[1], s[2]});
+      slots_.push_back({s[0], s[1], s[2], s[3] != 0});
     }
     if (!arg_ok(device_like_)) throw std::invalid_argument("device_like out of range");
     if (outs.empty()) throw std::invalid_argument("no output");
@@ -159,6 +163,8 @@ class Launch {
   py::object pack(py::tuple raw) const {
     std::array<uint64_t, kMaxCells> cells;
     if (!fill(raw, cells)) return py::none();
+    std::vector<at::Tensor> copies;
+    place_copies(raw, cells, copies);
     py::list l;
     for (size_t i = 0; i < cells_.size(); ++i) l.append(py::int_(cells[i]));
     return std::move(l);
@@ -175,6 +181,10 @@ class Launch {
     if (d.launch == nullptr || d.ctx_device == nullptr) return py::none();
     int cur = -1;
     if (d.ctx_device(&cur) != 0 || cur != device_) return py::none();
+    // made on the current stream, freed after the launch: the caching allocator reuses their
+    // memory only in that stream's order
+    std::vector<at::Tensor> copies;
+    place_copies(raw, cells, copies);
     std::vector<at::Tensor> made;
     for (const Out& o : outs_) {
       made.push_back(o.zero ? at::zeros(o.shape, o.options) : at::empty(o.shape, o.options));
@@ -205,6 +215,7 @@ class Launch {
       if (!expect_[i].matches(raw[i].ptr())) return false;
     std::memcpy(cells.data(), cells_.data(), cells_.size() * sizeof(uint64_t));
     for (const Slot& s : slots_) {
+      if (s.copy) continue;  // place_copies
       const at::Tensor& t = THPVariable_Unpack(raw[s.raw].ptr());
       auto p = reinterpret_cast<uint64_t>(t.data_ptr());
       if (s.aligned >= 0 && static_cast<int>((p & 15) == 0) != s.aligned) return false;
@@ -212,6 +223,17 @@ class Launch {
     }
     for (const Out& o : outs_) cells[o.cell] = 0;
     return true;
+  }
+
+  // The copy slots' contiguous copies (new allocations: 16-byte aligned), outside autograd.
+  void place_copies(const py::tuple& raw, std::array<uint64_t, kMaxCells>& cells,
+                    std::vector<at::Tensor>& copies) const {
+    at::NoGradGuard no_grad;
+    for (const Slot& s : slots_) {
+      if (!s.copy) continue;
+      copies.push_back(THPVariable_Unpack(raw[s.raw].ptr()).contiguous());
+      cells[s.cell] = reinterpret_cast<uint64_t>(copies.back().data_ptr());
+    }
   }
 
   std::vector<Expect> expect_;
@@ -230,7 +252,7 @@ class Launch {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Launch>(m, "Launch")
-      .def(py::init<py::tuple, std::vector<uint64_t>, std::vector<std::array<int, 3>>,
+      .def(py::init<py::tuple, std::vector<uint64_t>, std::vector<std::array<int, 4>>,
                     std::vector<std::tuple<int, int, std::vector<int64_t>, bool>>, int, int,
                     py::object, uint64_t, std::array<unsigned, 3>, unsigned, unsigned>())
       .def("pack", &Launch::pack)

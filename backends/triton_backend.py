@@ -327,7 +327,7 @@ def _fast(spec, k, kind, args, grid, outs):
     bound(values)
     parts = bound.fast_parts(values)
     if parts is not None:
-        parts["slots"] = list(slots)
+        parts.update(slots=list(slots), names=[n.removesuffix("_ptr") for n in names])
     where = {n: names.index(f"{n}_ptr") for n in outs if f"{n}_ptr" in names}
     return parts, values, where
 

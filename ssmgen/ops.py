@@ -412,12 +412,19 @@ def _pointers(raw):
     return ptr_of
 
 
+# Kernel parameters whose argument (by position in raw: the forward's nine inputs, then the
+# backward's ckpt, dout, dlast) normalization, or the backward, makes contiguous where its
+# last stride is not 1 (a model's transposed delta, z, dout): a C++ launch copies them too.
+_COPIED = {"u": 0, "delta": 1, "z": 6, "dout": 10}
+
+
 def _launch_of(mod, parts, values, raw, ptr_of, outs, fixed):
     """(a fastcall.Launch of the kernel a backend's fast_parts describe, or None; the fixed
     buffers it points at, which the caller keeps alive). outs: (position in values, like,
     zero) per output (Launch's meaning of like and zero). Every other pointer must be one of
-    raw's tensors (by address: the canonical views normalization makes share it) or a fixed
-    placeholder; one that is neither (a copy normalization made) leaves the Python path."""
+    raw's tensors (by address: the canonical views normalization makes share it), a
+    contiguous copy of one (_COPIED: the launch makes it per call) or a fixed placeholder;
+    anything else (another copy) leaves the Python path."""
     from .backends import fastcall
 
     at, cells, slots = parts["cell_of"], list(parts["cells"]), []
@@ -428,10 +435,15 @@ def _launch_of(mod, parts, values, raw, ptr_of, outs, fixed):
         if i in fixed:  # placeholders (never written): fixed pointers, kept alive by the caller
             cells[at[i]] = values[i].data_ptr()
             continue
-        j = ptr_of.get(values[i].data_ptr())
+        j, copy = ptr_of.get(values[i].data_ptr()), 0
         if j is None:
-            return None, None
-        slots.append((at[i], j, parts["aligned"][i]))
+            j, copy = _COPIED.get(parts["names"][i]), 1
+            x = raw[j] if j is not None and j < len(raw) else None
+            v = values[i]
+            if not (isinstance(x, torch.Tensor) and x.stride(-1) != 1 and v.is_contiguous()
+                    and v.shape == x.shape and v.dtype == x.dtype):
+                return None, None
+        slots.append((at[i], j, parts["aligned"][i], copy))
     launch = fastcall.make(mod, raw, dict(parts, cells=cells), slots,
                            [(at[i], like, list(values[i].shape), zero) for i, like, zero in outs],
                            device_like=0)

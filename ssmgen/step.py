@@ -339,7 +339,7 @@ class _Plan:
         if parts is None:
             return
         at = parts["cell_of"]
-        slots = [(at[i], j, parts["aligned"][i]) for i, j, _ in self.slots]
+        slots = [(at[i], j, parts["aligned"][i], 0) for i, j, _ in self.slots]
         launch = fastcall.make(mod, raw, parts, slots,
                                [(at[self.out], 1, list(self.x_shape), False)], device_like=1)
         if launch is not None:

@@ -28,10 +28,10 @@ def make_raw(seed=0):
     return (state, x, None, D)
 
 
-def launch_of(mod, raw, aligned=(-1, -1, -1), cells=(0, 0, 11, 2**40, 0, 0)):
-    # cells: state, x, an int32 size, an int64 stride, D, out
-    return mod.Launch(raw, list(cells), [(0, 0, aligned[0]), (1, 1, aligned[1]),
-                                         (4, 3, aligned[2])],
+def launch_of(mod, raw, aligned=(-1, -1, -1), cells=(0, 0, 11, 2**40, 0, 0), copy=0):
+    # cells: state, x, an int32 size, an int64 stride, D, out; copy: x read as a contiguous copy
+    return mod.Launch(raw, list(cells), [(0, 0, aligned[0], 0), (1, 1, aligned[1], copy),
+                                         (4, 3, aligned[2], 0)],
                       [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1, [1, 1, 1], 32, 0)
 
 
@@ -41,6 +41,17 @@ def test_pack_places_pointers_and_keeps_fixed_cells(mod):
     assert got == [raw[0].data_ptr(), raw[1].data_ptr(), 11, 2**40, raw[3].data_ptr(), 0]
     raw2 = make_raw(1)  # new tensors, same metadata: the same plan, their pointers
     assert launch_of(mod, raw).pack(raw2)[:2] == [raw2[0].data_ptr(), raw2[1].data_ptr()]
+
+
+def test_copy_slots_take_a_contiguous_copy(mod):
+    """A copy slot (an argument the Python path's normalization makes contiguous) points at a
+    new contiguous copy, not at the argument; its metadata is still checked."""
+    raw = make_raw()
+    raw = (raw[0], raw[1].t().contiguous().t(), None, raw[3])  # x with step stride 2
+    launch = launch_of(mod, raw, copy=1)
+    got = launch.pack(raw)
+    assert got is not None and got[1] not in (0, raw[1].data_ptr()) and got[0] == raw[0].data_ptr()
+    assert launch.pack(make_raw()) is None, "the plan was made for the strided x"
 
 
 CHANGES = {
@@ -95,7 +106,7 @@ def test_bad_plans_are_rejected_at_construction(mod):
     with pytest.raises(ValueError, match="Parameter"):
         launch_of(mod, (raw[0], raw[1].as_subclass(Sub), None, raw[3]))
     with pytest.raises(ValueError, match="None"):
-        mod.Launch(raw, [0] * 6, [(0, 2, -1)], [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1,
+        mod.Launch(raw, [0] * 6, [(0, 2, -1, 0)], [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1,
                    [1, 1, 1], 32, 0)
     with pytest.raises(ValueError, match="too many"):
         mod.Launch(raw, [0] * 200, [], [(5, 1, [2, 4], False)], 1, 0, lambda d: 0, 1, [1, 1, 1],

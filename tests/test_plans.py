@@ -377,6 +377,10 @@ _TRAIN_CASES = {
     # a model's view: only u, delta and z need gradients (B, C, A, D, delta_bias frozen)
     "fp16-some-grads-out-only": dict(dtype=torch.float16, cplx=False, last=False, h0=False,
                                      grads=("u", "delta", "z")),
+    # the Mamba mixer's layouts: delta, z and dout with step stride != 1 (transposed (b, L, d)
+    # tensors), which the launches copy as normalization does
+    "bf16-mixer-strides": dict(dtype=torch.bfloat16, cplx=False, last=False, h0=False,
+                               grads="all", mixer=True),
 }
 
 
@@ -388,8 +392,9 @@ def test_training_scan_cpp_launch(name, backend, monkeypatch):
     launch (with checkpoints), the first backward through it makes the backward's; from the
     third call on both are taken (no normalization, no Python launch, forward or backward).
     Every call's out, last state and every gradient match the float64 reference, outputs
-    NaN-poisoned. A dout with other strides, and deterministic mode, take the Python backward
-    and stay right; the launches serve the next call again."""
+    NaN-poisoned. Arguments with step stride != 1 (the mixer's) are copied by the launches as
+    by normalization. A dout with other strides, and deterministic mode, take the Python
+    backward and stay right; the launches serve the next call again."""
     c = _TRAIN_CASES[name]
     b, d, L, N, dt = 2, 24, 40, 6, c["dtype"]
 
@@ -409,9 +414,14 @@ def test_training_scan_cpp_launch(name, backend, monkeypatch):
         for k in ("u", "delta", "z") + (() if c["cplx"] else ("B", "C")):
             x[k] = x[k].to(dt)
         want = x.keys() if c["grads"] == "all" else c["grads"]
-        return {k: v.to(DEV).requires_grad_(k in want) for k, v in x.items()}
+        x = {k: v.to(DEV).requires_grad_(k in want) for k, v in x.items()}
+        if c.get("mixer"):  # leaves with (b, L, d) memory, seen as (b, d, L)
+            for k in ("delta", "z"):
+                x[k] = x[k].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        return x
 
-    def run(x, dout_strided=False):
+    def run(x, other_dout=False):
+        dout_strided = bool(c.get("mixer")) != other_dout
         res = ssmgen.selective_scan(**x, delta_softplus=True, return_last_state=c["last"],
                                     backend=backend)
         out, last = res if c["last"] else (res, None)
@@ -420,7 +430,7 @@ def test_training_scan_cpp_launch(name, backend, monkeypatch):
         assert out.dtype == dt and out.requires_grad
         assert_close("out", out, ref, dt)
         g_out = torch.randn(out.shape, device=DEV, dtype=torch.float64)
-        if dout_strided:  # a dout the launch was not made for: (b, L, d) memory, transposed
+        if dout_strided:  # (b, L, d) memory, transposed (the mixer's out_proj gives that)
             g_out = g_out.transpose(1, 2).contiguous().transpose(1, 2)
         loss, ref_loss = (out.double() * g_out).sum(), (ref * g_out).sum()
         if c["last"]:
@@ -452,7 +462,7 @@ def test_training_scan_cpp_launch(name, backend, monkeypatch):
         run(args_of(seed))
     assert not normalized and len(applied) == 1 and len(backward_py) == 1, \
         "forward and backward launched in C++"
-    run(args_of(5), dout_strided=True)
+    run(args_of(5), other_dout=True)
     assert len(backward_py) == 2 and len(applied) == 1, "another dout: the Python backward"
     monkeypatch.setenv("SSMGEN_DETERMINISTIC", "1")
     run(args_of(6))
