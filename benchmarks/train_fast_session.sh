@@ -1,22 +1,7 @@
 #!/usr/bin/env bash
-# Device call for the training scans' C++ launches (ssmgen.ops._TrainPlan): builds the
-# extension and the peer (background), runs the GPU tests of the C++ launches and plans, then
-# where a tiny forward+backward spends its time (host_profile.py train, mamba-ssm alongside)
-# and host_overhead.py (launches on / off, same process). At most 8 files come back.
-set -u
-source benchmarks/device_setup.sh
-R=$OUT/train_fast; mkdir -p $R
-(python3 benchmarks/build_peer.py "$SSMGEN_PEER_SRC" /tmp/peerbuild > $R/peer_build.log 2>&1; echo "peer build rc=$?" >> $R/peer_build.log) &
-PEER_PID=$!
-{ time python3 -c "from ssmgen.backends import fastcall; print(fastcall.module())"; } > $R/build.log 2>&1
-tail -4 $R/build.log
-SSMGEN_EXAMPLES=${SSMGEN_EXAMPLES:-10} timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -rf -x ${TESTS:-tests/test_fastcall.py tests/test_plans.py} \
-  > $R/gpu_tests.log 2>&1
-tail -15 $R/gpu_tests.log | cut -c1-400
-wait $PEER_PID; tail -1 $R/peer_build.log
-export PYTHONPATH=/tmp/peerbuild:${PYTHONPATH:-}
-timeout ${PROF_S:-150} python3 benchmarks/host_profile.py train > $R/profile.log 2>&1
-grep -E "^---" $R/profile.log
-timeout ${HOST_S:-200} python3 benchmarks/host_overhead.py $R/host_overhead.json > $R/host_overhead.log 2>&1
-grep -E "scan_fwd|scan_fwdbwd|prefill" $R/host_overhead.log | cut -c1-200
-rm -f $OUT/install.log
+# Device call for the training scans' C++ launches (ssmgen.ops._TrainPlan): infer_fast_session.sh
+# with the launch and plan tests (and TESTS added by the caller, e.g. tests/test_nn.py) and the
+# tiny forward+backward profile. (train_fast_v1 ran this call's earlier, standalone form: the
+# same steps, with pytest -x.)
+NAME=train_fast PROFILE=1 TESTS=${TESTS:-"tests/test_fastcall.py tests/test_plans.py"} \
+  exec bash benchmarks/infer_fast_session.sh

@@ -290,6 +290,25 @@ def test_step_cpp_launch_falls_back_on_any_difference(backend):
         step._Plan.run = real_run
 
 
+def _launch_case_inputs(seed, cplx, dt, b, d, L, N):
+    """CPU inputs of the C++-launch tests: every option, B (b, 1, N, L) and C (b, N, L), complex
+    A with complex B and C; u, delta, z (and real B, C) in dt. Also the generator's randn, for
+    more draws."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    A = -0.5 * torch.rand(d, N, generator=g)
+    if cplx:
+        A = torch.complex(A, r(d, N))
+    x = dict(u=r(b, d, L), delta=0.5 * torch.rand(b, d, L, generator=g), A=A,
+             B=r(b, 1, N, L), C=r(b, N, L), D=r(d), z=r(b, d, L),
+             delta_bias=0.1 * torch.rand(d, generator=g))
+    if cplx:
+        x["B"], x["C"] = torch.complex(x["B"], r(b, 1, N, L)), torch.complex(x["C"], r(b, N, L))
+    for k in ("u", "delta", "z") + (() if cplx else ("B", "C")):
+        x[k] = x[k].to(dt)
+    return x, r
+
+
 _INFER_CASES = {
     # a model's D and delta_bias as nn.Parameter (requires_grad, under no_grad), B 4-dim, C
     # 3-dim, the last state returned (the Mamba mixer's prefill)
@@ -316,20 +335,9 @@ def test_inference_scan_cpp_launch(name, backend, monkeypatch):
     b, d, L, N, dt = 2, 24, 40, 6, c["dtype"]
 
     def args_of(seed, strided=False):
-        g = torch.Generator().manual_seed(seed)
-        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-        A = -0.5 * torch.rand(d, N, generator=g)
-        if c["cplx"]:
-            A = torch.complex(A, r(d, N))
-        x = dict(u=r(b, d, L), delta=0.5 * torch.rand(b, d, L, generator=g), A=A,
-                 B=r(b, 1, N, L), C=r(b, N, L), D=r(d), z=r(b, d, L),
-                 delta_bias=0.1 * torch.rand(d, generator=g))
+        x, r = _launch_case_inputs(seed, c["cplx"], dt, b, d, L, N)
         if c["no_grad"]:   # a model's parameters (they require gradients) under no_grad
             x["D"], x["delta_bias"] = map(torch.nn.Parameter, (x["D"], x["delta_bias"]))
-        if c["cplx"]:
-            x["B"], x["C"] = torch.complex(x["B"], r(b, 1, N, L)), torch.complex(x["C"], r(b, N, L))
-        for k in ("u", "delta", "z") + (() if c["cplx"] else ("B", "C")):
-            x[k] = x[k].to(dt)
         x = {k: (torch.nn.Parameter(v.to(DEV)) if isinstance(v, torch.nn.Parameter)
                  else v.to(DEV)) for k, v in x.items()}
         if strided:   # (made on the device: a copy there would be contiguous)
@@ -399,20 +407,9 @@ def test_training_scan_cpp_launch(name, backend, monkeypatch):
     b, d, L, N, dt = 2, 24, 40, 6, c["dtype"]
 
     def args_of(seed):
-        g = torch.Generator().manual_seed(seed)
-        r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-        A = -0.5 * torch.rand(d, N, generator=g)
-        if c["cplx"]:
-            A = torch.complex(A, r(d, N))
-        x = dict(u=r(b, d, L), delta=0.5 * torch.rand(b, d, L, generator=g), A=A,
-                 B=r(b, 1, N, L), C=r(b, N, L), D=r(d), z=r(b, d, L),
-                 delta_bias=0.1 * torch.rand(d, generator=g))
-        if c["cplx"]:
-            x["B"], x["C"] = torch.complex(x["B"], r(b, 1, N, L)), torch.complex(x["C"], r(b, N, L))
+        x, r = _launch_case_inputs(seed, c["cplx"], dt, b, d, L, N)
         if c["h0"]:
             x["initial_state"] = torch.complex(r(b, d, N), r(b, d, N))
-        for k in ("u", "delta", "z") + (() if c["cplx"] else ("B", "C")):
-            x[k] = x[k].to(dt)
         want = x.keys() if c["grads"] == "all" else c["grads"]
         x = {k: v.to(DEV).requires_grad_(k in want) for k, v in x.items()}
         if c.get("mixer"):  # leaves with (b, L, d) memory, seen as (b, d, L)
