@@ -394,6 +394,8 @@ def _make_fast(plan, call, raw, flags):
         entry = _TrainPlan(plan[0], call, raw, launch)
         if launch is not None:
             _plans.put_fast(flags + ("train",), entry, guard)
+        else:  # this call's node alone: no backward launch to make for later calls
+            entry.bwd_tried = True
         return entry.wrap((out, ckpt) if last is None else (out, ckpt, last), raw)
     if launch is not None:
         _plans.put_fast(flags, launch, guard)
