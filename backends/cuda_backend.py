@@ -717,18 +717,17 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
 def backward_fast(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):
     """The backward run once on this call, and what a C++ launch of its kernel needs
     (ssmgen.ops, training calls): (parts or None, argument values, {gradient name: position
-    of its buffer}, positions of the buffers the kernel adds into (zeros), fixed placeholder
-    positions, the gradient buffers as the kernel left them, the steps that finish them
-    (buffers.grad_steps)). No parts for a split backward (two kernels) or CuPy launches."""
+    of its buffer}, fixed placeholder positions, the gradient buffers as the kernel left them,
+    the steps that finish them (buffers.grad_steps)). No parts for a split backward (two
+    kernels) or CuPy launches."""
     g, _, t, extra, plan, sm = _backward(call, cfg, ckpt, dout, dlast)
     steps = buffers.grad_steps(call, g, sm)
     if plan[0] > 1 or cuda_runtime._cu_launch() is None:
-        return None, None, None, None, None, g, steps
+        return None, None, None, None, g, steps
     parts, values, where, fixed = _fast(call, cfg.bwd, "bwd", t, extra, plan,
                                         [n for n, v in g.items() if v is not None],
                                         ("hsp", "psp"), ("u", "delta", "z", "B", "C", "dout"))
-    zero = [where["d" + X] for X in ("B", "C") if getattr(call, X).dim() == 4]
-    return parts, values, where, zero, fixed, g, steps
+    return parts, values, where, fixed, g, steps
 
 
 def _backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):

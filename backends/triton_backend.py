@@ -360,18 +360,14 @@ def backward(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor
 def backward_fast(call: Call, cfg: ScanConfig, ckpt: torch.Tensor, dout: torch.Tensor, dlast):
     """The backward as a triton_launch.Bound, run once on this call, and what a C++ launch of
     it needs (ssmgen.ops, training calls): (parts or None, argument values, {gradient name
-    (and "scratch"): position of its buffer}, positions of the buffers the kernel adds into
-    (zeros), fixed placeholder positions, the gradient buffers as the kernel left them, the
-    steps that finish them (buffers.grad_steps))."""
+    (and "scratch"): position of its buffer}, fixed placeholder positions, the gradient
+    buffers as the kernel left them, the steps that finish them (buffers.grad_steps))."""
     k, args, grid, g, _ = _backward_args(call, cfg, ckpt, dout, dlast)
     names = tuple(n for n, v in g.items() if v is not None)
-    scratch = args["scratch_ptr"].numel() > 1  # a per-call buffer, else a placeholder
-    parts, values, where = _fast(call.spec, k, "bwd", args, grid,
-                                 names + (("scratch",) if scratch else ()))
-    zero = [where["d" + X] for X in ("B", "C") if getattr(call, X).dim() == 4]
-    fixed = [] if scratch else [[n for n, _ in kernel_params(call.spec, "bwd")].index(
-        "scratch_ptr")]
-    return parts, values, where, zero, fixed, g, buffers.grad_steps(call, g)
+    parts, values, where = _fast(call.spec, k, "bwd", args, grid, names + ("scratch",))
+    # the scratch: a per-call buffer, or a 1-element placeholder (one block per chunk)
+    fixed = [] if args["scratch_ptr"].numel() > 1 else [where.pop("scratch")]
+    return parts, values, where, fixed, g, buffers.grad_steps(call, g)
 
 
 def _backward_args(call: Call, cfg: ScanConfig, ckpt, dout, dlast):

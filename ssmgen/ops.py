@@ -385,10 +385,8 @@ def _make_fast(plan, call, raw, flags):
     backend, cfg = _decode(plan[0])
     parts, values, where, fixed, (out, last, ckpt) = backend.forward_fast(call, cfg, train)
     launch = keep = None
-    if parts is not None:  # out in u's dtype; checkpoints, last state fp32
-        outs = [(where["out"], 0, False)] + [(where[n], -1, False) for n in ("ckpt", "last")
-                                             if n in where]
-        launch, keep = _launch_of(mod, parts, values, raw, ptr_of, outs, fixed)
+    if parts is not None:
+        launch, keep = _launch_of(mod, parts, values, raw, ptr_of, where, fixed)
     guard = None if parts is None else functools.partial(_guard, parts["guard"], keep)
     if train:
         entry = _TrainPlan(plan[0], call, raw, launch)
@@ -420,17 +418,22 @@ def _pointers(raw):
 _COPIED = {"u": 0, "delta": 1, "z": 6, "dout": 10}
 
 
-def _launch_of(mod, parts, values, raw, ptr_of, outs, fixed):
+def _launch_of(mod, parts, values, raw, ptr_of, where, fixed, zero=()):
     """(a fastcall.Launch of the kernel a backend's fast_parts describe, or None; the fixed
-    buffers it points at, which the caller keeps alive). outs: (position in values, like,
-    zero) per output (Launch's meaning of like and zero). Every other pointer must be one of
+    buffers it points at, which the caller keeps alive). where: {output name: position in
+    values}, each output made per call like this call's buffer (u's dtype or fp32), zero-filled
+    where named in `zero` (the kernel adds into it). Every other pointer must be one of
     raw's tensors (by address: the canonical views normalization makes share it), a
     contiguous copy of one (_COPIED: the launch makes it per call) or a fixed placeholder;
     anything else (another copy) leaves the Python path."""
     from .backends import fastcall
 
     at, cells, slots = parts["cell_of"], list(parts["cells"]), []
-    taken = {i for i, _, _ in outs}
+    like = {raw[0].dtype: 0, torch.float32: -1}  # Launch's dtype code: u's, or float32
+    if any(values[i].dtype not in like for i in where.values()):
+        return None, None
+    outs = [(i, like[values[i].dtype], n in zero) for n, i in where.items()]
+    taken = set(where.values())
     for i in parts["slots"]:
         if i in taken:
             continue
@@ -447,7 +450,7 @@ def _launch_of(mod, parts, values, raw, ptr_of, outs, fixed):
                 return None, None
         slots.append((at[i], j, parts["aligned"][i], copy))
     launch = fastcall.make(mod, raw, dict(parts, cells=cells), slots,
-                           [(at[i], like, list(values[i].shape), zero) for i, like, zero in outs],
+                           [(at[i], like, list(values[i].shape), z) for i, like, z in outs],
                            device_like=0)
     return launch, [values[i] for i in fixed]
 
@@ -499,16 +502,15 @@ class _TrainPlan:
         call = normalize(*raw[:8], softplus, ret_last, chunk_len, initial_state=raw[8],
                          reverse=reverse, check_values=False)
         backend, cfg = _decode(self.config)
-        parts, values, where, zero, fixed, g, steps = backend.backward_fast(call, cfg, ckpt,
-                                                                            dout, dlast)
+        parts, values, where, fixed, g, steps = backend.backward_fast(call, cfg, ckpt, dout,
+                                                                      dlast)
         grads = _as_inputs(self.forms, buffers.apply_grad_steps(steps, dict(g)))
         from .backends import fastcall
 
         mod, ptr_of = fastcall.module(wait=False), _pointers(bargs)
         if mod is not None and ptr_of is not None and parts is not None:
-            outs = [(i, 0 if n in ("du", "ddelta", "dz") else -1, i in zero)
-                    for n, i in where.items()]  # du, ddelta, dz in u's dtype, the rest fp32
-            launch, keep = _launch_of(mod, parts, values, bargs, ptr_of, outs, fixed)
+            zero = [f"d{X}" for X in ("B", "C") if getattr(call, X).dim() == 4]  # atomics' sums
+            launch, keep = _launch_of(mod, parts, values, bargs, ptr_of, where, fixed, zero)
             if launch is not None:
                 self.bwd, self.names, self.steps, self.keep = launch, list(where), steps, keep
                 self.bwd_guard = parts["guard"]
