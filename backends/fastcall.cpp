@@ -123,9 +123,10 @@ class Launch {
   // buffers the caller keeps alive included, as given); slots: (cell, argument, alignment,
   // copy) per tensor parameter (copy: a contiguous copy of the argument is made per call and
   // its pointer taken, as the Python path's normalization copies an argument whose last
-  // stride is not 1); outs: (cell, like, shape, zero) per output, a new contiguous tensor of that shape
-  // whose pointer goes to that cell, in the dtype of argument `like` (-1: float32), on the
-  // device of argument `device_like`, zero-filled where `zero` (a kernel adds into it);
+  // stride is not 1); outs: (cell, like, shape, zero) per output, a new contiguous tensor of
+  // that shape whose pointer goes to that cell, in the dtype of argument `like` (-1:
+  // float32), on the device of argument `device_like`, zero-filled where `zero` (a kernel
+  // adds into it);
   // device: the CUDA ordinal of the context current when the plan was made; stream_fn(device
   // index) -> the current raw stream; fn: CUfunction; grid, block, smem: the launch shape.
   Launch(py::tuple expect, std::vector<uint64_t> cells, std::vector<std::array<int, 4>> slots,
