@@ -34,9 +34,14 @@ from .buffers import new
 from .config import IntConfig
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
-             "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
+             "triton/ssd_dbc.py.jinja", "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
+# kernels that walk the sequence (with sequence splits); the others run every block at once
+SEQUENTIAL = ("fwd", "dstate", "fsplit", "bsplit")
+# pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
+# and dC, dbc makes those summed over a group's heads (no per-head-group partials)
+PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc")}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
 PREPASS = {"fwd": "fsplit", "dstate": "bsplit"}
 MAX_SPLITS = 64
@@ -50,7 +55,9 @@ class SSDConfig(IntConfig):
     heads_per_program: heads of one group per bwd program (C B^T shared, dB/dC summed);
     splits: segments of whole blocks the sequence is cut into for fwd and dstate (their own
     programs; a pre-pass gives each segment's starting state or gradient), at most one per
-    block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle."""
+    block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle.
+    bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps and stages)
+    and dbc, all heads of a group per program with dbc_block_p channels per inner step."""
 
     block_q: int = 64
     block_p: int = 32
@@ -61,21 +68,31 @@ class SSDConfig(IntConfig):
     bwd_warps: int = 8
     bwd_stages: int = 1
     splits: int = 1
+    # fields added later go below with a default, so older encodings still decode
+    bwd_kernels: int = 1
+    dbc_block_p: int = 64
+    dbc_warps: int = 4
+    dbc_stages: int = 1
 
     def tag(self, kind: str) -> str:
-        if kind == "bwd":
+        # splits is a launch parameter: the kernels do not depend on it
+        if kind in ("bwd", "bwdx"):
             return (f"q{self.block_q}_p{self.bwd_block_p}_h{self.heads_per_program}"
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
+        if kind == "dbc":
+            return f"q{self.block_q}_p{self.dbc_block_p}_w{self.dbc_warps}_s{self.dbc_stages}"
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
-        # splits is a launch parameter: the kernels do not depend on it
 
     def check(self, spec: SSDSpec | None = None) -> None:
         """spec: unused here (Triton reports shared memory at compile time, see _launch); the
         CUDA config checks its layout against it."""
         self.check_powers()
-        for name in ("block_q", "block_p", "bwd_block_p"):
+        for name in ("block_q", "block_p", "bwd_block_p", "dbc_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        if self.bwd_kernels not in PASS2:
+            raise ValueError(f"config.bwd_kernels must be one of {sorted(PASS2)}, got "
+                             f"{self.bwd_kernels}")
         if self.splits > MAX_SPLITS:
             raise ValueError(f"config.splits must be <= {MAX_SPLITS}, got {self.splits}")
         if self.block_q > 128:
@@ -138,15 +155,18 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["dout_ptr"]
     elif kind == "fsplit":
         pass  # inputs, then the segments' buffers below
-    else:
+    elif kind == "dbc":
+        a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
+    else:  # bwd, and bwdx: the same without dB and dC (the dbc kernel makes them)
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
-        a += ["dB_ptr", "dC_ptr", "dA_ptr"]
+        a += (["dB_ptr", "dC_ptr"] if kind == "bwd" else []) + ["dA_ptr"]
         a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
     # the segments' states / gradients from zero and their decays (fp32), written by the
     # pre-pass, read by the main kernel
-    a += ["hsp_ptr", "psp_ptr"] if kind != "bwd" else []
-    a += ["L", "H", "P", "hpg", "nblk"] + (["NHB"] if kind == "bwd" else ["nseg", "spb"])
+    a += ["hsp_ptr", "psp_ptr"] if kind in SEQUENTIAL else []
+    a += ["L", "H", "P", "hpg", "nblk"]
+    a += {"bwd": ["NHB"], "bwdx": [], "dbc": ["G"]}.get(kind, ["nseg", "spb"])
     a += ["dt_lo", "dt_hi"]
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
@@ -159,7 +179,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
             return "fp32"
         if not n.endswith("_ptr"):
             return "i32"
-        if n in _IO:
+        if n in _IO or (kind == "dbc" and n in ("dB_ptr", "dC_ptr")):
             return io
         if n in ("dt_ptr", "ddt_ptr"):
             return "*" + _TY[spec.dt_dtype]
@@ -174,13 +194,17 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
 
 
+_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p"}
+
+
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     NP = padded_state(spec)
     return render.render(
-        f"triton/ssd_{kind}.py.jinja", spec_key=spec.key(), config_desc=repr(cfg),
-        kernel_name=kernel_name(spec, cfg, kind), args=[n for n, _ in kernel_params(spec, kind)],
+        f"triton/ssd_{'bwd' if kind == 'bwdx' else kind}.py.jinja", spec_key=spec.key(),
+        config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
+        args=[n for n, _ in kernel_params(spec, kind)], split_bc=kind == "bwdx",
         N=spec.d_state, NP=NP, block_q=cfg.block_q,
-        block_p=cfg.bwd_block_p if kind == "bwd" else cfg.block_p,
+        block_p=getattr(cfg, _BLOCK_P.get(kind, "block_p")),
         heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
@@ -201,8 +225,10 @@ def _kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
 
 
 def launch_config(cfg: SSDConfig, kind: str) -> dict:
-    if kind == "bwd":
+    if kind in ("bwd", "bwdx"):
         return dict(num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    if kind == "dbc":
+        return dict(num_warps=cfg.dbc_warps, num_stages=cfg.dbc_stages)
     return dict(num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
 
 
@@ -338,23 +364,30 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
     if hb != cfg.heads_per_program:
         cfg = dataclasses.replace(cfg, heads_per_program=hb)
     nhb = H // hb
+    split = getattr(cfg, "bwd_kernels", 1) == 2  # a CUDA config has one kernel
     dx = new((b, L, H, P), c.x.dtype, dev)
     ddt = new((b, L, H), c.dt.dtype, dev)
     dz = new(dx.shape, dx.dtype, dev) if spec.has_z else None
-    dB = new((b, L, nhb, N), f32, dev)
-    dC = new((b, L, nhb, N), f32, dev)
+    # one kernel: fp32 partials per head group, summed below; split: dbc's sums over a group
+    dB = new((b, L, G, N) if split else (b, L, nhb, N), c.B.dtype if split else f32, dev)
+    dC = new(dB.shape, c.C.dtype if split else f32, dev)
     dA = new((b, nblk, H), f32, dev)
     dD = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H), f32, dev) \
         if spec.has_D else None
     ddtb = new((b, nblk, H), f32, dev) if spec.has_dt_bias else None
     a = _args(c, spec)
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
-             dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb)
-    _launch(spec, cfg, "bwd", a, (nblk, nhb, b))
-    # sum the per-head-group partials over each B/C group's heads, and the partials over blocks
-    red = (b, L, G, nhb // G, N)
-    return dict(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)),
-                B=dB.view(red).sum(3).to(c.B.dtype), C=dC.view(red).sum(3).to(c.C.dtype),
+             dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
+    if split:
+        _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
+        _launch(spec, cfg, "dbc", a, (nblk, G, b))
+    else:
+        _launch(spec, cfg, "bwd", a, (nblk, nhb, b))
+        # the per-head-group partials summed over each B/C group's heads
+        red = (b, L, G, nhb // G, N)
+        dB, dC = dB.view(red).sum(3).to(c.B.dtype), dC.view(red).sum(3).to(c.C.dtype)
+    # the partials over blocks summed
+    return dict(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)), B=dB, C=dC,
                 D=None if dD is None else dD.sum((0, 1)),
                 dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
 

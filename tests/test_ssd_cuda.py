@@ -91,7 +91,7 @@ def test_cuda_backend_needs_cuda_tensors():
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
 def test_cuda_ssd_matches_reference_gpu(shape, dtype):
-    _reference(shape, dtype, backend="cuda")
+    _reference(shape, dtype, None, backend="cuda")
 
 
 @pytest.mark.gpu

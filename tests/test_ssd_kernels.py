@@ -76,7 +76,8 @@ def sum_floors(a, opts, rgrads):
 CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_from([16, 32]),
                     bwd_block_p=st.sampled_from([16, 32]),
                     heads_per_program=st.sampled_from([1, 2, 4]),
-                    splits=st.sampled_from([1, 2, 4]))
+                    splits=st.sampled_from([1, 2, 4]), bwd_kernels=st.sampled_from([1, 2]),
+                    dbc_block_p=st.sampled_from([16, 32]))
 
 
 @pytest.mark.interp
@@ -98,11 +99,12 @@ def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, d
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
-def test_triton_ssd_matches_reference_gpu(shape, dtype, backend="triton"):
+@pytest.mark.parametrize("config", [None, dict(bwd_kernels=2)], ids=["default", "pass2_split"])
+def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
                     softplus=True)
-    check(a, dict(dt_softplus=True), True, None, dtype, 7, backend=backend)
+    check(a, dict(dt_softplus=True), True, config, dtype, 7, backend=backend)
 
 
 @pytest.mark.gpu
@@ -143,7 +145,10 @@ def test_triton_ssd_packed_gpu(shape, dtype, backend="triton"):
        dtype=st.sampled_from([BF16, F16, F32]),
        config=st.sampled_from([None, dict(block_q=32, block_p=16, heads_per_program=1),
                                dict(block_q=128, block_p=32, fwd_warps=8, bwd_block_p=32),
-                               dict(block_q=16, block_p=32, splits=8)]),
+                               dict(block_q=16, block_p=32, splits=8),
+                               dict(block_q=32, bwd_kernels=2, dbc_block_p=32, dbc_warps=8),
+                               dict(block_q=16, bwd_kernels=2, heads_per_program=1,
+                                    dbc_block_p=64)]),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
     H, G = HG
