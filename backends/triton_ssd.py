@@ -109,7 +109,9 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     d_state 128, headdim 64): blocks of 32 steps (64 and 128 spill in bwd: 2.5 ms at 32 vs 4.6
     and 8.5 on ssd_1.3b); the sequential kernels take the widest channel block that still
     gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms), and where none does, sequence
-    splits (below); bwd 32 channels per step, 4 heads per program, 4 warps."""
+    splits (below). Pass 2 split in two kernels (ssd_pass2/sweep.json, ssd_1.3b: one kernel
+    2.39 ms + 0.15 of partial sums; bwdx 1.76 (64 channels per step, 8 heads per program,
+    4 warps; 1.78 at 4 heads, 1.94 at 2 stages) + dbc 0.55 (64 channels, 4 warps, 2 stages))."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
     big = padded_state(spec) >= 256  # twice the registers per tile
     splits = 1
@@ -127,8 +129,9 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
         while programs * splits < 3 * 132 and splits < MAX_SPLITS:
             splits *= 2
     return SSDConfig(block_q=32, block_p=bp, fwd_warps=8 if big else 4, fwd_stages=2,
-                     bwd_block_p=min(P2, 32), heads_per_program=4, bwd_warps=8 if big else 4,
-                     splits=splits)
+                     bwd_block_p=min(P2, 64), heads_per_program=8, bwd_warps=8 if big else 4,
+                     splits=splits, bwd_kernels=2, dbc_block_p=min(P2, 64),
+                     dbc_warps=8 if big else 4, dbc_stages=2)
 
 
 # -- rendering -----------------------------------------------------------------------------

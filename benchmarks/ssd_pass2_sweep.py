@@ -9,6 +9,7 @@ Usage: python benchmarks/ssd_pass2_sweep.py OUT.json [shape names...]
 import dataclasses
 import itertools
 import json
+import os
 import sys
 
 import torch
@@ -25,10 +26,13 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from ssd_bench import make_inputs  # noqa: E402
 from ssd_kernel_breakdown import breakdown  # noqa: E402
 
-BWDX = [dict(bwd_block_p=p, heads_per_program=h, bwd_warps=w)
-        for p, h, w in itertools.product((32, 64), (1, 2, 4), (4, 8))]
-DBC = [dict(dbc_block_p=p, dbc_warps=w, dbc_stages=s)
-       for p, w, s in itertools.product((32, 64), (4, 8), (1, 2))]
+# the grids of the first run (ssd_pass2/); SWEEP_BWDX / SWEEP_DBC (JSON lists of dicts) replace them
+BWDX = json.loads(os.environ["SWEEP_BWDX"]) if "SWEEP_BWDX" in os.environ else [
+    dict(bwd_block_p=p, heads_per_program=h, bwd_warps=w)
+    for p, h, w in itertools.product((32, 64), (1, 2, 4), (4, 8))]
+DBC = json.loads(os.environ["SWEEP_DBC"]) if "SWEEP_DBC" in os.environ else [
+    dict(dbc_block_p=p, dbc_warps=w, dbc_stages=s)
+    for p, w, s in itertools.product((32, 64), (4, 8), (1, 2))]
 
 
 def bench(f):
@@ -80,13 +84,14 @@ def main():
         _, _, ckpt = ts.forward(c, spec, base)
         dckpt, _ = ts.backward_states(c, spec, base, ckpt.shape[2], dout.contiguous())
         row = {"default": dataclasses.asdict(base)}
-        ms, g1 = time_kernels(c, spec, base, ckpt, dckpt, dout)
+        one = dataclasses.replace(base, bwd_kernels=1, bwd_block_p=32)  # the earlier default
+        ms, g1 = time_kernels(c, spec, one, ckpt, dckpt, dout)
         row["one_kernel_ms"] = ms
-        print(f"== {s['name']} one kernel {base.tag('bwd')}: {ms}", flush=True)
+        print(f"== {s['name']} one kernel {one.tag('bwd')}: {ms}", flush=True)
         row["bwdx"], row["dbc"] = [], []
-        fixed_dbc = dict(dbc_block_p=32, dbc_warps=8, dbc_stages=1)
+        fixed_dbc = {k: getattr(base, k) for k in DBC[0]}
         for k in BWDX:
-            cfg = dataclasses.replace(base, bwd_kernels=2, **k, **fixed_dbc)
+            cfg = dataclasses.replace(base, bwd_kernels=2, **{**fixed_dbc, **k})
             try:
                 ms, g2 = time_kernels(c, spec, cfg, ckpt, dckpt, dout)
             except Exception as e:  # a config that does not compile: recorded, sweep goes on
@@ -97,7 +102,7 @@ def main():
             print(f"  bwdx {k}: {ms['bwdx']:.3f} ms; max rel diff {max(err.values()):.2e}",
                   flush=True)
         best_x = min((r for r in row["bwdx"] if "ms" in r), key=lambda r: r["ms"])
-        best_x = {k: best_x[k] for k in BWDX[0]}
+        best_x = {k: best_x[k] for k in BWDX[0] if k in best_x}
         for k in DBC:
             cfg = dataclasses.replace(base, bwd_kernels=2, **best_x, **k)
             try:
@@ -115,7 +120,7 @@ def main():
                                    **{k: best_d[k] for k in DBC[0]})
         row["best_split"] = dataclasses.asdict(best)
         # forward+backward through the public call, side by side with the peer
-        impl = {"ssmgen_default": base, "ssmgen_split": best}
+        impl = {"ssmgen_one_kernel": one, "ssmgen_default": base, "ssmgen_split_best": best}
         fns = {n: (lambda cfg: lambda **a: ssmgen.mamba_chunk_scan_combined(
             chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **a))(cfg)
             for n, cfg in impl.items()}

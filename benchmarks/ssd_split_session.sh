@@ -3,7 +3,7 @@
 # backends against float64, the split sweep, the suite's ssd shapes side by side with mamba-ssm.
 set -u
 source benchmarks/device_setup.sh
-R=$OUT/ssd_split
+R=$OUT/${NAME:-ssd_split}
 mkdir -p $R
 SSMGEN_SSD_EXAMPLES=${SSMGEN_SSD_EXAMPLES:-6} timeout ${TEST_S:-240} python3 -m pytest -m gpu -q -p no:cacheprovider -rf ${TESTS:-tests/test_ssd_kernels.py tests/test_ssd_cuda.py} 2>&1 | tail -30 > $R/gpu_tests.log
 tail -15 $R/gpu_tests.log

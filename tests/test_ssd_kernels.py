@@ -323,6 +323,24 @@ def test_spec_names_every_field():
     assert "ssd_bwd_n128_p64" in triton_ssd.kernel_name(s, cfg, "bwd")
 
 
+def test_pass2_split_kernels_and_config():
+    """Pass 2 in two kernels: bwdx takes no dB/dC, dbc takes them in B's dtype (summed over a
+    group's heads in the kernel) and the group count; names carry each kernel's own config;
+    an encoding from before the split's fields decodes to one kernel; a bad count is named."""
+    s = SSDSpec(d_state=128, headdim=64, dtype="bfloat16", has_z=True)
+    x, d = dict(triton_ssd.kernel_params(s, "bwdx")), dict(triton_ssd.kernel_params(s, "dbc"))
+    assert "dB_ptr" not in x and "dx_ptr" in x and "NHB" not in x
+    assert d["dB_ptr"] == d["dC_ptr"] == "*bf16" and "G" in d and "dx_ptr" not in d
+    assert dict(triton_ssd.kernel_params(s, "bwd"))["dB_ptr"] == "*fp32"
+    cfg = triton_ssd.SSDConfig(bwd_kernels=2, bwd_block_p=32, dbc_block_p=16, dbc_stages=2)
+    assert triton_ssd.kernel_name(s, cfg, "bwdx").endswith("__q64_p32_h4_w8_s1")
+    assert triton_ssd.kernel_name(s, cfg, "dbc").endswith("__q64_p16_w4_s2")
+    old = "32,64,4,2,32,4,4,1,1"  # the nine fields of the one-kernel config
+    assert triton_ssd.SSDConfig.decode(old).bwd_kernels == 1
+    with pytest.raises(ValueError, match="config.bwd_kernels must be one of"):
+        triton_ssd.SSDConfig(bwd_kernels=4).check()
+
+
 @pytest.mark.interp
 @pytest.mark.parametrize("packed", [False, True])
 def test_custom_ops_pass_opcheck(packed):
