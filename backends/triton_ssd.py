@@ -1,13 +1,15 @@
-"""Triton backend of the SSD scan (Mamba-2): renders templates/triton/ssd_{fwd,dstate,bwd}.py.jinja
+"""Triton backend of the SSD scan (Mamba-2): renders templates/triton/ssd_*.py.jinja
 for an (SSDSpec, SSDConfig) pair and launches them.
 
-Three kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels"):
+Kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels", "SSD pass 2 split"):
   fwd     one program per (channel block of a head, head, batch row) walks the sequence in
           blocks of block_q steps with the state in registers; tensor-core products per block;
           saves the state entering each block (the backward's checkpoints).
   dstate  the same walk from the end: the gradient of the state leaving each block.
   bwd     one program per (block, group of heads_per_program heads, batch row), all blocks in
           parallel: every input gradient from the two checkpoints of its block.
+By default (config.bwd_kernels = 2) bwd is two kernels instead: bwdx (bwd without dB and dC)
+and dbc, one program per (block, B/C group, batch row) summing dB and dC over the group's heads.
 With seq_idx (packed sequences), each kernel reads the block's seq_idx and the one of the step
 before it: C B^T terms only within a sequence, the carried state (fwd) or its gradient (dstate)
 restarts where a sequence starts.
@@ -56,8 +58,9 @@ class SSDConfig(IntConfig):
     splits: segments of whole blocks the sequence is cut into for fwd and dstate (their own
     programs; a pre-pass gives each segment's starting state or gradient), at most one per
     block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle.
-    bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps and stages)
-    and dbc, all heads of a group per program with dbc_block_p channels per inner step."""
+    bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps
+    and stages) and dbc, all heads of a group per program with dbc_block_p channels per inner
+    step."""
 
     block_q: int = 64
     block_p: int = 32
