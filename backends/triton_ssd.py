@@ -10,6 +10,8 @@ Kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels", "SSD pass 
           parallel: every input gradient from the two checkpoints of its block.
 By default (config.bwd_kernels = 2) bwd is two kernels instead: bwdx (bwd without dB and dC)
 and dbc, one program per (block, B/C group, batch row) summing dB and dC over the group's heads.
+bwdx reads no forward checkpoint: the forward (as fwdy) also saves Yi, the entering state's part
+of y, and pass 1 (as dstatey) the entering state's path to the leaving one per block.
 With seq_idx (packed sequences), each kernel reads the block's seq_idx and the one of the step
 before it: C B^T terms only within a sequence, the carried state (fwd) or its gradient (dstate)
 restarts where a sequence starts.
@@ -40,12 +42,12 @@ TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ss
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
 # kernels that walk the sequence (with sequence splits); the others run every block at once
-SEQUENTIAL = ("fwd", "dstate", "fsplit", "bsplit")
+SEQUENTIAL = ("fwd", "fwdy", "dstate", "dstatey", "fsplit", "bsplit")
 # pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
 # and dC, dbc makes those summed over a group's heads (no per-head-group partials)
 PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc")}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
-PREPASS = {"fwd": "fsplit", "dstate": "bsplit"}
+PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "dstate": "bsplit", "dstatey": "bsplit"}
 MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
@@ -114,7 +116,8 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms), and where none does, sequence
     splits (below). Pass 2 split in two kernels (ssd_pass2/sweep.json, ssd_1.3b: one kernel
     2.39 ms + 0.15 of partial sums; bwdx 1.76 (64 channels per step, 8 heads per program,
-    4 warps; 1.78 at 4 heads, 1.94 at 2 stages) + dbc 0.55 (64 channels, 4 warps, 2 stages))."""
+    4 warps; 1.78 at 4 heads, 1.94 at 2 stages) + dbc 0.55 (64 channels, 4 warps, 2 stages));
+    bwdx 1.40 since it reads Yi and sigma instead of the checkpoint (ssd_yi_v1/sweep.json)."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
     big = padded_state(spec) >= 256  # twice the registers per tile
     splits = 1
@@ -140,7 +143,7 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
 # -- rendering -----------------------------------------------------------------------------
 _TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dz_ptr",
-       "ckpt_ptr", "dckpt_ptr"}
+       "ckpt_ptr", "dckpt_ptr", "yi_ptr"}
 _STRIDES = {"x": "xlhp", "z": "zlhp"}
 
 
@@ -151,22 +154,30 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
-    if kind == "fwd":
+    if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves Yi for bwdx
         a += ["init_ptr"] if spec.has_initial_state else []
-        a += ["out_ptr", "ckpt_ptr"] + (["final_ptr"] if spec.return_final_states else [])
-    elif kind == "dstate":
+        a += ["out_ptr", "ckpt_ptr"] + (["yi_ptr"] if kind == "fwdy" else [])
+        a += ["final_ptr"] if spec.return_final_states else []
+    elif kind in ("dstate", "dstatey"):  # dstatey: dstate that also gives bwdx its sigma
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
         a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
+        a += ["ckpt_ptr", "sig_ptr"] if kind == "dstatey" else []
     elif kind == "bsplit":
         a += ["dout_ptr"]
     elif kind == "fsplit":
         pass  # inputs, then the segments' buffers below
     elif kind == "dbc":
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
-    else:  # bwd, and bwdx: the same without dB and dC (the dbc kernel makes them)
+    elif kind == "bwd":
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
-        a += (["dB_ptr", "dC_ptr"] if kind == "bwd" else []) + ["dA_ptr"]
+        a += ["dB_ptr", "dC_ptr", "dA_ptr"]
+        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
+    else:  # bwdx: bwd without dB and dC (dbc makes them), reading Yi and sigma, not the
+        # checkpoint
+        a += ["dout_ptr", "yi_ptr", "dckpt_ptr", "sig_ptr", "dx_ptr", "ddt_ptr"]
+        a += ["dz_ptr"] if spec.has_z else []
+        a += ["dA_ptr"]
         a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
     # the segments' states / gradients from zero and their decays (fp32), written by the
     # pre-pass, read by the main kernel
@@ -201,14 +212,16 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
 
 
 _BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p"}
+TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}  # kinds rendered from another kind's template
 
 
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     NP = padded_state(spec)
     return render.render(
-        f"triton/ssd_{'bwd' if kind == 'bwdx' else kind}.py.jinja", spec_key=spec.key(),
+        f"triton/ssd_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], split_bc=kind == "bwdx",
+        store_yi=kind == "fwdy", store_sigma=kind == "dstatey",
         N=spec.d_state, NP=NP, block_q=cfg.block_q,
         block_p=getattr(cfg, _BLOCK_P.get(kind, "block_p")),
         heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
@@ -326,8 +339,15 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
     return nseg
 
 
-def forward(c, spec: SSDSpec, cfg: SSDConfig):
-    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints)."""
+def saves_yi(cfg) -> bool:
+    """Whether the backward under cfg reads Yi (the split pass 2; a CUDA config has one kernel)."""
+    return getattr(cfg, "bwd_kernels", 1) == 2
+
+
+def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
+    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, Yi or
+    None). for_backward: also save Yi = exp(cum_i) C S^T (x's layout and dtype), the entering
+    state's part of y, where the config's backward reads it (saves_yi)."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -335,18 +355,22 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig):
     out = new((b, L, H, P), c.x.dtype, dev)
     ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
     final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
+    yi = new(out.shape, out.dtype, dev) if for_backward and saves_yi(cfg) else None
+    kind = "fwd" if yi is None else "fwdy"
     a = _args(c, spec)
-    a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
+    a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, yi_ptr=yi, nblk=nblk)
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
-    nseg = _split_buffers(c, spec, cfg, "fwd", a, nblk)
-    _launch(spec, cfg, "fwd", a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
-    return out, final, ckpt
+    nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
+    _launch(spec, cfg, kind, a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
+    return out, final, ckpt, yi
 
 
-def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=None):
+def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=None, ckpt=None):
     """Pass 1: (the gradient of the state leaving each block (like the checkpoints), the
-    initial state's gradient fp32 or None)."""
+    initial state's gradient fp32 or None, sigma or None). sigma (batch, blocks, heads) fp32:
+    exp(total) <S_in, dS_out> per block, which the split pass 2 (saves_yi) reads; made where
+    the checkpoints ckpt are given."""
     b, H, P, N = c.batch, c.heads, c.headdim, c.d_state
     dev, f32 = c.x.device, torch.float32
     a = _args(c, spec)
@@ -355,14 +379,24 @@ def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=No
     if spec.return_final_states:
         a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
                            else dfinal.to(f32).contiguous())
-    a.update(nblk=nblk, dout_ptr=dout, dckpt_ptr=dckpt, dinit_ptr=dinit)
-    nseg = _split_buffers(c, spec, cfg, "dstate", a, nblk)
-    _launch(spec, cfg, "dstate", a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
-    return dckpt, dinit
+    npb = triton.cdiv(P, cfg.block_p)
+    sig = None if ckpt is None else new((b, nblk, H, npb), f32, dev)
+    kind = "dstate" if sig is None else "dstatey"
+    a.update(nblk=nblk, dout_ptr=dout, dckpt_ptr=dckpt, dinit_ptr=dinit, ckpt_ptr=ckpt,
+             sig_ptr=sig)
+    nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
+    _launch(spec, cfg, kind, a, (npb * nseg, H, b))
+    return dckpt, dinit, None if sig is None else sig.sum(-1)  # over the channel blocks
 
 
-def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
-    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias."""
+def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
+                   sig=None) -> dict:
+    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. yi, sig: the forward's Yi and
+    pass 1's sigma, which the split form (saves_yi) reads instead of the checkpoints."""
+    if saves_yi(cfg) and (yi is None or sig is None):
+        raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
+                         f"and pass 1's sigma; run forward(..., for_backward=True) and "
+                         f"backward_states(..., ckpt=ckpt) and pass their yi and sigma")
     b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
     nblk = ckpt.shape[2]
     dev, f32 = c.x.device, torch.float32
@@ -370,7 +404,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
     if hb != cfg.heads_per_program:
         cfg = dataclasses.replace(cfg, heads_per_program=hb)
     nhb = H // hb
-    split = getattr(cfg, "bwd_kernels", 1) == 2  # a CUDA config has one kernel
+    split = saves_yi(cfg)
     dx = new((b, L, H, P), c.x.dtype, dev)
     ddt = new((b, L, H), c.dt.dtype, dev)
     dz = new(dx.shape, dx.dtype, dev) if spec.has_z else None
@@ -385,6 +419,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
              dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
     if split:
+        a.update(yi_ptr=yi, sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
         _launch(spec, cfg, "dbc", a, (nblk, G, b))
     else:
@@ -398,11 +433,12 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout) -> dict:
                 dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
 
 
-def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None) -> dict:
+def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, yi=None) -> dict:
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
-    dckpt, dinit = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal)
-    g = backward_grads(c, spec, cfg, ckpt, dckpt, dout)
+    dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,
+                                        ckpt if saves_yi(cfg) else None)
+    g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
     g["initial_states"] = dinit
     return g
 

@@ -115,10 +115,11 @@ def time_fwd_dstate(c, spec, cfg, dout, bench, row):
     into row (fwd_ms, dstate_ms); returns their outputs (out, state gradients)."""
     from ssmgen.backends import triton_ssd as ts
 
-    out, _, ckpt = ts.forward(c, spec, cfg)
-    dck, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
+    out, _, ckpt, _ = ts.forward(c, spec, cfg)
+    dck, _, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
     row["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
-    row["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, cfg, ckpt.shape[2], dout))
+    row["dstate_ms"] = bench(lambda: ts.backward_states(  # as the backward runs it
+        c, spec, cfg, ckpt.shape[2], dout, ckpt=ckpt if ts.saves_yi(cfg) else None))
     return out, dck
 
 

@@ -35,13 +35,13 @@ def sweep(s, bench):
     spec = spec_of(c)
     rows = []
     tcfg = ts.default_config(spec, c.batch, c.heads)
-    out_t, _, ck = ts.forward(c, spec, tcfg)
+    out_t, _, ck, yi = ts.forward(c, spec, tcfg, for_backward=True)
     r = {"backend": "triton", "config": tcfg.to_dict(),
          "fwd_ms": bench(lambda: ts.forward(c, spec, tcfg))}
-    dck, _ = ts.backward_states(c, spec, tcfg, ck.shape[2], dout)
+    dck, _, sig = ts.backward_states(c, spec, tcfg, ck.shape[2], dout, ckpt=ck if yi is not None else None)
     r["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, tcfg, ck.shape[2], dout))
-    r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, tcfg, ck, dck, dout))
-    g_t = ts.backward_grads(c, spec, tcfg, ck, dck, dout)
+    r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, tcfg, ck, dck, dout, yi, sig))
+    g_t = ts.backward_grads(c, spec, tcfg, ck, dck, dout, yi, sig)
     del ck, dck
     rows.append(r)
     print(f"  {s['name']} triton {tcfg.tag('fwd')} / {tcfg.tag('bwd')}: {r}", flush=True)
@@ -64,8 +64,8 @@ def sweep(s, bench):
         r = {"backend": "cuda", "kind": "bwd", "config": cfg.to_dict()}
         try:
             cfg.check(spec)
-            _, _, ckpt = ts.forward(c, spec, cfg)
-            dckpt, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
+            _, _, ckpt, _ = ts.forward(c, spec, cfg)
+            dckpt, _, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
             g = ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout)
             r.update({f"d{k}_rel_vs_triton": rel(v, g_t[k]) for k, v in g.items()
                       if v is not None and g_t.get(k) is not None})

@@ -39,7 +39,7 @@ def bench(f):
     return do_bench(f, warmup=5, rep=40, return_mode="median")
 
 
-def launches(c, spec, cfg, ckpt, dckpt, dout):
+def launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
     """(kind, args, grid) of each kernel backward_grads launches, and its gradients."""
     seen, real = [], ts._launch
 
@@ -49,17 +49,17 @@ def launches(c, spec, cfg, ckpt, dckpt, dout):
 
     ts._launch = rec
     try:
-        g = ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout)
+        g = ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
     finally:
         ts._launch = real
     return seen, g
 
 
-def time_kernels(c, spec, cfg, ckpt, dckpt, dout):
-    seen, g = launches(c, spec, cfg, ckpt, dckpt, dout)
+def time_kernels(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
+    seen, g = launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
     ms = {kind: bench(lambda: ts._launch(spec, cfg_, kind, a, grid))
           for kind, cfg_, a, grid in seen}
-    ms["backward_grads"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout))
+    ms["backward_grads"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig))
     return ms, g
 
 
@@ -81,11 +81,12 @@ def main():
         c = _normalize(**x, chunk_size=s["chunk"], dt_softplus=True, check_values=False)
         spec = spec_of(c)
         base = ts.default_config(spec, c.batch, c.heads)
-        _, _, ckpt = ts.forward(c, spec, base)
-        dckpt, _ = ts.backward_states(c, spec, base, ckpt.shape[2], dout.contiguous())
+        _, _, ckpt, yi = ts.forward(c, spec, base, for_backward=True)
+        dckpt, _, sig = ts.backward_states(c, spec, base, ckpt.shape[2], dout.contiguous(),
+                                           ckpt=ckpt)
         row = {"default": dataclasses.asdict(base)}
         one = dataclasses.replace(base, bwd_kernels=1, bwd_block_p=32)  # the earlier default
-        ms, g1 = time_kernels(c, spec, one, ckpt, dckpt, dout)
+        ms, g1 = time_kernels(c, spec, one, ckpt, dckpt, dout, yi, sig)
         row["one_kernel_ms"] = ms
         print(f"== {s['name']} one kernel {one.tag('bwd')}: {ms}", flush=True)
         row["bwdx"], row["dbc"] = [], []
@@ -93,7 +94,7 @@ def main():
         for k in BWDX:
             cfg = dataclasses.replace(base, bwd_kernels=2, **{**fixed_dbc, **k})
             try:
-                ms, g2 = time_kernels(c, spec, cfg, ckpt, dckpt, dout)
+                ms, g2 = time_kernels(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
             except Exception as e:  # a config that does not compile: recorded, sweep goes on
                 row["bwdx"].append({**k, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 continue
@@ -106,7 +107,7 @@ def main():
         for k in DBC:
             cfg = dataclasses.replace(base, bwd_kernels=2, **best_x, **k)
             try:
-                ms, g2 = time_kernels(c, spec, cfg, ckpt, dckpt, dout)
+                ms, g2 = time_kernels(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
             except Exception as e:
                 row["dbc"].append({**k, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 continue

@@ -27,8 +27,8 @@ def per_shape(s, bench):
     spec = spec_of(c)
     base = ts.default_config(spec, c.batch, c.heads)
     one = dataclasses.replace(base, splits=1)
-    ref, _, ck = ts.forward(c, spec, one)
-    dref, _ = ts.backward_states(c, spec, one, ck.shape[2], dout)
+    ref, _, ck, _ = ts.forward(c, spec, one)
+    dref, _, _ = ts.backward_states(c, spec, one, ck.shape[2], dout)
     del ck
     rows = [{"default": base.to_dict()}]
     for bp, sp in GRID:

@@ -81,9 +81,9 @@ def run_shape(s, peer, configs, bench):
             if peer:
                 r["rel_vs_peer"] = {"out": rel(out, ref_out),
                                     **{k: rel(g[k], ref_g[k]) for k in g}}
-            _, _, ckpt = ts.forward(c, spec, cfg)
+            _, _, ckpt, yi = ts.forward(c, spec, cfg, for_backward=True)
             r["fwd_kernel_ms"] = bench(lambda: ts.forward(c, spec, cfg))
-            r["bwd_ms"] = bench(lambda: ts.backward(c, spec, cfg, ckpt, dout))
+            r["bwd_ms"] = bench(lambda: ts.backward(c, spec, cfg, ckpt, dout, yi=yi))
             with torch.no_grad():
                 r["fwd_ms"] = bench(lambda: fn(**x))
             r["fwdbwd_ms"] = bench(lambda: grads(fn, x, dout))
@@ -133,9 +133,9 @@ def kernel_sweep(s, bench):
                            heads_per_program=hb, bwd_warps=w)
         r = {"kind": "bwd", "config": cfg.to_dict()}
         try:
-            _, _, ckpt = ts.forward(c, spec, cfg)
-            dckpt, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
-            r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout))
+            _, _, ckpt, yi = ts.forward(c, spec, cfg, for_backward=True)
+            dckpt, _, sig = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout, ckpt=ckpt)
+            r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig))
             del ckpt, dckpt
         except Exception as e:
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"

@@ -15,6 +15,7 @@ from ssmgen.backends import triton_ssd
 from ssmgen.numerics import FLOOR, assert_close
 from ssmgen.spec import SSDSpec
 from ssmgen.ssd import _dt, _normalize, ssd_ref
+from ssmgen.ssd_kernels import spec_of
 from test_ssd import (BF16, F16, F32, HEADS_GROUPS, IDS, INF, each_alone, ids_of, make_inputs,
                       packed_inputs, run_with_grads)
 
@@ -324,12 +325,20 @@ def test_spec_names_every_field():
 
 
 def test_pass2_split_kernels_and_config():
-    """Pass 2 in two kernels: bwdx takes no dB/dC, dbc takes them in B's dtype (summed over a
-    group's heads in the kernel) and the group count; names carry each kernel's own config;
-    an encoding from before the split's fields decodes to one kernel; a bad count is named."""
-    s = SSDSpec(d_state=128, headdim=64, dtype="bfloat16", has_z=True)
+    """Pass 2 in two kernels: bwdx takes no dB/dC and no checkpoint but the forward's Yi (fwdy
+    saves it; fwd does not) and pass 1's sigma (dstatey makes it from the checkpoints); dbc takes
+    dB/dC in B's dtype (summed over a group's heads in the kernel) and the group count; names
+    carry each kernel's own config; an encoding from before the split's fields decodes to one
+    kernel; a bad count is named; the split backward without Yi is refused."""
+    s = SSDSpec(d_state=128, headdim=64, dtype="bfloat16", has_z=True, has_dt_bias=True)
     x, d = dict(triton_ssd.kernel_params(s, "bwdx")), dict(triton_ssd.kernel_params(s, "dbc"))
     assert "dB_ptr" not in x and "dx_ptr" in x and "NHB" not in x
+    assert "ckpt_ptr" not in x and x["yi_ptr"] == "*bf16" and x["sig_ptr"] == "*fp32"
+    assert dict(triton_ssd.kernel_params(s, "fwdy"))["yi_ptr"] == "*bf16"
+    assert "yi_ptr" not in dict(triton_ssd.kernel_params(s, "fwd"))
+    y = dict(triton_ssd.kernel_params(s, "dstatey"))
+    assert y["ckpt_ptr"] == "*bf16" and y["sig_ptr"] == "*fp32"
+    assert "sig_ptr" not in dict(triton_ssd.kernel_params(s, "dstate"))
     assert d["dB_ptr"] == d["dC_ptr"] == "*bf16" and "G" in d and "dx_ptr" not in d
     assert dict(triton_ssd.kernel_params(s, "bwd"))["dB_ptr"] == "*fp32"
     cfg = triton_ssd.SSDConfig(bwd_kernels=2, bwd_block_p=32, dbc_block_p=16, dbc_stages=2)
@@ -339,24 +348,30 @@ def test_pass2_split_kernels_and_config():
     assert triton_ssd.SSDConfig.decode(old).bwd_kernels == 1
     with pytest.raises(ValueError, match="config.bwd_kernels must be one of"):
         triton_ssd.SSDConfig(bwd_kernels=4).check()
+    a = make_inputs(1, 1, 8, 2, 4, 4, 1, F32)
+    c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None, check_values=False)
+    with pytest.raises(ValueError, match="reads the forward's Yi and pass 1's sigma"):
+        triton_ssd.backward_grads(c, spec_of(c), cfg, None, None, None)
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("packed", [False, True])
-def test_custom_ops_pass_opcheck(packed):
+@pytest.mark.parametrize("packed,bwd_kernels", [(False, 1), (True, 2)])
+def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     a = make_inputs(5, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, dt_bias=True, h0=True,
                     softplus=True)
     a = {k: v.detach() for k, v in a.items()}
-    cfg = triton_ssd.SSDConfig(block_q=16, block_p=16, bwd_block_p=16).encode()
+    cfg = triton_ssd.SSDConfig(block_q=16, block_p=16, bwd_block_p=16, dbc_block_p=16,
+                               bwd_kernels=bwd_kernels).encode()
     seq_idx = (torch.arange(20, dtype=torch.int32) // 7)[None] if packed else None
     ins = tuple(a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
     ins += (seq_idx,)
     flags = (True, 0.0, INF, True, cfg)
-    torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags,
+    torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + (True,),
                           test_utils=("test_schema", "test_faketensor"))
-    out, fin, ckpt = torch.ops.ssmgen.ssd_fwd(*ins, *flags)
+    out, fin, ckpt, yi = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
+    assert yi.shape == (out.shape if bwd_kernels == 2 else (0,))
     torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
-                          ins + flags + (ckpt, torch.randn_like(out), torch.randn_like(fin)),
+                          ins + flags + (ckpt, yi, torch.randn_like(out), torch.randn_like(fin)),
                           test_utils=("test_schema", "test_faketensor"))
 
 
