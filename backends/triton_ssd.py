@@ -143,7 +143,7 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
 # -- rendering -----------------------------------------------------------------------------
 _TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dz_ptr",
-       "ckpt_ptr", "dckpt_ptr", "yi_ptr"}
+       "ckpt_ptr", "dckpt_ptr", "yi_ptr", "yp_ptr"}
 _STRIDES = {"x": "xlhp", "z": "zlhp"}
 
 
@@ -156,7 +156,8 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
     if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves Yi for bwdx
         a += ["init_ptr"] if spec.has_initial_state else []
-        a += ["out_ptr", "ckpt_ptr"] + (["yi_ptr"] if kind == "fwdy" else [])
+        a += ["out_ptr", "ckpt_ptr"]
+        a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fwdy" else []
         a += ["final_ptr"] if spec.return_final_states else []
     elif kind in ("dstate", "dstatey"):  # dstatey: dstate that also gives bwdx its sigma
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
@@ -175,7 +176,8 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
     else:  # bwdx: bwd without dB and dC (dbc makes them), reading Yi and sigma, not the
         # checkpoint
-        a += ["dout_ptr", "yi_ptr", "dckpt_ptr", "sig_ptr", "dx_ptr", "ddt_ptr"]
+        a += ["dout_ptr", "yi_ptr"] + (["yp_ptr"] if spec.has_z else [])
+        a += ["dckpt_ptr", "sig_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
         a += ["dA_ptr"]
         a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
@@ -345,9 +347,10 @@ def saves_yi(cfg) -> bool:
 
 
 def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
-    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, Yi or
-    None). for_backward: also save Yi = exp(cum_i) C S^T (x's layout and dtype), the entering
-    state's part of y, where the config's backward reads it (saves_yi)."""
+    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, saved
+    or None). for_backward: where the config's backward reads them (saves_yi), also save
+    (saved[0]) Yi = exp(cum_i) C S^T, the entering state's part of y, and with z (saved[1]) y
+    before the gate, each in x's layout and dtype."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -355,15 +358,18 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     out = new((b, L, H, P), c.x.dtype, dev)
     ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
     final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
-    yi = new(out.shape, out.dtype, dev) if for_backward and saves_yi(cfg) else None
-    kind = "fwd" if yi is None else "fwdy"
+    saved = (new((1 + spec.has_z, *out.shape), out.dtype, dev) if for_backward and saves_yi(cfg)
+             else None)
+    kind = "fwd" if saved is None else "fwdy"
     a = _args(c, spec)
-    a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, yi_ptr=yi, nblk=nblk)
+    a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
+    if saved is not None:
+        a.update(yi_ptr=saved[0], yp_ptr=saved[-1])
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
     _launch(spec, cfg, kind, a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
-    return out, final, ckpt, yi
+    return out, final, ckpt, saved
 
 
 def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=None, ckpt=None):
@@ -391,8 +397,9 @@ def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=No
 
 def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
                    sig=None) -> dict:
-    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. yi, sig: the forward's Yi and
-    pass 1's sigma, which the split form (saves_yi) reads instead of the checkpoints."""
+    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. yi, sig: what the forward saved
+    for it (see forward) and pass 1's sigma, which the split form (saves_yi) reads instead of
+    the checkpoints."""
     if saves_yi(cfg) and (yi is None or sig is None):
         raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
                          f"and pass 1's sigma; run forward(..., for_backward=True) and "
@@ -419,7 +426,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
              dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
     if split:
-        a.update(yi_ptr=yi, sig_ptr=sig)
+        a.update(yi_ptr=yi[0], yp_ptr=yi[-1], sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
         _launch(spec, cfg, "dbc", a, (nblk, G, b))
     else:

@@ -87,9 +87,9 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
             config: str, for_backward: bool) -> List[torch.Tensor]:
-    """[out, final states (empty when not asked for), per-block checkpoints, Yi (the entering
-    states' part of the output, which the split backward reads; empty unless for_backward and
-    the config's backward reads it)]"""
+    """[out, final states (empty when not asked for), per-block checkpoints, what the split
+    backward reads (Yi, the entering states' part of the output, and with z the output before
+    the gate; empty unless for_backward and the config's backward reads it)]"""
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
     return _forward(c, config, for_backward)
@@ -115,7 +115,8 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
     nblk = -(-L // cfg.block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
-    yi = x.new_empty((b, L, H, P)) if for_backward and saves_yi(cfg) else x.new_empty(0)
+    yi = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
+          else x.new_empty(0))
     return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N)), yi]
 
 

@@ -334,7 +334,7 @@ def test_pass2_split_kernels_and_config():
     x, d = dict(triton_ssd.kernel_params(s, "bwdx")), dict(triton_ssd.kernel_params(s, "dbc"))
     assert "dB_ptr" not in x and "dx_ptr" in x and "NHB" not in x
     assert "ckpt_ptr" not in x and x["yi_ptr"] == "*bf16" and x["sig_ptr"] == "*fp32"
-    assert dict(triton_ssd.kernel_params(s, "fwdy"))["yi_ptr"] == "*bf16"
+    assert dict(triton_ssd.kernel_params(s, "fwdy"))["yi_ptr"] == x["yp_ptr"] == "*bf16"
     assert "yi_ptr" not in dict(triton_ssd.kernel_params(s, "fwd"))
     y = dict(triton_ssd.kernel_params(s, "dstatey"))
     assert y["ckpt_ptr"] == "*bf16" and y["sig_ptr"] == "*fp32"
@@ -369,7 +369,7 @@ def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + (True,),
                           test_utils=("test_schema", "test_faketensor"))
     out, fin, ckpt, yi = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
-    assert yi.shape == (out.shape if bwd_kernels == 2 else (0,))
+    assert yi.shape == ((2, *out.shape) if bwd_kernels == 2 else (0,))  # Yi, y before the gate
     torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
                           ins + flags + (ckpt, yi, torch.randn_like(out), torch.randn_like(fin)),
                           test_utils=("test_schema", "test_faketensor"))
@@ -419,3 +419,30 @@ def test_gradient_of_one_output_only(which):
     want = grads(ssd_ref, {k: v.detach().requires_grad_(True) for k, v in a.items()})
     for name, g, r in zip(a, got, want):
         assert_close(f"d{name}", g.cpu(), r, F32)
+
+
+@pytest.mark.interp
+def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch):
+    """The split pass 2's inputs from the forward (Yi, y before the gate) are x-sized: saved
+    (kind fwdy) only with grad enabled and an input requiring grad; the backward then runs
+    dstatey, bwdx and dbc."""
+    kinds, real = [], triton_ssd._launch
+    monkeypatch.setattr(triton_ssd, "_launch", lambda s, c, k, a, g: kinds.append(k) or
+                        real(s, c, k, a, g))
+    a = make_inputs(3, 1, 20, 2, 8, 8, 1, F32, D="h", z=True)
+    cfg = dict(block_q=16, block_p=16, bwd_block_p=16, dbc_block_p=16, bwd_kernels=2)
+
+    def run(**k):
+        return ssmgen.mamba_chunk_scan_combined(chunk_size=16, **k, backend="triton", config=cfg)
+
+    with torch.no_grad():
+        run(**a)
+    assert kinds == ["fwd"]
+    kinds.clear()
+    run(**{k: v.detach() for k, v in a.items()})  # grad enabled, nothing requires grad
+    assert kinds == ["fwd"]
+    kinds.clear()
+    leaves = {k: v.detach().requires_grad_(True) for k, v in a.items()}
+    run(**leaves).sum().backward()
+    assert kinds == ["fwdy", "dstatey", "bwdx", "dbc"]
+    assert all(v.grad is not None and v.grad.isfinite().all() for v in leaves.values())

@@ -1,6 +1,7 @@
-"""GPU experiment (written against a8da55d, before fwdy / dstatey; its results are in
-results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants): hand-edited variants of the SSD kernels
-(benchmarks/exp/ssd_variants.py),
+"""GPU experiment: hand-edited variants of the SSD kernels (benchmarks/exp/ssd_variants.py;
+VARIANTS=first: the variants of a8da55d's kernels, before fwdy / dstatey, results in
+results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants; VARIANTS=ablations: what each part of
+acc96e7's bwdx and dstatey costs, results in ssd_yi_v1/ablations),
 each launched alone on the ssd_1.3b call's arguments (recorded from the shipped launch), timed
 with do_bench (median), outputs compared with the shipped kernel's (variants that compute the
 same thing) or marked timing-only (variants reading proxies for buffers that do not exist yet).
@@ -8,6 +9,7 @@ same thing) or marked timing-only (variants reading proxies for buffers that do 
 Usage: python benchmarks/exp/ssd_variant_timing.py OUT.json
 """
 import json
+import os
 import re
 import sys
 
@@ -25,10 +27,11 @@ from ssmgen.ssd import _normalize  # noqa: E402
 from ssmgen.ssd_kernels import spec_of  # noqa: E402
 from ssmgen.suite import load  # noqa: E402
 
-EXACT = {("bwdx", "T"), ("dbc", "T"), ("fwd", "T"), ("bwdx", "base"), ("dbc", "base"), ("fwd", "base")}
+EXACT = {("bwdx", "T"), ("dbc", "T"), ("fwd", "T"), ("bwdx", "base"), ("dbc", "base"),
+         ("fwd", "base"), ("dstatey", "base")}
 OUTS = {"fwd": ("out_ptr", "ckpt_ptr"), "bwdx": ("dx_ptr", "dz_ptr", "ddt_ptr", "dA_ptr", "dD_ptr", "ddtb_ptr"),
-        "dbc": ("dB_ptr", "dC_ptr")}
-MAXNREG = [None, 168, 200]
+        "dbc": ("dB_ptr", "dC_ptr"), "dstatey": ("dckpt_ptr", "sig_ptr")}
+MAXNREG = [None, 168, 200] if os.environ.get("VARIANTS", "ablations") == "first" else [None]
 
 
 def record(fn):
@@ -54,18 +57,24 @@ def main():
     c = _normalize(**x, chunk_size=s["chunk"], dt_softplus=True, check_values=False)
     spec = spec_of(c)
     cfg = ts.default_config(spec, c.batch, c.heads)
-    ckpt_box = []
-    seen = record(lambda: ckpt_box.append(ts.forward(c, spec, cfg)[2]))
-    ckpt = ckpt_box[0]
-    dckpt, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout.contiguous())
-    seen += record(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout.contiguous()))
+    box = []
+    seen = record(lambda: box.append(ts.forward(c, spec, cfg, for_backward=True)))
+    ckpt, yi = box[0][2], box[0][3]
+    seen += record(lambda: box.append(ts.backward_states(c, spec, cfg, ckpt.shape[2],
+                                                         dout.contiguous(), ckpt=ckpt)))
+    dckpt, sig = box[1][0], box[1][2]
+    seen += record(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout.contiguous(), yi,
+                                             sig))
     res = {"device": torch.cuda.get_device_name(), "config": repr(cfg), "rows": []}
-    tables = {"fwd": sv.FWD_VARIANTS, "bwdx": sv.VARIANTS, "dbc": sv.DBC_VARIANTS}
+    tables = ({"fwd": sv.FWD_VARIANTS, "bwdx": sv.VARIANTS, "dbc": sv.DBC_VARIANTS}
+              if os.environ.get("VARIANTS", "ablations") == "first" else sv.ABLATIONS)
     for kind, kcfg, a, grid in seen:
         if kind not in tables:
             continue
-        if kind == "fwd":  # the checkpoint buffer is the one the backward reads: work on a copy
+        if kind in ("fwd", "fwdy"):  # the checkpoints the backward reads: work on a copy
             a = dict(a, ckpt_ptr=a["ckpt_ptr"].clone())
+        if kind == "dstatey":
+            a = dict(a, dckpt_ptr=a["dckpt_ptr"].clone())
         names = [n for n, _ in ts.kernel_params(spec, kind)]
         base_src = ts.render_source(spec, kcfg, kind)
         lc = ts.launch_config(kcfg, kind)

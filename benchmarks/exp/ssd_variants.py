@@ -187,3 +187,38 @@ def dbc_ssd(src):
 VARIANTS = {"base": lambda s: s, "noS": noS, "noS_wx": noS_wx}
 DBC_VARIANTS = {"base": lambda s: s, "ssd": dbc_ssd}
 FWD_VARIANTS = {}
+
+
+# -- ablations of the kernels after fwdy / dstatey (acc96e7): what each part of bwdx and
+# dstatey costs (timing only: each drops a term)
+def bwdx_no_dS(src):
+    s = src
+    s = rep(s, "            dS = tl.load(dckpt_ptr + ck + st_off, mask=m_pn, other=0.0)\n", "")
+    s = rep(s, "            BdS = _dot(Bt, tl.trans(dS))\n", "")
+    s = rep(s, "            Tx += tl.sum(xt.to(tl.float32) * BdS, 1)\n", "")
+    return rep(s, " + tail_dt[:, None] * BdS", "")
+
+
+def bwdx_no_y(src):
+    return rep(src, "            y = _dot(Wt, xt) + Yi\n", "            y = Yi\n")
+
+
+def bwdx_no_DX(src):
+    return rep(src, "            DX += _dot(dyt, tl.trans(xt))\n", "")
+
+
+def dstatey_load_only(src):
+    return rep(src, "etot * tl.sum(tl.sum(S_in * dS, 1), 0))", "etot * tl.sum(tl.sum(S_in, 1), 0))")
+
+
+def dstatey_nosig(src):
+    s = rep(src, "etot * tl.sum(tl.sum(S_in * dS, 1), 0))", "etot)")
+    i = s.index("        S_in = tl.load(ckpt_ptr")
+    j = s.index("other=0.0).to(tl.float32)\n", i) + len("other=0.0).to(tl.float32)\n")
+    return s[:i] + s[j:]
+
+
+ABLATIONS = {"bwdx": {"base": lambda s: s, "no_dS": bwdx_no_dS, "no_y": bwdx_no_y,
+                      "no_DX": bwdx_no_DX},
+             "dstatey": {"base": lambda s: s, "load_only": dstatey_load_only,
+                         "nosig": dstatey_nosig}}
