@@ -222,3 +222,41 @@ ABLATIONS = {"bwdx": {"base": lambda s: s, "no_dS": bwdx_no_dS, "no_y": bwdx_no_
                       "no_DX": bwdx_no_DX},
              "dstatey": {"base": lambda s: s, "load_only": dstatey_load_only,
                          "nosig": dstatey_nosig}}
+
+
+def dbc_dx_inter(src):
+    """dbc that also forms each head's B dS^T: the inter-block part of dx, tail dt B dS^T (stored
+    to a proxy, x-sized) and Tx = sum_p x B dS^T (stored to a proxy) (timing only)."""
+    s = src
+    s = rep(s, "    for hh in range(0, hpg):\n",
+            "    offs_q0 = tl.arange(0, BQ).to(tl.int64) + blk * BQ\n"
+            "    Bq = tl.load(B_ptr + b.to(tl.int64) * s_Bb + g * s_Bg + tl.arange(0, NP)[None, :] * s_Bn"
+            " + offs_q0[:, None] * s_Bl, mask=(offs_q0 < L)[:, None] & (tl.arange(0, NP) < N)[None, :],"
+            " other=0.0)\n"
+            "    for hh in range(0, hpg):\n")
+    s = rep(s, "        DX = tl.zeros([BQ, BQ], dtype=tl.float32)\n",
+            "        DX = tl.zeros([BQ, BQ], dtype=tl.float32)\n        Tx = tl.zeros([BQ], dtype=tl.float32)\n")
+    s = rep(s, "            DX = _dot(dy.to(xt.dtype), tl.trans(xt), DX)\n",
+            "            DX = _dot(dy.to(xt.dtype), tl.trans(xt), DX)\n"
+            "            BdS = _dot(Bq, tl.trans(dS))\n"
+            "            Tx += tl.sum(xt.to(tl.float32) * BdS, 1)\n"
+            "            tl.store(ckpt_ptr + io_off + offs_p[None, :], (tail_dt[:, None] * BdS).to(ckpt_ptr.dtype.element_ty), mask=m_qp)\n")
+    s = rep(s, "        Vs += DX * Lm * dt[None, :]\n",
+            "        Vs += DX * Lm * dt[None, :]\n"
+            "        tl.store(dC_ptr + (b64 * L + offs_q) * H + h, Tx.to(dC_ptr.dtype.element_ty), mask=mq)\n")
+    return s
+
+
+def bwdx_dx_inter(src):
+    """bwdx reading the inter-block part of dx and Tx (proxies) instead of dS (timing only)."""
+    s = bwdx_no_dS(src)
+    s = rep(s, "            dx += Dv * dy\n",
+            "            dx += Dv * dy\n"
+            "            dx += tl.load(dckpt_ptr + io_off + offs_p[None, :], mask=m_qp, other=0.0).to(tl.float32)\n")
+    return rep(s, "        T = tail_dt * Tx\n",
+               "        Tx = tl.load(ddt_ptr + (b64 * L + offs_q) * H + h, mask=mq, other=0.0).to(tl.float32)\n"
+               "        T = tail_dt * Tx\n")
+
+
+ABLATIONS2 = {"dbc": {"base": lambda s: s, "dx_inter": dbc_dx_inter},
+              "bwdx": {"base": lambda s: s, "dx_inter": bwdx_dx_inter}}
