@@ -5,7 +5,7 @@ same thing) or marked timing-only (variants reading proxies for buffers that do 
 VARIANTS=first: the variants of a8da55d's kernels, before fwdy / dstatey, results in
 results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants; VARIANTS=ablations: what each part of
 acc96e7's bwdx and dstatey costs; VARIANTS=ablations2 (default): the inter-block dx moved
-from bwdx to dbc, on ea07fb6's kernels; results of both in ssd_yi_v1/ablations). The string
+from bwdx to dbc, on ea07fb6's kernels; results of both in ssd_yi_v1/ablations. The string
 edits match the source of the commit named: at a later one they may no longer apply.
 
 Usage: python benchmarks/exp/ssd_variant_timing.py OUT.json
