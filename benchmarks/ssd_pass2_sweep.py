@@ -39,8 +39,8 @@ def bench(f):
     return do_bench(f, warmup=5, rep=40, return_mode="median")
 
 
-def launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
-    """(kind, args, grid) of each kernel backward_grads launches, and its gradients."""
+def record(fn):
+    """(kind, config, args, grid) of each SSD kernel fn() launches, and fn()'s result."""
     seen, real = [], ts._launch
 
     def rec(spec_, cfg_, kind, a, grid):
@@ -49,10 +49,14 @@ def launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
 
     ts._launch = rec
     try:
-        g = ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
+        return seen, fn()
     finally:
         ts._launch = real
-    return seen, g
+
+
+def launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
+    """(kind, args, grid) of each kernel backward_grads launches, and its gradients."""
+    return record(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig))
 
 
 def time_kernels(c, spec, cfg, ckpt, dckpt, dout, yi, sig):

@@ -22,6 +22,7 @@ sys.path.insert(0, __file__.rsplit("/", 2)[0])
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import ssd_variants as sv  # noqa: E402
 from ssd_bench import make_inputs  # noqa: E402
+from ssd_pass2_sweep import record as record_with_result  # noqa: E402
 
 from ssmgen import render  # noqa: E402
 from ssmgen.backends import triton_ssd as ts  # noqa: E402
@@ -29,26 +30,15 @@ from ssmgen.ssd import _normalize  # noqa: E402
 from ssmgen.ssd_kernels import spec_of  # noqa: E402
 from ssmgen.suite import load  # noqa: E402
 
+def record(fn):
+    return record_with_result(fn)[0]
+
+
 EXACT = {("bwdx", "T"), ("dbc", "T"), ("fwd", "T"), ("bwdx", "base"), ("dbc", "base"),
          ("fwd", "base"), ("dstatey", "base")}
 OUTS = {"fwd": ("out_ptr", "ckpt_ptr"), "bwdx": ("dx_ptr", "dz_ptr", "ddt_ptr", "dA_ptr", "dD_ptr", "ddtb_ptr"),
         "dbc": ("dB_ptr", "dC_ptr"), "dstatey": ("dckpt_ptr", "sig_ptr")}
 MAXNREG = [None, 168, 200] if os.environ.get("VARIANTS", "ablations2") == "first" else [None]
-
-
-def record(fn):
-    seen, real = [], ts._launch
-
-    def rec(spec_, cfg_, kind, a, grid):
-        seen.append((kind, cfg_, dict(a), grid))
-        return real(spec_, cfg_, kind, a, grid)
-
-    ts._launch = rec
-    try:
-        fn()
-    finally:
-        ts._launch = real
-    return seen
 
 
 def main():

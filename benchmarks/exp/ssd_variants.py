@@ -2,6 +2,19 @@
 experiments: string edits of the shipped source, so each differs from it in one idea."""
 import re
 
+# the head of the channel-block loop in the transposed ([BP, BQ] tile) variants
+T_LOOP_HEAD = """        for p0 in range(0, P, BP):
+            offs_p = p0 + tl.arange(0, BP)
+            mask_p = offs_p < P
+            m_pn = mask_p[:, None] & mask_n[None, :]
+            st_off = offs_p[:, None] * N + offs_n[None, :]
+            m_pq = mask_p[:, None] & mq[None, :]
+            io_offT = (b64 * L + offs_q[None, :]) * H * P + h * P + offs_p[:, None]
+            xT = tl.load(x_base + offs_q[None, :] * s_xl + offs_p[:, None] * s_xp, mask=m_pq, other=0.0)
+            doutT = tl.load(dout_ptr + io_offT, mask=m_pq, other=0.0).to(tl.float32)
+"""
+
+
 def rep(s, old, new, count=1):
     assert s.count(old) == count, (old, s.count(old))
     return s.replace(old, new)
@@ -33,16 +46,7 @@ def transposed(src, no_s=False):
     body = f'''        WtT = tl.trans(Wt)
         CtT = tl.trans(Ct)
         BtT = tl.trans(Bt)
-        for p0 in range(0, P, BP):
-            offs_p = p0 + tl.arange(0, BP)
-            mask_p = offs_p < P
-            m_pn = mask_p[:, None] & mask_n[None, :]
-            st_off = offs_p[:, None] * N + offs_n[None, :]
-            m_pq = mask_p[:, None] & mq[None, :]
-            io_offT = (b64 * L + offs_q[None, :]) * H * P + h * P + offs_p[:, None]
-            xT = tl.load(x_base + offs_q[None, :] * s_xl + offs_p[:, None] * s_xp, mask=m_pq, other=0.0)
-            doutT = tl.load(dout_ptr + io_offT, mask=m_pq, other=0.0).to(tl.float32)
-            dS = tl.load(dckpt_ptr + ck + st_off, mask=m_pn, other=0.0)
+''' + T_LOOP_HEAD + f'''            dS = tl.load(dckpt_ptr + ck + st_off, mask=m_pn, other=0.0)
             Dv = tl.load(D_ptr + h)
             zT = tl.load(z_base + offs_q[None, :] * s_zl + offs_p[:, None] * s_zp, mask=m_pq, other=0.0)
             zf = zT.to(tl.float32)
@@ -97,16 +101,7 @@ def dbc_T(src):
             "    dBT_acc = tl.zeros([NP, BQ], dtype=tl.float32)\n")
     start = s.index("        for p0 in range(0, P, BP):")
     end = s.index("        Vs += DX * Lm * dt[None, :]")
-    body = '''        for p0 in range(0, P, BP):
-            offs_p = p0 + tl.arange(0, BP)
-            mask_p = offs_p < P
-            m_pn = mask_p[:, None] & mask_n[None, :]
-            st_off = offs_p[:, None] * N + offs_n[None, :]
-            m_pq = mask_p[:, None] & mq[None, :]
-            io_offT = (b64 * L + offs_q[None, :]) * H * P + h * P + offs_p[:, None]
-            xT = tl.load(x_base + offs_q[None, :] * s_xl + offs_p[:, None] * s_xp, mask=m_pq, other=0.0)
-            doutT = tl.load(dout_ptr + io_offT, mask=m_pq, other=0.0).to(tl.float32)
-            zT = tl.load(z_base + offs_q[None, :] * s_zl + offs_p[:, None] * s_zp, mask=m_pq, other=0.0)
+    body = T_LOOP_HEAD + '''            zT = tl.load(z_base + offs_q[None, :] * s_zl + offs_p[:, None] * s_zp, mask=m_pq, other=0.0)
             zf = zT.to(tl.float32)
             dyT = tl.where(m_pq, doutT * zf * tl.sigmoid(zf), 0.0)
             S_in = tl.load(ckpt_ptr + ck + st_off, mask=m_pn, other=0.0)
