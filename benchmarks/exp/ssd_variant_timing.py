@@ -2,8 +2,8 @@
 each launched alone on the ssd_1.3b call's arguments (recorded from the shipped launch), timed
 with do_bench (median), outputs compared with the shipped kernel's (variants that compute the
 same thing) or marked timing-only (variants reading proxies for buffers that do not exist yet).
-VARIANTS=first: the variants of a8da55d's kernels, before fwdy / dstatey, results in
-results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants; VARIANTS=ablations: what each part of
+VARIANTS=run1 / run2: the variants of a8da55d's kernels, before fwdy / dstatey, results in
+results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants (run1 timed maxnreg 168 only); VARIANTS=ablations: what each part of
 acc96e7's bwdx and dstatey costs; VARIANTS=ablations2 (default): the inter-block dx moved
 from bwdx to dbc, on ea07fb6's kernels; results of both in ssd_yi_v1/ablations. The string
 edits match the source of the commit named: at a later one they may no longer apply.
@@ -38,7 +38,8 @@ EXACT = {("bwdx", "T"), ("dbc", "T"), ("fwd", "T"), ("bwdx", "base"), ("dbc", "b
          ("fwd", "base"), ("dstatey", "base")}
 OUTS = {"fwd": ("out_ptr", "ckpt_ptr"), "bwdx": ("dx_ptr", "dz_ptr", "ddt_ptr", "dA_ptr", "dD_ptr", "ddtb_ptr"),
         "dbc": ("dB_ptr", "dC_ptr"), "dstatey": ("dckpt_ptr", "sig_ptr")}
-MAXNREG = [None, 168, 200] if os.environ.get("VARIANTS", "ablations2") == "first" else [None]
+MAXNREG = ([None, 168, 200] if os.environ.get("VARIANTS", "ablations2") in ("run1", "run2")
+           else [None])
 
 
 def main():
@@ -58,8 +59,7 @@ def main():
     seen += record(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout.contiguous(), yi,
                                              sig))
     res = {"device": torch.cuda.get_device_name(), "config": repr(cfg), "rows": []}
-    tables = {"first": {"fwd": sv.FWD_VARIANTS, "bwdx": sv.VARIANTS, "dbc": sv.DBC_VARIANTS},
-              "ablations": sv.ABLATIONS,
+    tables = {"run1": sv.RUN1, "run2": sv.RUN2, "ablations": sv.ABLATIONS,
               "ablations2": sv.ABLATIONS2}[os.environ.get("VARIANTS", "ablations2")]
     for kind, kcfg, a, grid in seen:
         if kind not in tables:

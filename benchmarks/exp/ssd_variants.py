@@ -69,8 +69,6 @@ def transposed(src, no_s=False):
                  "        sSd = tl.load(dA_ptr + (b64 * nblk + blk) * H + h)\n")
     return s[:start] + body + s[end:]
 
-VARIANTS = {"base": lambda s: s, "noS": noS, "T": transposed, "noS_T": lambda s: transposed(s, True)}
-
 def dbc_oy(src):
     """dbc that also forms each head's Oy = sum_n C * (dy S) and sum S*dS (stored to proxies)."""
     s = src
@@ -119,7 +117,6 @@ def dbc_T(src):
             "    tl.store(dC_ptr + bc_off, tl.trans(dCT_acc).to(dC_ptr.dtype.element_ty), mask=m_qn)\n")
     return s
 
-DBC_VARIANTS = {"base": lambda s: s, "oy": dbc_oy, "T": dbc_T}
 
 def fwd_T(src):
     s = src
@@ -143,7 +140,11 @@ def fwd_T(src):
 '''
     return s[:start] + body
 
-FWD_VARIANTS = {"base": lambda s: s, "T": fwd_T}
+# variants_run1.json
+RUN1 = {"fwd": {"base": lambda s: s, "T": fwd_T},
+        "bwdx": {"base": lambda s: s, "noS": noS, "T": transposed,
+                 "noS_T": lambda s: transposed(s, True)},
+        "dbc": {"base": lambda s: s, "oy": dbc_oy, "T": dbc_T}}
 
 
 def noS_wx(src):
@@ -179,9 +180,9 @@ def dbc_ssd(src):
     return s
 
 
-VARIANTS = {"base": lambda s: s, "noS": noS, "noS_wx": noS_wx}
-DBC_VARIANTS = {"base": lambda s: s, "ssd": dbc_ssd}
-FWD_VARIANTS = {}
+# variants_run2.json
+RUN2 = {"bwdx": {"base": lambda s: s, "noS": noS, "noS_wx": noS_wx},
+        "dbc": {"base": lambda s: s, "ssd": dbc_ssd}}
 
 
 # -- ablations of the kernels after fwdy / dstatey (acc96e7): what each part of bwdx and
