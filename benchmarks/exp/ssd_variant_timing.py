@@ -3,7 +3,8 @@ each launched alone on the ssd_1.3b call's arguments (recorded from the shipped 
 with do_bench (median), outputs compared with the shipped kernel's (variants that compute the
 same thing) or marked timing-only (variants reading proxies for buffers that do not exist yet).
 VARIANTS=run1 / run2: the variants of a8da55d's kernels, before fwdy / dstatey, results in
-results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants (run1 timed maxnreg 168 only); VARIANTS=ablations: what each part of
+results/NVIDIA_H100_80GB_HBM3/ssd_yi_v1/variants (each also at maxnreg 168 and 200; run1 was
+timed at 168 only); VARIANTS=ablations: what each part of
 acc96e7's bwdx and dstatey costs; VARIANTS=ablations2 (default): the inter-block dx moved
 from bwdx to dbc, on ea07fb6's kernels; results of both in ssd_yi_v1/ablations. The string
 edits match the source of the commit named: at a later one they may no longer apply.
