@@ -154,7 +154,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
-    if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves Yi for bwdx
+    if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves what bwdx reads
         a += ["init_ptr"] if spec.has_initial_state else []
         a += ["out_ptr", "ckpt_ptr"]
         a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fwdy" else []
@@ -214,7 +214,8 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
 
 
 _BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p"}
-TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}  # kinds rendered from another kind's template
+# kinds rendered from another kind's template
+TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}
 
 
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -395,15 +396,15 @@ def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=No
     return dckpt, dinit, None if sig is None else sig.sum(-1)  # over the channel blocks
 
 
-def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
+def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=None,
                    sig=None) -> dict:
-    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. yi, sig: what the forward saved
-    for it (see forward) and pass 1's sigma, which the split form (saves_yi) reads instead of
-    the checkpoints."""
-    if saves_yi(cfg) and (yi is None or sig is None):
+    """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. saved, sig: what the forward
+    saved for it (see forward) and pass 1's sigma, which the split form (saves_yi) reads
+    instead of the checkpoints."""
+    if saves_yi(cfg) and (saved is None or sig is None):
         raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
                          f"and pass 1's sigma; run forward(..., for_backward=True) and "
-                         f"backward_states(..., ckpt=ckpt) and pass their yi and sigma")
+                         f"backward_states(..., ckpt=ckpt) and pass what they return")
     b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
     nblk = ckpt.shape[2]
     dev, f32 = c.x.device, torch.float32
@@ -426,7 +427,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
              dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
     if split:
-        a.update(yi_ptr=yi[0], yp_ptr=yi[-1], sig_ptr=sig)
+        a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
         _launch(spec, cfg, "dbc", a, (nblk, G, b))
     else:
@@ -440,12 +441,12 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, yi=None,
                 dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
 
 
-def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, yi=None) -> dict:
+def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,
                                         ckpt if saves_yi(cfg) else None)
-    g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
+    g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, saved, sig)
     g["initial_states"] = dinit
     return g
 

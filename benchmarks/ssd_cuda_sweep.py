@@ -38,7 +38,8 @@ def sweep(s, bench):
     out_t, _, ck, yi = ts.forward(c, spec, tcfg, for_backward=True)
     r = {"backend": "triton", "config": tcfg.to_dict(),
          "fwd_ms": bench(lambda: ts.forward(c, spec, tcfg))}
-    dck, _, sig = ts.backward_states(c, spec, tcfg, ck.shape[2], dout, ckpt=ck if yi is not None else None)
+    dck, _, sig = ts.backward_states(c, spec, tcfg, ck.shape[2], dout,
+                                     ckpt=None if yi is None else ck)
     r["dstate_ms"] = bench(lambda: ts.backward_states(c, spec, tcfg, ck.shape[2], dout))
     r["bwd_ms"] = bench(lambda: ts.backward_grads(c, spec, tcfg, ck, dck, dout, yi, sig))
     g_t = ts.backward_grads(c, spec, tcfg, ck, dck, dout, yi, sig)

@@ -63,7 +63,8 @@ def time_kernels(c, spec, cfg, ckpt, dckpt, dout, yi, sig):
     seen, g = launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig)
     ms = {kind: bench(lambda: ts._launch(spec, cfg_, kind, a, grid))
           for kind, cfg_, a, grid in seen}
-    ms["backward_grads"] = bench(lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig))
+    ms["backward_grads"] = bench(
+        lambda: ts.backward_grads(c, spec, cfg, ckpt, dckpt, dout, yi, sig))
     return ms, g
 
 

@@ -98,10 +98,11 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 def _forward(c, config: str, for_backward: bool) -> List[torch.Tensor]:
     from .backends import triton_ssd
 
-    out, final, ckpt, yi = triton_ssd.forward(c, spec_of(c), decode_config(config), for_backward)
+    out, final, ckpt, saved = triton_ssd.forward(c, spec_of(c), decode_config(config),
+                                                 for_backward)
     # placeholders are separate tensors: a custom op's outputs may not alias each other
     return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt,
-            c.x.new_empty(0) if yi is None else yi]
+            c.x.new_empty(0) if saved is None else saved]
 
 
 @ssd_fwd.register_fake
@@ -115,9 +116,9 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
     nblk = -(-L // cfg.block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
-    yi = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
-          else x.new_empty(0))
-    return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N)), yi]
+    saved = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
+             else x.new_empty(0))
+    return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N)), saved]
 
 
 @torch.library.custom_op("ssmgen::ssd_bwd", mutates_args=())
@@ -125,7 +126,7 @@ def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
             initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
-            config: str, ckpt: torch.Tensor, yi: torch.Tensor, dout: torch.Tensor,
+            config: str, ckpt: torch.Tensor, saved: torch.Tensor, dout: torch.Tensor,
             dfinal: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """The gradients of the 9 float inputs in their shapes and dtypes (empty when absent)."""
     from .backends import triton_ssd
@@ -133,14 +134,14 @@ def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
     g = triton_ssd.backward(c, spec_of(c), decode_config(config), ckpt, dout, dfinal,
-                            yi if yi.numel() else None)
+                            saved if saved.numel() else None)
     ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     return [x.new_empty(0) if t is None else g[n].to(t.dtype) for n, t in zip(_TENSORS, ins)]
 
 
 @ssd_bwd.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
-      return_final_states, config, ckpt, yi, dout, dfinal):
+      return_final_states, config, ckpt, saved, dout, dfinal):
     ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     return [x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
             for t in ins]
@@ -153,11 +154,11 @@ class _SSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flags, call, for_backward, seq_idx, *tensors):
         if call is not None:
-            out, final, ckpt, yi = _forward(call, flags[-1], for_backward)
+            out, final, ckpt, saved = _forward(call, flags[-1], for_backward)
         else:
-            out, final, ckpt, yi = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags,
-                                                            for_backward)
-        ctx.save_for_backward(seq_idx, *tensors, ckpt, yi)
+            out, final, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags,
+                                                               for_backward)
+        ctx.save_for_backward(seq_idx, *tensors, ckpt, saved)
         ctx.flags = flags
         if not flags[3]:
             ctx.mark_non_differentiable(final)  # an empty placeholder
@@ -169,11 +170,11 @@ class _SSD(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal, _):
-        seq_idx, *tensors, ckpt, yi = ctx.saved_tensors
+        seq_idx, *tensors, ckpt, saved = ctx.saved_tensors
         ret_final = ctx.flags[3]
         if dout is None:  # only the final states reach the loss
             dout = torch.zeros_like(tensors[0])
-        g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, yi, dout,
+        g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, saved, dout,
                                      dfinal if ret_final else None)
         return (None, None, None, None,
                 *(x if t is not None else None for x, t in zip(g, tensors)))
@@ -189,7 +190,7 @@ def run(c, config=None, backend: str = "triton"):
     cfg = config_of(spec, config, c.batch, c.heads, backend)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
     eager = plans.runs_kernels_directly(c.x)
-    # Yi (an x-sized buffer) only where a backward can follow
+    # what the split backward reads (x-sized buffers) is saved only where a backward can follow
     tensors = [getattr(c, n) for n in _TENSORS]
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)

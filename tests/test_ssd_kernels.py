@@ -368,10 +368,11 @@ def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     flags = (True, 0.0, INF, True, cfg)
     torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + (True,),
                           test_utils=("test_schema", "test_faketensor"))
-    out, fin, ckpt, yi = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
-    assert yi.shape == ((2, *out.shape) if bwd_kernels == 2 else (0,))  # Yi, y before the gate
+    out, fin, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
+    assert saved.shape == ((2, *out.shape) if bwd_kernels == 2 else (0,))  # Yi, y before gate
     torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
-                          ins + flags + (ckpt, yi, torch.randn_like(out), torch.randn_like(fin)),
+                          ins + flags + (ckpt, saved, torch.randn_like(out),
+                                         torch.randn_like(fin)),
                           test_utils=("test_schema", "test_faketensor"))
 
 
