@@ -51,7 +51,11 @@ def resource_usage(cubin: bytes, name: str) -> dict:
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", m.group(1))}
 
 
-def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int) -> CompileReport:
+def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int,
+             values=None) -> CompileReport:
+    """values: {int parameter: its value} of a real call, to compile as the JIT would for it
+    (an int equal to 1 becomes a constant, one divisible by 16 and every pointer carry that
+    divisibility); None compiles without those specializations (pessimistic: scalar loads)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -61,8 +65,17 @@ def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int) 
                            "(run `python -m ssmgen.aot` in a subprocess)")
     sig = dict(params)
     constexprs = {n: True for n, t in params if t == "constexpr"}  # uniform groups, checkpoints
+    attrs = {}
+    if values is not None:
+        for i, (n, t) in enumerate(params):
+            v = values.get(n)
+            if t.startswith("*") or (t == "i32" and v is not None and v % 16 == 0):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            elif t == "i32" and v == 1:
+                sig[n] = "constexpr"
+                constexprs[n] = 1
     t0 = time.perf_counter()
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     seconds = time.perf_counter() - t0
@@ -81,14 +94,31 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
                     kernel_name(spec, cfg, kind), cfg.num_warps, cfg.num_stages, arch)
 
 
-def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90) -> CompileReport:
-    """The same for one SSD kernel (backends/triton_ssd.py; kind: fwd, dstate, bwd or a
-    pre-pass of the sequence splits, fsplit / bsplit)."""
+def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> CompileReport:
+    """The same for one SSD kernel (backends/triton_ssd.py; kind: one of SSD_KINDS); values:
+    see _compile (ssd_call_values gives them for a call's sizes)."""
     from ssmgen.backends import triton_ssd as ts
 
     lc = ts.launch_config(cfg, kind)
     return _compile(ts.kernel(spec, cfg, kind), ts.kernel_params(spec, kind),
-                    ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch)
+                    ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
+                    values)
+
+
+def ssd_call_values(batch: int, seqlen: int, heads: int, headdim: int, groups: int,
+                    d_state: int, block_q: int) -> dict:
+    """The int parameters of the SSD kernels for a call on contiguous tensors of these sizes
+    (x, z (batch, L, heads, headdim); dt (batch, L, heads); B, C (batch, L, groups, d_state);
+    one segment), as the JIT specializes on them."""
+    L, H, P, G, N = seqlen, heads, headdim, groups, d_state
+    nblk = -(-L // block_q)
+    v = dict(L=L, H=H, P=P, hpg=H // G, nblk=nblk, G=G, nseg=1, spb=nblk, NHB=H)
+    for t, strides in (("x", (L * H * P, H * P, P, 1)), ("z", (L * H * P, H * P, P, 1))):
+        v.update(zip((f"s_{t}b", f"s_{t}l", f"s_{t}h", f"s_{t}p"), strides))
+    v.update(s_tb=L * H, s_tl=H, s_th=1, s_sb=L, s_sl=1)
+    for t in "BC":
+        v.update(zip((f"s_{t}b", f"s_{t}l", f"s_{t}g", f"s_{t}n"), (L * G * N, G * N, N, 1)))
+    return v
 
 
 def covering_specs() -> list:
@@ -166,7 +196,8 @@ def _job(args):
         return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-SSD_KINDS = ("fwd", "fwdy", "dstate", "dstatey", "bwd", "bwdx", "dbc", "fsplit", "bsplit")
+SSD_KINDS = ("fwd", "fwdy", "fwds", "fstate", "fout", "fouts", "dstate", "dstatey", "bwd", "bwdx",
+             "dbc", "dbcs", "cdx", "fsplit", "bsplit")
 
 
 def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):
