@@ -39,22 +39,21 @@ from .config import IntConfig
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
              "triton/ssd_dbc.py.jinja", "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
-             "triton/ssd_fout.py.jinja", "triton/ssd_cdx.py.jinja",
+             "triton/ssd_fout.py.jinja",
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
 # kernels that walk the sequence (with sequence splits); the others run every block at once
-SEQUENTIAL = ("fwd", "fwdy", "fwds", "fstate", "dstate", "dstatey", "fsplit", "bsplit")
+SEQUENTIAL = ("fwd", "fwdy", "fstate", "dstate", "dstatey", "fsplit", "bsplit")
 # pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
-# and dC, dbc makes those summed over a group's heads (no per-head-group partials). The chunk
-# form (bwd_kernels = 3): dbcs (dbc that also gives each head's sigma) and cdx, which reads the
-# forward's ys (its output before D and the gate) and needs no [BQ, BQ] product of its own
-PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc"), 3: ("dbcs", "cdx")}
-# the forward as one kernel (fwd; with what the backward reads: fwdy, fwds) or two
-# (config.fwd_kernels = 2): fstate walks the states, fout makes every block's output at once
-# (fouts: and saves ys)
+# and dC, dbc makes those summed over a group's heads (no per-head-group partials); bwdx reads
+# sigma (the entering state's path to the leaving one) from pass 1 (dstatey, an extra read of
+# the checkpoints) or, with bwd_kernels = 3, from dbcs (dbc, which loads both states anyway)
+PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc"), 3: ("dbcs", "bwdx")}
+# the forward as one kernel (fwd; fwdy with what bwdx reads) or two (config.fwd_kernels = 2):
+# fstate walks the states, fout makes every block's output at once (fouty: and what bwdx reads)
 FORWARD = {1: "fwd", 2: "fstate"}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
-PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "fwds": "fsplit", "fstate": "fsplit",
+PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "fstate": "fsplit",
            "dstate": "bsplit", "dstatey": "bsplit"}
 MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
@@ -70,7 +69,7 @@ class SSDConfig(IntConfig):
     block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle.
     bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps
     and stages) and dbc, all heads of a group per program with dbc_block_p channels per inner
-    step; 3 is the chunk form: dbcs (dbc's fields) and cdx (bwd's fields).
+    step; 3: the same two with sigma from dbc (kind dbcs) instead of pass 1.
     fwd_kernels: the forward as one kernel or two (FORWARD): fstate (block_p, fwd_warps,
     fwd_stages) and fout, fout_heads heads of a group per program with fout_block_p channels per
     inner step. dbc_block_n: states per dbc program (at most the padded d_state: fewer
@@ -99,10 +98,10 @@ class SSDConfig(IntConfig):
 
     def tag(self, kind: str) -> str:
         # splits is a launch parameter: the kernels do not depend on it
-        if kind in ("bwd", "bwdx", "cdx"):
+        if kind in ("bwd", "bwdx"):
             return (f"q{self.block_q}_p{self.bwd_block_p}_h{self.heads_per_program}"
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
-        if kind in ("fout", "fouts"):
+        if kind in ("fout", "fouty"):
             return (f"q{self.block_q}_p{self.fout_block_p}_h{self.fout_heads}"
                     f"_w{self.fout_warps}_s{self.fout_stages}")
         if kind in ("dbc", "dbcs"):
@@ -123,9 +122,6 @@ class SSDConfig(IntConfig):
         if self.fwd_kernels not in FORWARD:
             raise ValueError(f"config.fwd_kernels must be one of {sorted(FORWARD)}, got "
                              f"{self.fwd_kernels}")
-        if self.fwd_kernels == 2 and self.bwd_kernels == 2:
-            raise ValueError("config.fwd_kernels=2 saves what bwd_kernels 1 or 3 read, not the "
-                             "Yi that bwd_kernels=2 reads; use fwd_kernels=1 with it")
         if self.splits > MAX_SPLITS:
             raise ValueError(f"config.splits must be <= {MAX_SPLITS}, got {self.splits}")
         if self.block_q > 128:
@@ -177,7 +173,7 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
 # -- rendering -----------------------------------------------------------------------------
 _TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dz_ptr",
-       "ckpt_ptr", "dckpt_ptr", "yi_ptr", "yp_ptr", "ys_ptr"}
+       "ckpt_ptr", "dckpt_ptr", "yi_ptr", "yp_ptr"}
 _STRIDES = {"x": "xlhp", "z": "zlhp"}
 
 
@@ -188,15 +184,15 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
-    if kind in ("fwd", "fwdy", "fwds", "fstate"):
-        # fwdy / fwds: fwd that also saves what bwdx / cdx read; fstate: the states alone
+    if kind in ("fwd", "fwdy", "fstate"):
+        # fwdy: fwd that also saves what bwdx reads; fstate: the states alone
         a += ["init_ptr"] if spec.has_initial_state else []
         a += ["ckpt_ptr"] if kind == "fstate" else ["out_ptr", "ckpt_ptr"]
         a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fwdy" else []
-        a += ["ys_ptr"] if kind == "fwds" else []
         a += ["final_ptr"] if spec.return_final_states else []
-    elif kind in ("fout", "fouts"):  # fouts: fout that also saves ys
-        a += ["out_ptr", "ckpt_ptr"] + (["ys_ptr"] if kind == "fouts" else [])
+    elif kind in ("fout", "fouty"):  # fouty: fout that also saves what bwdx reads
+        a += ["out_ptr", "ckpt_ptr"]
+        a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fouty" else []
     elif kind in ("dstate", "dstatey"):  # dstatey: dstate that also gives bwdx its sigma
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
         a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
@@ -208,11 +204,6 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     elif kind in ("dbc", "dbcs"):
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
         a += ["sig_ptr"] if kind == "dbcs" else []
-    elif kind == "cdx":
-        a += ["dout_ptr", "ys_ptr", "dckpt_ptr", "sig_ptr", "dx_ptr", "ddt_ptr"]
-        a += ["dz_ptr"] if spec.has_z else []
-        a += ["dA_ptr"]
-        a += [n for n, on in (("dD_ptr", spec.has_D), ("ddtb_ptr", spec.has_dt_bias)) if on]
     elif kind == "bwd":
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
@@ -229,7 +220,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     # pre-pass, read by the main kernel
     a += ["hsp_ptr", "psp_ptr"] if kind in SEQUENTIAL else []
     a += ["L", "H", "P", "hpg", "nblk"]
-    a += {"bwd": ["NHB"], "bwdx": [], "cdx": [], "fout": [], "fouts": [], "dbc": ["G"],
+    a += {"bwd": ["NHB"], "bwdx": [], "fout": [], "fouty": [], "dbc": ["G"],
           "dbcs": ["G"]}.get(kind, ["nseg", "spb"])
     a += ["dt_lo", "dt_hi"]
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
@@ -258,17 +249,16 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
 
 
-_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "cdx": "bwd_block_p",
-            "dbc": "dbc_block_p", "dbcs": "dbc_block_p", "fout": "fout_block_p",
-            "fouts": "fout_block_p"}
+_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p",
+            "dbcs": "dbc_block_p", "fout": "fout_block_p", "fouty": "fout_block_p"}
 # kinds rendered from another kind's template
-TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "fwds": "fwd", "fstate": "fwd", "dstatey": "dstate",
-               "dbcs": "dbc", "fouts": "fout"}
+TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "fstate": "fwd", "dstatey": "dstate",
+               "dbcs": "dbc", "fouty": "fout"}
 
 
 def program_heads(cfg, kind: str) -> int:
     """Heads per program of the kernels that take several heads of a group at once."""
-    return cfg.fout_heads if kind in ("fout", "fouts") else cfg.heads_per_program
+    return cfg.fout_heads if kind in ("fout", "fouty") else cfg.heads_per_program
 
 
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -277,7 +267,7 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
         f"triton/ssd_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], split_bc=kind == "bwdx",
-        store_yi=kind == "fwdy", store_ys=kind in ("fwds", "fouts"),
+        store_yi=kind in ("fwdy", "fouty"),
         states_only=kind == "fstate", store_sigma=kind in ("dstatey", "dbcs"),
         N=spec.d_state, NP=NP, block_n=state_block(spec, cfg, kind), block_q=cfg.block_q,
         block_p=getattr(cfg, _BLOCK_P.get(kind, "block_p")),
@@ -301,9 +291,9 @@ def _kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
 
 
 def launch_config(cfg: SSDConfig, kind: str) -> dict:
-    if kind in ("bwd", "bwdx", "cdx"):
+    if kind in ("bwd", "bwdx"):
         return dict(num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
-    if kind in ("fout", "fouts"):
+    if kind in ("fout", "fouty"):
         return dict(num_warps=cfg.fout_warps, num_stages=cfg.fout_stages)
     if kind in ("dbc", "dbcs"):
         return dict(num_warps=cfg.dbc_warps, num_stages=cfg.dbc_stages)
@@ -399,22 +389,27 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
 
 
 def saves_yi(cfg) -> bool:
-    """Whether the backward under cfg reads Yi and pass 1's sigma (the split pass 2; a CUDA
+    """Whether the backward under cfg reads Yi (the split pass 2, either source of sigma; a CUDA
     config has one kernel)."""
+    return getattr(cfg, "bwd_kernels", 1) in (2, 3)
+
+
+def sigma_in_pass1(cfg) -> bool:
+    """Whether pass 1 makes sigma (dstatey; bwd_kernels = 3 takes it from dbcs instead)."""
     return getattr(cfg, "bwd_kernels", 1) == 2
 
 
 def saved_count(cfg, has_z: bool) -> int:
     """How many x-sized tensors the forward saves for the backward under cfg: the split pass 2
-    reads Yi and, with z, y before the gate; the chunk form reads ys; the one kernel none."""
-    return {2: 1 + has_z, 3: 1}.get(getattr(cfg, "bwd_kernels", 1), 0)
+    reads Yi and, with z, y before the gate; the one kernel none."""
+    return 1 + has_z if saves_yi(cfg) else 0
 
 
 def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, saved
     or None). for_backward: also save what the config's backward reads (saved_count), each in
     x's layout and dtype: for the split pass 2, Yi = exp(cum_i) C S^T, the entering state's part
-    of y, and with z y before the gate; for the chunk form, ys, y before D and the gate."""
+    of y, and with z y before the gate."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -428,11 +423,11 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     if two:
         kind = "fstate"
     else:
-        kind = "fwd" if saved is None else ("fwdy" if saves_yi(cfg) else "fwds")
+        kind = "fwd" if saved is None else "fwdy"
     a = _args(c, spec)
     a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
     if saved is not None:
-        a.update(yi_ptr=saved[0], yp_ptr=saved[-1], ys_ptr=saved[0])
+        a.update(yi_ptr=saved[0], yp_ptr=saved[-1])
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
@@ -441,7 +436,7 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
         hb = math.gcd(cfg.fout_heads, H // c.groups)
         if hb != cfg.fout_heads:
             cfg = dataclasses.replace(cfg, fout_heads=hb)
-        _launch(spec, cfg, "fout" if saved is None else "fouts", a, (nblk, H // hb, b))
+        _launch(spec, cfg, "fout" if saved is None else "fouty", a, (nblk, H // hb, b))
     return out, final, ckpt, saved
 
 
@@ -472,15 +467,12 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
                    sig=None) -> dict:
     """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. saved, sig: what the forward
     saved for it (see forward) and pass 1's sigma, which the split form (saves_yi) reads
-    instead of the checkpoints; the chunk form reads saved (ys) too."""
-    if saves_yi(cfg) and (saved is None or sig is None):
+    instead of the checkpoints (with bwd_kernels = 3, sig is None: dbcs makes it)."""
+    form = getattr(cfg, "bwd_kernels", 1)
+    if saves_yi(cfg) and (saved is None or (sig is None and form == 2)):
         raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
                          f"and pass 1's sigma; run forward(..., for_backward=True) and "
                          f"backward_states(..., ckpt=ckpt) and pass what they return")
-    form = getattr(cfg, "bwd_kernels", 1)
-    if form == 3 and saved is None:
-        raise ValueError(f"config {cfg.tag('cdx')}: the chunk-form pass 2 reads the forward's "
-                         f"ys; run forward(..., for_backward=True) and pass what it saves")
     b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
     nblk = ckpt.shape[2]
     dev, f32 = c.x.device, torch.float32
@@ -488,7 +480,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
     if hb != cfg.heads_per_program:
         cfg = dataclasses.replace(cfg, heads_per_program=hb)
     nhb = H // hb
-    split = form in (2, 3)
+    split = saves_yi(cfg)
     dx = new((b, L, H, P), c.x.dtype, dev)
     ddt = new((b, L, H), c.dt.dtype, dev)
     dz = new(dx.shape, dx.dtype, dev) if spec.has_z else None
@@ -503,12 +495,12 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
              dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
     nnb = padded_state(spec) // state_block(spec, cfg, "dbc")  # dbc's programs per block
-    if form == 3:  # dbcs first: cdx reads its sigma (one partial per block of states)
+    if form == 3:  # dbcs first: bwdx reads its sigma (one partial per block of states)
         sig = new((b, nblk, H, nnb), f32, dev)
-        a.update(ys_ptr=saved[0], sig_ptr=sig)
+        a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
         _launch(spec, cfg, "dbcs", a, (nblk * nnb, G, b))
         a["sig_ptr"] = sig.sum(-1) if nnb > 1 else sig
-        _launch(spec, cfg, "cdx", a, (nblk, nhb, b))
+        _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
     elif split:
         a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
@@ -528,7 +520,7 @@ def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=No
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,
-                                        ckpt if saves_yi(cfg) else None)
+                                        ckpt if sigma_in_pass1(cfg) else None)
     g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, saved, sig)
     g["initial_states"] = dinit
     return g

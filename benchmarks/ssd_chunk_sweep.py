@@ -1,5 +1,6 @@
-"""GPU: the chunk form of the Triton SSD (config.bwd_kernels=3: pass 2 as dbcs + cdx; forward as
-one kernel, fwds, or two, fstate + fouts) kernel by kernel on the suite's ssd shapes.
+"""GPU: the Triton SSD with sigma from dbc (config.bwd_kernels=3: pass 1 as dstate, pass 2 as
+dbcs + bwdx) and the forward as one kernel (fwdy) or two (fwd_kernels=2: fstate + fouty), at
+blocks of 32 to 128 steps, kernel by kernel on the suite's ssd shapes.
 
 1. Every config of the grids below is compiled first in a pool of processes (they fill Triton's
    disk cache; the timing process then only loads the kernels).
@@ -11,7 +12,8 @@ one kernel, fwds, or two, fstate + fouts) kernel by kernel on the suite's ssd sh
    the summed kernel times of a profiled run.
 
 Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
-Environment: SWEEP_Q (block lengths, default "64,128"), SWEEP_JOBS (compile processes).
+Environment: SWEEP_Q (block lengths, default "64,128"), SWEEP_JOBS (compile processes);
+SWEEP_COMPARE (JSON {name: config fields over the shipped default}): skip 1-2, compare those.
 """
 import dataclasses
 import itertools
@@ -43,17 +45,17 @@ def grids():
     prod = lambda **kw: [dict(zip(kw, v)) for v in itertools.product(*kw.values())]  # noqa
     return {
         "walks": prod(block_p=(32, 64), fwd_warps=(4, 8)),
-        "fouts": prod(fout_heads=(2, 4, 8), fout_warps=(4, 8), fout_stages=(1, 2)),
-        "fwds": [dict(o, fwd_kernels=1) for o in prod(block_p=(32, 64), fwd_warps=(4, 8))],
+        "fouty": prod(fout_heads=(2, 4, 8), fout_warps=(4, 8), fout_stages=(1, 2)),
+        "fwdy": [dict(o, fwd_kernels=1) for o in prod(block_p=(32, 64), fwd_warps=(4, 8))],
         "dbcs": prod(dbc_block_p=(32, 64), dbc_warps=(4, 8), dbc_stages=(1, 2),
                      dbc_block_n=(64, 128)),
-        "cdx": prod(heads_per_program=(2, 4, 8), bwd_warps=(4, 8), bwd_stages=(1, 2),
-                    bwd_block_p=(32, 64)),
+        "bwdx": prod(heads_per_program=(2, 4, 8), bwd_warps=(4, 8), bwd_stages=(1, 2),
+                     bwd_block_p=(32, 64)),
     }
 
 
-TIMED = {"walks": ("fstate", "dstate"), "fouts": ("fouts",), "fwds": ("fwds",),
-         "dbcs": ("dbcs",), "cdx": ("cdx",)}
+TIMED = {"walks": ("fstate", "dstate"), "fouty": ("fouty",), "fwdy": ("fwdy",),
+         "dbcs": ("dbcs",), "bwdx": ("bwdx",)}
 
 
 def chunk_base(spec, batch, heads, q):
@@ -61,9 +63,9 @@ def chunk_base(spec, batch, heads, q):
     and splits, every new kernel at a middling config."""
     d = ts.default_config(spec, batch, heads)
     return dataclasses.replace(d, block_q=q, bwd_kernels=3, fwd_kernels=2, fwd_stages=2,
-                               heads_per_program=4, bwd_warps=8, bwd_stages=1,
+                               heads_per_program=8, bwd_warps=4, bwd_stages=1,
                                bwd_block_p=min(64, d.bwd_block_p), dbc_warps=8, dbc_stages=2,
-                               dbc_block_p=min(64, d.dbc_block_p), fout_heads=4, fout_warps=8,
+                               dbc_block_p=min(32, d.dbc_block_p), fout_heads=8, fout_warps=4,
                                fout_stages=1, fout_block_p=min(64, d.bwd_block_p))
 
 
@@ -162,35 +164,40 @@ def sweep_shape(s, qs, peer):
                 b = min(ok, key=lambda r: r["total_ms"])
                 best[group] = ({k: b[k] for k in overrides[0]}, b["total_ms"])
             rq[group] = rows
-        # the better forward at this q: fwds alone, or fstate + fouts (fstate from 'walks')
-        fw_two = best["fouts"][1] + next(r["ms"]["fstate"] for r in rq["walks"]
+        # the better forward at this q: fwdy alone, or fstate + fouty (fstate from 'walks')
+        fw_two = best["fouty"][1] + next(r["ms"]["fstate"] for r in rq["walks"]
                                           if "ms" in r and {k: r[k] for k in best["walks"][0]}
                                           == best["walks"][0])
-        use_two = fw_two <= best["fwds"][1]
-        cfg = dataclasses.replace(base, **best["walks"][0], **best["dbcs"][0], **best["cdx"][0],
-                                  **(best["fouts"][0] if use_two else {}),
-                                  **({} if use_two else best["fwds"][0]))
-        if not use_two:  # fwds' own block_p / warps replace the walks' (dstate shares them)
+        use_two = fw_two <= best["fwdy"][1]
+        cfg = dataclasses.replace(base, **best["walks"][0], **best["dbcs"][0], **best["bwdx"][0],
+                                  **(best["fouty"][0] if use_two else {}),
+                                  **({} if use_two else best["fwdy"][0]))
+        if not use_two:  # fwdy's own block_p / warps replace the walks' (dstate shares them)
             cfg = dataclasses.replace(cfg, fwd_kernels=1)
         dstate = next(r["ms"]["dstate"] for r in rq["walks"] if "ms" in r and
                       {k: r[k] for k in best["walks"][0]} == best["walks"][0])
-        est = ((fw_two if use_two else best["fwds"][1]) + dstate + best["dbcs"][1]
-               + best["cdx"][1])
+        est = ((fw_two if use_two else best["fwdy"][1]) + dstate + best["dbcs"][1]
+               + best["bwdx"][1])
         rq["best"] = dataclasses.asdict(cfg)
         rq["best_sum_ms"] = est
-        print(f"== q{q} best {cfg}: forward {'fstate+fouts' if use_two else 'fwds'}, "
+        print(f"== q{q} best {cfg}: forward {'fstate+fouty' if use_two else 'fwdy'}, "
               f"kernels timed alone summed {est:.3f} ms", flush=True)
         best_cfgs.append((f"chunk_q{q}", cfg))
         row["q"][q] = rq
-    # 3. forward+backward through the public call, side by side
-    impl = {"ssmgen_shipped": shipped, **dict(best_cfgs)}
+    row["fb"] = compare(s, x, dout, {"ssmgen_shipped": shipped, **dict(best_cfgs)}, peer)
+    return row
+
+
+def compare(s, x, dout, impl, peer):
+    """3. forward+backward through the public call, side by side: do_bench medians, profiled
+    kernel sums, peak memory."""
     fns = {n: (lambda cfg: lambda **a: ssmgen.mamba_chunk_scan_combined(
         chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **a))(cfg)
         for n, cfg in impl.items()}
     if peer is not None:
         fns["mamba_ssm"] = lambda **a: peer.mamba_chunk_scan_combined(
             chunk_size=s["chunk"], dt_softplus=True, **a)
-    row["fb"] = {}
+    fb_rows = {}
     for n, fn in fns.items():
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
 
@@ -201,12 +208,12 @@ def sweep_shape(s, qs, peer):
         t = do_bench(fb, warmup=10, rep=100, return_mode="median")
         rows, kern = breakdown(fn, x, dout)
         mb = peak_mb(fb)
-        row["fb"][n] = {"fb_ms_median": t, "kernel_ms": kern, "peak_mb": mb, "kernels": rows[:12]}
+        fb_rows[n] = {"fb_ms_median": t, "kernel_ms": kern, "peak_mb": mb, "kernels": rows[:12]}
         print(f"  f+b {n}: {t:.3f} ms median, {kern:.3f} ms of kernels, peak {mb:.0f} MB",
               flush=True)
         for r in rows[:8]:
             print(f"      {r['ms']:8.4f} ms x{r['calls']} {r['kernel'][:100]}", flush=True)
-    return row
+    return fb_rows
 
 
 def main():
@@ -214,6 +221,33 @@ def main():
     names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
     qs = [int(q) for q in os.environ.get("SWEEP_Q", "64,128").split(",")]
     shapes = [s for s in load()["ssd"] if s["name"] in names]
+    procs = int(os.environ.get("SWEEP_JOBS", str(max(1, (os.cpu_count() or 2) - 2))))
+    peer = peer_import("mamba_ssm.ops.triton.ssd_combined")
+    if "SWEEP_COMPARE" in os.environ:
+        res = {"device": torch.cuda.get_device_name(), "shapes": {}}
+        wanted = json.loads(os.environ["SWEEP_COMPARE"])
+        cfgs, jobs = {}, []
+        for s in shapes:
+            x = make_inputs(s)
+            c = call_of(x)
+            shipped = ts.default_config(spec_of(c), c.batch, c.heads)
+            cfgs[s["name"]] = {"ssmgen_shipped": shipped, **{
+                n: dataclasses.replace(shipped, **o) for n, o in wanted.items()}}
+            jobs += [(s["name"], dataclasses.asdict(v)) for v in cfgs[s["name"]].values()]
+            del x, c
+        compile_ahead(jobs, procs)
+        for s in shapes:
+            print(f"=== {s['name']}", flush=True)
+            x = make_inputs(s)
+            dout = torch.randn_like(x["x"])
+            res["shapes"][s["name"]] = {"configs": {n: dataclasses.asdict(v) for n, v in
+                                                    cfgs[s["name"]].items()},
+                                        "fb": compare(s, x, dout, cfgs[s["name"]], peer)}
+            with open(out_path, "w") as f:
+                json.dump(res, f, indent=1)
+            del x, dout
+            torch.cuda.empty_cache()
+        return
     jobs = []
     for s in shapes:
         x = {k: v for k, v in make_inputs(s).items()}
@@ -224,7 +258,6 @@ def main():
             jobs.append((s["name"], dataclasses.asdict(base)))
         del x, c
     torch.cuda.empty_cache()
-    procs = int(os.environ.get("SWEEP_JOBS", str(max(1, (os.cpu_count() or 2) - 2))))
     compile_ahead(jobs, procs)  # the base configs first: every later job reuses their kernels
     more = []
     for s in shapes:
@@ -240,7 +273,6 @@ def main():
         del x, c
     torch.cuda.empty_cache()
     compile_ahead(more, procs)
-    peer = peer_import("mamba_ssm.ops.triton.ssd_combined")
     res = {"device": torch.cuda.get_device_name(), "shapes": {}}
     for s in shapes:
         print(f"=== {s['name']}", flush=True)

@@ -196,8 +196,8 @@ def _job(args):
         return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-SSD_KINDS = ("fwd", "fwdy", "fwds", "fstate", "fout", "fouts", "dstate", "dstatey", "bwd", "bwdx",
-             "dbc", "dbcs", "cdx", "fsplit", "bsplit")
+SSD_KINDS = ("fwd", "fwdy", "fstate", "fout", "fouty", "dstate", "dstatey", "bwd", "bwdx", "dbc",
+             "dbcs", "fsplit", "bsplit")
 
 
 def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):

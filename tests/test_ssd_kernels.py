@@ -81,9 +81,8 @@ CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_
                     dbc_block_p=st.sampled_from([16, 32]), fwd_kernels=st.sampled_from([1, 2]),
                     fout_block_p=st.sampled_from([16, 32]),
                     fout_heads=st.sampled_from([1, 2, 4]),
-                    dbc_block_n=st.sampled_from([16, 512])).filter(
-    lambda c: not (c["fwd_kernels"] == 2 and c["bwd_kernels"] == 2))  # the one refused pair
-# the chunk form at the block length it is meant for, one and two forward kernels
+                    dbc_block_n=st.sampled_from([16, 512]))
+# sigma from dbc (bwd_kernels=3) at blocks of 64 steps, with the forward in two kernels or one
 CHUNK = dict(block_q=64, bwd_kernels=3, fwd_kernels=2)
 CHUNK_FUSED = dict(block_q=64, bwd_kernels=3, fwd_kernels=1, dbc_block_n=64, bwd_block_p=32)
 
