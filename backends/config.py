@@ -74,10 +74,7 @@ class IntConfig:
             vals = vals[1:]
         return cls(*map(int, vals))
 
-    def check_powers(self, skip=()) -> None:
-        """Every field a positive power of two, but those in skip (checked by the caller)."""
+    def check_powers(self) -> None:
         for name, v in asdict(self).items():
-            if name in skip:
-                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
                 raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")

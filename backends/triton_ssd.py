@@ -31,7 +31,7 @@ import torch
 import triton
 
 from ssmgen import render
-from ssmgen.spec import MAX_D_STATE, SSDSpec
+from ssmgen.spec import SSDSpec
 
 from . import triton_launch
 from .buffers import new
@@ -39,22 +39,15 @@ from .config import IntConfig
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
              "triton/ssd_dbc.py.jinja", "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
-             "triton/ssd_fout.py.jinja",
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
 # kernels that walk the sequence (with sequence splits); the others run every block at once
-SEQUENTIAL = ("fwd", "fwdy", "fstate", "dstate", "dstatey", "fsplit", "bsplit")
+SEQUENTIAL = ("fwd", "fwdy", "dstate", "dstatey", "fsplit", "bsplit")
 # pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
-# and dC, dbc makes those summed over a group's heads (no per-head-group partials); bwdx reads
-# sigma (the entering state's path to the leaving one) from pass 1 (dstatey, an extra read of
-# the checkpoints) or, with bwd_kernels = 3, from dbcs (dbc, which loads both states anyway)
-PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc"), 3: ("dbcs", "bwdx")}
-# the forward as one kernel (fwd; fwdy with what bwdx reads) or two (config.fwd_kernels = 2):
-# fstate walks the states, fout makes every block's output at once (fouty: and what bwdx reads)
-FORWARD = {1: "fwd", 2: "fstate"}
+# and dC, dbc makes those summed over a group's heads (no per-head-group partials)
+PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc")}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
-PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "fstate": "fsplit",
-           "dstate": "bsplit", "dstatey": "bsplit"}
+PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "dstate": "bsplit", "dstatey": "bsplit"}
 MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
@@ -69,11 +62,7 @@ class SSDConfig(IntConfig):
     block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle.
     bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps
     and stages) and dbc, all heads of a group per program with dbc_block_p channels per inner
-    step; 3: the same two with sigma from dbc (kind dbcs) instead of pass 1.
-    fwd_kernels: the forward as one kernel or two (FORWARD): fstate (block_p, fwd_warps,
-    fwd_stages) and fout, fout_heads heads of a group per program with fout_block_p channels per
-    inner step. dbc_block_n: states per dbc program (at most the padded d_state: fewer
-    accumulator registers, x and dout read once per block of states)."""
+    step."""
 
     block_q: int = 64
     block_p: int = 32
@@ -89,39 +78,26 @@ class SSDConfig(IntConfig):
     dbc_block_p: int = 64
     dbc_warps: int = 4
     dbc_stages: int = 1
-    fwd_kernels: int = 1
-    fout_block_p: int = 64
-    fout_heads: int = 4
-    fout_warps: int = 4
-    fout_stages: int = 1
-    dbc_block_n: int = 512
 
     def tag(self, kind: str) -> str:
         # splits is a launch parameter: the kernels do not depend on it
         if kind in ("bwd", "bwdx"):
             return (f"q{self.block_q}_p{self.bwd_block_p}_h{self.heads_per_program}"
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
-        if kind in ("fout", "fouty"):
-            return (f"q{self.block_q}_p{self.fout_block_p}_h{self.fout_heads}"
-                    f"_w{self.fout_warps}_s{self.fout_stages}")
-        if kind in ("dbc", "dbcs"):
-            return (f"q{self.block_q}_p{self.dbc_block_p}_w{self.dbc_warps}_s{self.dbc_stages}"
-                    + (f"_n{self.dbc_block_n}" if self.dbc_block_n < MAX_D_STATE else ""))
+        if kind == "dbc":
+            return f"q{self.block_q}_p{self.dbc_block_p}_w{self.dbc_warps}_s{self.dbc_stages}"
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
 
     def check(self, spec: SSDSpec | None = None) -> None:
         """spec: unused here (Triton reports shared memory at compile time, see _launch); the
         CUDA config checks its layout against it."""
-        self.check_powers(skip=("bwd_kernels", "fwd_kernels"))
-        for name in ("block_q", "block_p", "bwd_block_p", "dbc_block_p", "fout_block_p"):
+        self.check_powers()
+        for name in ("block_q", "block_p", "bwd_block_p", "dbc_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
         if self.bwd_kernels not in PASS2:
             raise ValueError(f"config.bwd_kernels must be one of {sorted(PASS2)}, got "
                              f"{self.bwd_kernels}")
-        if self.fwd_kernels not in FORWARD:
-            raise ValueError(f"config.fwd_kernels must be one of {sorted(FORWARD)}, got "
-                             f"{self.fwd_kernels}")
         if self.splits > MAX_SPLITS:
             raise ValueError(f"config.splits must be <= {MAX_SPLITS}, got {self.splits}")
         if self.block_q > 128:
@@ -131,12 +107,6 @@ class SSDConfig(IntConfig):
 
 def padded_state(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.d_state))
-
-
-def state_block(spec: SSDSpec, cfg, kind: str) -> int:
-    """States per program: a block of dbc_block_n for dbc / dbcs, all (padded) for the rest."""
-    NP = padded_state(spec)
-    return min(NP, getattr(cfg, "dbc_block_n", NP)) if kind in ("dbc", "dbcs") else NP
 
 
 def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
@@ -184,15 +154,11 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
-    if kind in ("fwd", "fwdy", "fstate"):
-        # fwdy: fwd that also saves what bwdx reads; fstate: the states alone
+    if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves what bwdx reads
         a += ["init_ptr"] if spec.has_initial_state else []
-        a += ["ckpt_ptr"] if kind == "fstate" else ["out_ptr", "ckpt_ptr"]
+        a += ["out_ptr", "ckpt_ptr"]
         a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fwdy" else []
         a += ["final_ptr"] if spec.return_final_states else []
-    elif kind in ("fout", "fouty"):  # fouty: fout that also saves what bwdx reads
-        a += ["out_ptr", "ckpt_ptr"]
-        a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fouty" else []
     elif kind in ("dstate", "dstatey"):  # dstatey: dstate that also gives bwdx its sigma
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
         a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
@@ -201,9 +167,8 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["dout_ptr"]
     elif kind == "fsplit":
         pass  # inputs, then the segments' buffers below
-    elif kind in ("dbc", "dbcs"):
+    elif kind == "dbc":
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
-        a += ["sig_ptr"] if kind == "dbcs" else []
     elif kind == "bwd":
         a += ["dout_ptr", "ckpt_ptr", "dckpt_ptr", "dx_ptr", "ddt_ptr"]
         a += ["dz_ptr"] if spec.has_z else []
@@ -220,8 +185,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     # pre-pass, read by the main kernel
     a += ["hsp_ptr", "psp_ptr"] if kind in SEQUENTIAL else []
     a += ["L", "H", "P", "hpg", "nblk"]
-    a += {"bwd": ["NHB"], "bwdx": [], "fout": [], "fouty": [], "dbc": ["G"],
-          "dbcs": ["G"]}.get(kind, ["nseg", "spb"])
+    a += {"bwd": ["NHB"], "bwdx": [], "dbc": ["G"]}.get(kind, ["nseg", "spb"])
     a += ["dt_lo", "dt_hi"]
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
@@ -234,7 +198,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
             return "fp32"
         if not n.endswith("_ptr"):
             return "i32"
-        if n in _IO or (kind in ("dbc", "dbcs") and n in ("dB_ptr", "dC_ptr")):
+        if n in _IO or (kind == "dbc" and n in ("dB_ptr", "dC_ptr")):
             return io
         if n in ("dt_ptr", "ddt_ptr"):
             return "*" + _TY[spec.dt_dtype]
@@ -249,16 +213,9 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
 
 
-_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p",
-            "dbcs": "dbc_block_p", "fout": "fout_block_p", "fouty": "fout_block_p"}
+_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p"}
 # kinds rendered from another kind's template
-TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "fstate": "fwd", "dstatey": "dstate",
-               "dbcs": "dbc", "fouty": "fout"}
-
-
-def program_heads(cfg, kind: str) -> int:
-    """Heads per program of the kernels that take several heads of a group at once."""
-    return cfg.fout_heads if kind in ("fout", "fouty") else cfg.heads_per_program
+TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}
 
 
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -267,11 +224,10 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
         f"triton/ssd_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], split_bc=kind == "bwdx",
-        store_yi=kind in ("fwdy", "fouty"),
-        states_only=kind == "fstate", store_sigma=kind in ("dstatey", "dbcs"),
-        N=spec.d_state, NP=NP, block_n=state_block(spec, cfg, kind), block_q=cfg.block_q,
+        store_yi=kind == "fwdy", store_sigma=kind == "dstatey",
+        N=spec.d_state, NP=NP, block_q=cfg.block_q,
         block_p=getattr(cfg, _BLOCK_P.get(kind, "block_p")),
-        heads_per_program=program_heads(cfg, kind), dot_dtype=spec.dtype,
+        heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
@@ -293,9 +249,7 @@ def _kernel(spec: SSDSpec, cfg: SSDConfig, kind: str):
 def launch_config(cfg: SSDConfig, kind: str) -> dict:
     if kind in ("bwd", "bwdx"):
         return dict(num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
-    if kind in ("fout", "fouty"):
-        return dict(num_warps=cfg.fout_warps, num_stages=cfg.fout_stages)
-    if kind in ("dbc", "dbcs"):
+    if kind == "dbc":
         return dict(num_warps=cfg.dbc_warps, num_stages=cfg.dbc_stages)
     return dict(num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
 
@@ -389,27 +343,15 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
 
 
 def saves_yi(cfg) -> bool:
-    """Whether the backward under cfg reads Yi (the split pass 2, either source of sigma; a CUDA
-    config has one kernel)."""
-    return getattr(cfg, "bwd_kernels", 1) in (2, 3)
-
-
-def sigma_in_pass1(cfg) -> bool:
-    """Whether pass 1 makes sigma (dstatey; bwd_kernels = 3 takes it from dbcs instead)."""
+    """Whether the backward under cfg reads Yi (the split pass 2; a CUDA config has one kernel)."""
     return getattr(cfg, "bwd_kernels", 1) == 2
-
-
-def saved_count(cfg, has_z: bool) -> int:
-    """How many x-sized tensors the forward saves for the backward under cfg: the split pass 2
-    reads Yi and, with z, y before the gate; the one kernel none."""
-    return 1 + has_z if saves_yi(cfg) else 0
 
 
 def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, saved
-    or None). for_backward: also save what the config's backward reads (saved_count), each in
-    x's layout and dtype: for the split pass 2, Yi = exp(cum_i) C S^T, the entering state's part
-    of y, and with z y before the gate."""
+    or None). for_backward: where the config's backward reads them (saves_yi), also save
+    (saved[0]) Yi = exp(cum_i) C S^T, the entering state's part of y, and with z (saved[1]) y
+    before the gate, each in x's layout and dtype."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -417,13 +359,9 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     out = new((b, L, H, P), c.x.dtype, dev)
     ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
     final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
-    nsave = saved_count(cfg, spec.has_z) if for_backward else 0
-    saved = new((nsave, *out.shape), out.dtype, dev) if nsave else None
-    two = getattr(cfg, "fwd_kernels", 1) == 2
-    if two:
-        kind = "fstate"
-    else:
-        kind = "fwd" if saved is None else "fwdy"
+    saved = (new((1 + spec.has_z, *out.shape), out.dtype, dev) if for_backward and saves_yi(cfg)
+             else None)
+    kind = "fwd" if saved is None else "fwdy"
     a = _args(c, spec)
     a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
     if saved is not None:
@@ -432,11 +370,6 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
     _launch(spec, cfg, kind, a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
-    if two:  # the output of every block at once, from the states just saved
-        hb = math.gcd(cfg.fout_heads, H // c.groups)
-        if hb != cfg.fout_heads:
-            cfg = dataclasses.replace(cfg, fout_heads=hb)
-        _launch(spec, cfg, "fout" if saved is None else "fouty", a, (nblk, H // hb, b))
     return out, final, ckpt, saved
 
 
@@ -467,9 +400,8 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
                    sig=None) -> dict:
     """Pass 2: the gradients of x, dt, A, B, C, D, z, dt_bias. saved, sig: what the forward
     saved for it (see forward) and pass 1's sigma, which the split form (saves_yi) reads
-    instead of the checkpoints (with bwd_kernels = 3, sig is None: dbcs makes it)."""
-    form = getattr(cfg, "bwd_kernels", 1)
-    if saves_yi(cfg) and (saved is None or (sig is None and form == 2)):
+    instead of the checkpoints."""
+    if saves_yi(cfg) and (saved is None or sig is None):
         raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
                          f"and pass 1's sigma; run forward(..., for_backward=True) and "
                          f"backward_states(..., ckpt=ckpt) and pass what they return")
@@ -494,17 +426,10 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
     a = _args(c, spec)
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
              dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
-    nnb = padded_state(spec) // state_block(spec, cfg, "dbc")  # dbc's programs per block
-    if form == 3:  # dbcs first: bwdx reads its sigma (one partial per block of states)
-        sig = new((b, nblk, H, nnb), f32, dev)
-        a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
-        _launch(spec, cfg, "dbcs", a, (nblk * nnb, G, b))
-        a["sig_ptr"] = sig.sum(-1) if nnb > 1 else sig
-        _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
-    elif split:
+    if split:
         a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
-        _launch(spec, cfg, "dbc", a, (nblk * nnb, G, b))
+        _launch(spec, cfg, "dbc", a, (nblk, G, b))
     else:
         _launch(spec, cfg, "bwd", a, (nblk, nhb, b))
         # the per-head-group partials summed over each B/C group's heads
@@ -520,7 +445,7 @@ def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=No
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,
-                                        ckpt if sigma_in_pass1(cfg) else None)
+                                        ckpt if saves_yi(cfg) else None)
     g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, saved, sig)
     g["initial_states"] = dinit
     return g

@@ -119,7 +119,7 @@ def time_fwd_dstate(c, spec, cfg, dout, bench, row):
     dck, _, _ = ts.backward_states(c, spec, cfg, ckpt.shape[2], dout)
     row["fwd_ms"] = bench(lambda: ts.forward(c, spec, cfg))
     row["dstate_ms"] = bench(lambda: ts.backward_states(  # as the backward runs it
-        c, spec, cfg, ckpt.shape[2], dout, ckpt=ckpt if ts.sigma_in_pass1(cfg) else None))
+        c, spec, cfg, ckpt.shape[2], dout, ckpt=ckpt if ts.saves_yi(cfg) else None))
     return out, dck
 
 

@@ -30,6 +30,7 @@ class CompileReport:
     shared_bytes: int
     seconds: float
     ptx_lines: int
+    vector_loads: int = 0  # ld.global of 2 or 4 elements in the PTX
 
 
 def _cuobjdump() -> str:
@@ -83,7 +84,9 @@ def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int,
     return CompileReport(name=name, arch=arch, registers=use["REG"],
                          spill_bytes=use.get("LOCAL", 0) + use.get("STACK", 0),
                          shared_bytes=compiled.metadata.shared, seconds=seconds,
-                         ptx_lines=compiled.asm["ptx"].count("\n"))
+                         ptx_lines=compiled.asm["ptx"].count("\n"),
+                         vector_loads=len(re.findall(r"ld\.global[.a-z0-9:]*\.v[24]\.",
+                                                     compiled.asm["ptx"])))
 
 
 def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileReport:
@@ -196,8 +199,7 @@ def _job(args):
         return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-SSD_KINDS = ("fwd", "fwdy", "fstate", "fout", "fouty", "dstate", "dstatey", "bwd", "bwdx", "dbc",
-             "dbcs", "fsplit", "bsplit")
+SSD_KINDS = ("fwd", "fwdy", "dstate", "dstatey", "bwd", "bwdx", "dbc", "fsplit", "bsplit")
 
 
 def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):

@@ -108,7 +108,7 @@ def _forward(c, config: str, for_backward: bool) -> List[torch.Tensor]:
 @ssd_fwd.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
       return_final_states, config, for_backward):
-    from .backends.triton_ssd import saved_count
+    from .backends.triton_ssd import saves_yi
 
     b, L, H, P = x.shape
     N = B.shape[-1]
@@ -116,8 +116,8 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
     nblk = -(-L // cfg.block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
-    n = saved_count(cfg, z is not None) if for_backward else 0
-    saved = x.new_empty((n, b, L, H, P)) if n else x.new_empty(0)
+    saved = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
+             else x.new_empty(0))
     return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N)), saved]
 
 

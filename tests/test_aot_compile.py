@@ -32,3 +32,29 @@ def test_every_variant_compiles_for_sm80_and_sm90(tmp_path, capsys):
         assert 0 < r.registers <= 255 and r.ptx_lines > 0, r
     with capsys.disabled():
         print("\n" + format_table(reports))
+
+
+def test_ssd_compile_with_a_calls_specializations(tmp_path):
+    """With a call's sizes (ssd_call_values), the offline compile specializes as the JIT does
+    (unit strides constant, 16-divisible sizes and pointers marked): the loads of the SSD kernels
+    become vectors, and the register report is the one the GPU sees. Without them, the same
+    kernels load element by element and report spills the JIT's build does not have."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import json\n"
+        "from ssmgen import aot\n"
+        "from ssmgen.spec import SSDSpec\n"
+        "from ssmgen.backends import triton_ssd as ts\n"
+        "spec = SSDSpec(128, 64, 'bfloat16', 'bfloat16', has_D=True, has_z=True)\n"
+        "cfg = ts.default_config(spec, 8, 64)\n"
+        "vals = aot.ssd_call_values(8, 2048, 64, 64, 1, 128, cfg.block_q)\n"
+        "out = {k: [aot.compile_ssd_kernel(spec, cfg, k).vector_loads,\n"
+        "           aot.compile_ssd_kernel(spec, cfg, k, values=vals).vector_loads]\n"
+        "       for k in ('fwdy', 'bwdx')}\n"
+        "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loads = json.loads(proc.stdout.strip().splitlines()[-1])
+    for kind, (plain, jit) in loads.items():
+        assert jit > plain == 0, (kind, plain, jit)
