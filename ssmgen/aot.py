@@ -70,7 +70,7 @@ def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int,
     if values is not None:
         for i, (n, t) in enumerate(params):
             v = values.get(n)
-            if t.startswith("*") or (t == "i32" and v is not None and v % 16 == 0):
+            if t.startswith("*") or (t == "i32" and isinstance(v, int) and v % 16 == 0):
                 attrs[(i,)] = [["tt.divisibility", 16]]
             elif t == "i32" and v == 1:
                 sig[n] = "constexpr"
@@ -99,7 +99,7 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
 
 def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> CompileReport:
     """The same for one SSD kernel (backends/triton_ssd.py; kind: one of SSD_KINDS); values:
-    see _compile (ssd_call_values gives them for a call's sizes)."""
+    see _compile (ssd_launch_args gives them for a call's sizes)."""
     from ssmgen.backends import triton_ssd as ts
 
     lc = ts.launch_config(cfg, kind)
@@ -108,20 +108,43 @@ def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> Com
                     values)
 
 
-def ssd_call_values(batch: int, seqlen: int, heads: int, headdim: int, groups: int,
-                    d_state: int, block_q: int) -> dict:
-    """The int parameters of the SSD kernels for a call on contiguous tensors of these sizes
-    (x, z (batch, L, heads, headdim); dt (batch, L, heads); B, C (batch, L, groups, d_state);
-    one segment), as the JIT specializes on them."""
-    L, H, P, G, N = seqlen, heads, headdim, groups, d_state
-    nblk = -(-L // block_q)
-    v = dict(L=L, H=H, P=P, hpg=H // G, nblk=nblk, G=G, nseg=1, spb=nblk, NHB=H)
-    for t, strides in (("x", (L * H * P, H * P, P, 1)), ("z", (L * H * P, H * P, P, 1))):
-        v.update(zip((f"s_{t}b", f"s_{t}l", f"s_{t}h", f"s_{t}p"), strides))
-    v.update(s_tb=L * H, s_tl=H, s_th=1, s_sb=L, s_sl=1)
-    for t in "BC":
-        v.update(zip((f"s_{t}b", f"s_{t}l", f"s_{t}g", f"s_{t}n"), (L * G * N, G * N, N, 1)))
-    return v
+def ssd_launch_args(spec, cfg, batch: int, seqlen: int, heads: int, groups: int) -> dict:
+    """{kind: the arguments of its launch} for a call of the variant spec at these sizes on
+    contiguous tensors: the forward (with what the backward reads) and the backward run on
+    meta tensors with their launches recorded, not run, so the sizes, strides and block
+    counts are the launcher's own (backends/triton_ssd.py), derived nowhere else."""
+    import torch
+
+    from .backends import triton_ssd as ts
+    from .ssd import _normalize
+    from .ssd_kernels import spec_of
+
+    b, L, H, G, P, N = batch, seqlen, heads, groups, spec.headdim, spec.d_state
+    f32, io = torch.float32, getattr(torch, spec.dtype)
+
+    def meta(*shape, dtype=io):
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    c = _normalize(meta(b, L, H, P), meta(b, L, H, dtype=getattr(torch, spec.dt_dtype)),
+                   meta(H, dtype=f32), meta(b, L, G, N), meta(b, L, G, N), None,
+                   D=(meta(H, P, dtype=f32) if spec.D_per_channel else meta(H, dtype=f32))
+                   if spec.has_D else None,
+                   z=meta(b, L, H, P) if spec.has_z else None,
+                   dt_bias=meta(H, dtype=f32) if spec.has_dt_bias else None,
+                   initial_states=meta(b, H, P, N, dtype=f32) if spec.has_initial_state
+                   else None,
+                   seq_idx=meta(b, L, dtype=torch.int32) if spec.has_seq_idx else None,
+                   dt_softplus=spec.dt_softplus,
+                   return_final_states=spec.return_final_states, check_values=False)
+    assert spec_of(c) == spec, (spec_of(c), spec)  # the IR is the one description of the call
+    seen, real = {}, ts._launch
+    ts._launch = lambda spec_, cfg_, kind, a, grid: seen.setdefault(kind, dict(a))
+    try:
+        _, _, ckpt, saved = ts.forward(c, spec, cfg, for_backward=True)
+        ts.backward(c, spec, cfg, ckpt, meta(b, L, H, P), saved=saved)
+    finally:
+        ts._launch = real
+    return seen
 
 
 def covering_specs() -> list:

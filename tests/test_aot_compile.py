@@ -35,7 +35,7 @@ def test_every_variant_compiles_for_sm80_and_sm90(tmp_path, capsys):
 
 
 def test_ssd_compile_with_a_calls_specializations(tmp_path):
-    """With a call's sizes (ssd_call_values), the offline compile specializes as the JIT does
+    """With a call's launch arguments (ssd_launch_args), the offline compile specializes as the JIT does
     (unit strides constant, 16-divisible sizes and pointers marked): the loads of the SSD kernels
     become vectors, and the register report is the one the GPU sees. Without them, the same
     kernels load element by element and report spills the JIT's build does not have."""
@@ -47,9 +47,9 @@ def test_ssd_compile_with_a_calls_specializations(tmp_path):
         "from ssmgen.backends import triton_ssd as ts\n"
         "spec = SSDSpec(128, 64, 'bfloat16', 'bfloat16', has_D=True, has_z=True)\n"
         "cfg = ts.default_config(spec, 8, 64)\n"
-        "vals = aot.ssd_call_values(8, 2048, 64, 64, 1, 128, cfg.block_q)\n"
+        "args = aot.ssd_launch_args(spec, cfg, batch=8, seqlen=2048, heads=64, groups=1)\n"
         "out = {k: [aot.compile_ssd_kernel(spec, cfg, k).vector_loads,\n"
-        "           aot.compile_ssd_kernel(spec, cfg, k, values=vals).vector_loads]\n"
+        "           aot.compile_ssd_kernel(spec, cfg, k, values=args[k]).vector_loads]\n"
         "       for k in ('fwdy', 'bwdx')}\n"
         "print(json.dumps(out))\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
