@@ -74,7 +74,13 @@ class IntConfig:
             vals = vals[1:]
         return cls(*map(int, vals))
 
-    def check_powers(self) -> None:
+    def check_powers(self, choices: tuple = ()) -> None:
+        """Every field a positive power of two but those named in choices (checked by the
+        caller against their own set)."""
         for name, v in asdict(self).items():
+            if name in choices:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ValueError(f"config.{name} must be an int, got {v!r}")
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1 or v & (v - 1):
                 raise ValueError(f"config.{name} must be a positive power of two, got {v!r}")

@@ -12,6 +12,9 @@ By default (config.bwd_kernels = 2) bwd is two kernels instead: bwdx (bwd withou
 and dbc, one program per (block, B/C group, batch row) summing dB and dC over the group's heads.
 bwdx reads no forward checkpoint: the forward (as fwdy) also saves Yi, the entering state's part
 of y, and pass 1 (as dstatey) the entering state's path to the leaving one per block.
+With config.bwd_kernels = 3, pass 1 and bwdx are one walk (dwalk: the gradient of the state in
+registers, read back by no one but dbc), then dfin (ddt, dA, d dt_bias from the walk's per
+channel-block parts) and dbc.
 With seq_idx (packed sequences), each kernel reads the block's seq_idx and the one of the step
 before it: C B^T terms only within a sequence, the carried state (fwd) or its gradient (dstate)
 restarts where a sequence starts.
@@ -39,15 +42,18 @@ from .config import IntConfig
 
 TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ssd_bwd.py.jinja",
              "triton/ssd_dbc.py.jinja", "triton/ssd_fsplit.py.jinja", "triton/ssd_bsplit.py.jinja",
+             "triton/ssd_dwalk.py.jinja", "triton/ssd_dfin.py.jinja",
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
 # kernels that walk the sequence (with sequence splits); the others run every block at once
-SEQUENTIAL = ("fwd", "fwdy", "dstate", "dstatey", "fsplit", "bsplit")
+SEQUENTIAL = ("fwd", "fwdy", "dstate", "dstatey", "dwalk", "fsplit", "bsplit")
 # pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
-# and dC, dbc makes those summed over a group's heads (no per-head-group partials)
-PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc")}
+# and dC, dbc makes those summed over a group's heads (no per-head-group partials); or (3) pass 1
+# and bwdx as one walk (dwalk), its per-step sums finished by dfin, and dbc
+PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc"), 3: ("dwalk", "dfin", "dbc")}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
-PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "dstate": "bsplit", "dstatey": "bsplit"}
+PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "dstate": "bsplit", "dstatey": "bsplit",
+           "dwalk": "bsplit"}
 MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
@@ -62,7 +68,8 @@ class SSDConfig(IntConfig):
     block and MAX_SPLITS: time parallelism where batch * heads leave the GPU idle.
     bwd_kernels: pass 2 as one kernel (bwd) or two (PASS2): bwdx (bwd's block_p, heads, warps
     and stages) and dbc, all heads of a group per program with dbc_block_p channels per inner
-    step."""
+    step; or three (3): pass 1 and bwdx as one walk (dwalk, walk_block_p channels per program,
+    walk_warps, walk_stages; the config's splits), dfin and dbc."""
 
     block_q: int = 64
     block_p: int = 32
@@ -78,6 +85,9 @@ class SSDConfig(IntConfig):
     dbc_block_p: int = 64
     dbc_warps: int = 4
     dbc_stages: int = 1
+    walk_block_p: int = 64
+    walk_warps: int = 4
+    walk_stages: int = 2
 
     def tag(self, kind: str) -> str:
         # splits is a launch parameter: the kernels do not depend on it
@@ -86,13 +96,15 @@ class SSDConfig(IntConfig):
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
         if kind == "dbc":
             return f"q{self.block_q}_p{self.dbc_block_p}_w{self.dbc_warps}_s{self.dbc_stages}"
+        if kind in ("dwalk", "dfin"):
+            return f"q{self.block_q}_p{self.walk_block_p}_w{self.walk_warps}_s{self.walk_stages}"
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
 
     def check(self, spec: SSDSpec | None = None) -> None:
         """spec: unused here (Triton reports shared memory at compile time, see _launch); the
         CUDA config checks its layout against it."""
-        self.check_powers()
-        for name in ("block_q", "block_p", "bwd_block_p", "dbc_block_p"):
+        self.check_powers(choices=("bwd_kernels",))
+        for name in ("block_q", "block_p", "bwd_block_p", "dbc_block_p", "walk_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
         if self.bwd_kernels not in PASS2:
@@ -163,6 +175,14 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["dout_ptr"] + (["dfinal_ptr"] if spec.return_final_states else [])
         a += ["dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
         a += ["ckpt_ptr", "sig_ptr"] if kind == "dstatey" else []
+    elif kind == "dwalk":  # pass 1 and bwdx in one walk
+        a += ["dout_ptr", "yi_ptr"] + (["yp_ptr"] if spec.has_z else [])
+        a += ["dfinal_ptr"] if spec.return_final_states else []
+        a += ["ckpt_ptr", "dckpt_ptr"] + (["dinit_ptr"] if spec.has_initial_state else [])
+        a += ["dx_ptr"] + (["dz_ptr"] if spec.has_z else []) + ["rp_ptr", "gp_ptr"]
+        a += ["dD_ptr"] if spec.has_D else []
+    elif kind == "dfin":
+        a += ["rp_ptr", "gp_ptr", "ddt_ptr", "dA_ptr"] + (["ddtb_ptr"] if spec.has_dt_bias else [])
     elif kind == "bsplit":
         a += ["dout_ptr"]
     elif kind == "fsplit":
@@ -185,7 +205,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     # pre-pass, read by the main kernel
     a += ["hsp_ptr", "psp_ptr"] if kind in SEQUENTIAL else []
     a += ["L", "H", "P", "hpg", "nblk"]
-    a += {"bwd": ["NHB"], "bwdx": [], "dbc": ["G"]}.get(kind, ["nseg", "spb"])
+    a += {"bwd": ["NHB"], "bwdx": [], "dbc": ["G"], "dfin": []}.get(kind, ["nseg", "spb"])
     a += ["dt_lo", "dt_hi"]
     a += ["s_xb", "s_xl", "s_xh", "s_xp", "s_tb", "s_tl", "s_th"]
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
@@ -213,7 +233,8 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
     return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
 
 
-_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p"}
+_BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p",
+            "dwalk": "walk_block_p", "dfin": "walk_block_p"}
 # kinds rendered from another kind's template
 TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}
 
@@ -251,6 +272,10 @@ def launch_config(cfg: SSDConfig, kind: str) -> dict:
         return dict(num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     if kind == "dbc":
         return dict(num_warps=cfg.dbc_warps, num_stages=cfg.dbc_stages)
+    if kind == "dwalk":
+        return dict(num_warps=cfg.walk_warps, num_stages=cfg.walk_stages)
+    if kind == "dfin":
+        return dict(num_warps=1, num_stages=1)  # [block_q] vectors
     return dict(num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages)
 
 
@@ -343,8 +368,9 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
 
 
 def saves_yi(cfg) -> bool:
-    """Whether the backward under cfg reads Yi (the split pass 2; a CUDA config has one kernel)."""
-    return getattr(cfg, "bwd_kernels", 1) == 2
+    """Whether the backward under cfg reads Yi (the split pass 2 or the walk; a CUDA config has
+    one kernel)."""
+    return getattr(cfg, "bwd_kernels", 1) in (2, 3)
 
 
 def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
@@ -441,9 +467,51 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
                 dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
 
 
+def backward_walk(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
+    """The backward under config.bwd_kernels = 3: pass 1 and bwdx as one walk (dwalk, with the
+    sequence splits' pre-pass), dfin, dbc; saved: the forward's Yi (and y before the gate)."""
+    if saved is None:
+        raise ValueError(f"config {cfg.tag('dwalk')}: the walk reads the forward's Yi; run "
+                         f"forward(..., for_backward=True) and pass what it saves")
+    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
+    nblk = ckpt.shape[2]
+    dev, f32 = c.x.device, torch.float32
+    npb = triton.cdiv(P, cfg.walk_block_p)
+    dx = new((b, L, H, P), c.x.dtype, dev)
+    a = _args(c, spec)
+    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, yi_ptr=saved[0], yp_ptr=saved[-1],
+             dckpt_ptr=new((b, H, nblk, P, N), ckpt_dtype(spec), dev), dx_ptr=dx,
+             dz_ptr=new(dx.shape, dx.dtype, dev) if spec.has_z else None,
+             dinit_ptr=new((b, H, P, N), f32, dev) if spec.has_initial_state else None,
+             rp_ptr=new((b, L, H, npb), f32, dev), gp_ptr=new((b, L, H, npb), f32, dev),
+             ddt_ptr=new((b, L, H), c.dt.dtype, dev), dA_ptr=new((b, nblk, H), f32, dev),
+             dB_ptr=new((b, L, G, N), c.B.dtype, dev), dC_ptr=new((b, L, G, N), c.C.dtype, dev),
+             G=G)
+    if spec.has_D:
+        a["dD_ptr"] = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H, npb), f32, dev)
+    if spec.has_dt_bias:
+        a["ddtb_ptr"] = new((b, nblk, H), f32, dev)
+    if spec.return_final_states:
+        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
+                           else dfinal.to(f32).contiguous())
+    nseg = _split_buffers(c, spec, cfg, "dwalk", a, nblk)
+    _launch(spec, cfg, "dwalk", a, (npb * nseg, H, b))
+    _launch(spec, cfg, "dfin", a, (nblk, H, b))
+    _launch(spec, cfg, "dbc", a, (nblk, G, b))
+    # the partials over blocks (and channel blocks) summed
+    dD = a.get("dD_ptr")
+    return dict(x=dx, dt=a["ddt_ptr"], z=a["dz_ptr"], A=a["dA_ptr"].sum((0, 1)), B=a["dB_ptr"],
+                C=a["dC_ptr"], D=None if dD is None else dD.sum((0, 1) if spec.D_per_channel
+                                                                else (0, 1, 3)),
+                dt_bias=a["ddtb_ptr"].sum((0, 1)) if spec.has_dt_bias else None,
+                initial_states=a["dinit_ptr"])
+
+
 def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
+    if getattr(cfg, "bwd_kernels", 1) == 3:
+        return backward_walk(c, spec, cfg, ckpt, dout, dfinal, saved)
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,
                                         ckpt if saves_yi(cfg) else None)
     g = backward_grads(c, spec, cfg, ckpt, dckpt, dout, saved, sig)

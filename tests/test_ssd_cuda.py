@@ -98,7 +98,7 @@ def test_cuda_ssd_matches_reference_gpu(shape, dtype):
 @pytest.mark.parametrize("dtype", [BF16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
 def test_cuda_ssd_packed_gpu(shape, dtype):
-    _packed(shape, dtype, backend="cuda")
+    _packed(shape, dtype, None, backend="cuda")
 
 
 @pytest.mark.gpu

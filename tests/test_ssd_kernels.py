@@ -77,8 +77,8 @@ def sum_floors(a, opts, rgrads):
 CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_from([16, 32]),
                     bwd_block_p=st.sampled_from([16, 32]),
                     heads_per_program=st.sampled_from([1, 2, 4]),
-                    splits=st.sampled_from([1, 2, 4]), bwd_kernels=st.sampled_from([1, 2]),
-                    dbc_block_p=st.sampled_from([16, 32]))
+                    splits=st.sampled_from([1, 2, 4]), bwd_kernels=st.sampled_from([1, 2, 3]),
+                    dbc_block_p=st.sampled_from([16, 32]), walk_block_p=st.sampled_from([16, 32]))
 
 
 @pytest.mark.interp
@@ -100,7 +100,9 @@ def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, d
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
-@pytest.mark.parametrize("config", [None, dict(bwd_kernels=1)], ids=["default", "pass2_one_kernel"])
+@pytest.mark.parametrize("config", [None, dict(bwd_kernels=1), dict(bwd_kernels=3),
+                                    dict(bwd_kernels=3, walk_block_p=32, walk_warps=8)],
+                         ids=["default", "pass2_one_kernel", "walk", "walk_p32_w8"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
@@ -111,7 +113,8 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
-def test_triton_ssd_packed_gpu(shape, dtype, backend="triton"):
+@pytest.mark.parametrize("config", [None, dict(bwd_kernels=3, splits=4)], ids=["default", "walk"])
+def test_triton_ssd_packed_gpu(shape, dtype, config, backend="triton"):
     """seq_idx on a realistic shape: 10 sequences per row at random places (row 1 not
     starting at seq_idx 0, so without the initial state), against the reference on the same
     packing; with batch 1 also the varlen states."""
@@ -127,7 +130,7 @@ def test_triton_ssd_packed_gpu(shape, dtype, backend="triton"):
             seq_idx[r, s:] += 1
         seq_idx[r] += 3 * r
     opts = dict(dt_softplus=True, seq_idx=seq_idx)
-    check(a, opts, True, None, dtype, 7, backend=backend)
+    check(a, opts, True, config, dtype, 7, backend=backend)
     if b == 1:
         cu = torch.tensor([0] + starts[0] + [L], dtype=torch.int32)
         d = {k: v.detach() for k, v in a.items()}
@@ -149,7 +152,9 @@ def test_triton_ssd_packed_gpu(shape, dtype, backend="triton"):
                                dict(block_q=16, block_p=32, splits=8),
                                dict(block_q=32, bwd_kernels=2, dbc_block_p=32, dbc_warps=8),
                                dict(block_q=16, bwd_kernels=2, heads_per_program=1,
-                                    dbc_block_p=64)]),
+                                    dbc_block_p=64),
+                               dict(block_q=32, bwd_kernels=3, walk_block_p=32, splits=4),
+                               dict(block_q=64, bwd_kernels=3, walk_warps=8)]),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
     H, G = HG
@@ -242,8 +247,9 @@ def test_too_large_config_raises_before_launch():
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("splits, packed", [(2, True), (8, False)])
-def test_triton_splits_match_reference(splits, packed):
+@pytest.mark.parametrize("splits, packed, bwd_kernels", [(2, True, 1), (8, False, 1),
+                                                         (2, True, 3)])
+def test_triton_splits_match_reference(splits, packed, bwd_kernels):
     """Sequence splits (5 blocks in 2 or 5 segments): the pre-passes' segment states and
     gradients, folded in by the main walks, against the reference; with packed sequences
     starting inside and at the edge of segments, the initial and final states."""
@@ -257,7 +263,7 @@ def test_triton_splits_match_reference(splits, packed):
         seq_idx[1, 33:] += 2
         opts["seq_idx"] = seq_idx
     check(a, opts, True, dict(block_q=16, block_p=16, bwd_block_p=16, heads_per_program=2,
-                              splits=splits), F32, 3)
+                              splits=splits, bwd_kernels=bwd_kernels, walk_block_p=16), F32, 3)
 
 
 @pytest.mark.interp
@@ -348,6 +354,9 @@ def test_pass2_split_kernels_and_config():
     assert triton_ssd.SSDConfig.decode(old).bwd_kernels == 1
     with pytest.raises(ValueError, match="config.bwd_kernels must be one of"):
         triton_ssd.SSDConfig(bwd_kernels=4).check()
+    with pytest.raises(ValueError, match="config.bwd_kernels must be one of"):
+        triton_ssd.SSDConfig(bwd_kernels=0).check()
+    assert triton_ssd.kernel_name(s, cfg, "dwalk").endswith("__q64_p64_w4_s2")
     a = make_inputs(1, 1, 8, 2, 4, 4, 1, F32)
     c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None, check_values=False)
     with pytest.raises(ValueError, match="reads the forward's Yi and pass 1's sigma"):
@@ -355,13 +364,13 @@ def test_pass2_split_kernels_and_config():
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("packed,bwd_kernels", [(False, 1), (True, 2)])
+@pytest.mark.parametrize("packed,bwd_kernels", [(False, 1), (True, 2), (True, 3)])
 def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     a = make_inputs(5, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, dt_bias=True, h0=True,
                     softplus=True)
     a = {k: v.detach() for k, v in a.items()}
     cfg = triton_ssd.SSDConfig(block_q=16, block_p=16, bwd_block_p=16, dbc_block_p=16,
-                               bwd_kernels=bwd_kernels).encode()
+                               walk_block_p=16, bwd_kernels=bwd_kernels).encode()
     seq_idx = (torch.arange(20, dtype=torch.int32) // 7)[None] if packed else None
     ins = tuple(a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
     ins += (seq_idx,)
@@ -369,7 +378,7 @@ def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + (True,),
                           test_utils=("test_schema", "test_faketensor"))
     out, fin, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
-    assert saved.shape == ((2, *out.shape) if bwd_kernels == 2 else (0,))  # Yi, y before gate
+    assert saved.shape == ((2, *out.shape) if bwd_kernels > 1 else (0,))  # Yi, y before gate
     torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
                           ins + flags + (ckpt, saved, torch.randn_like(out),
                                          torch.randn_like(fin)),
@@ -423,15 +432,18 @@ def test_gradient_of_one_output_only(which):
 
 
 @pytest.mark.interp
-def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch):
-    """The split pass 2's inputs from the forward (Yi, y before the gate) are x-sized: saved
-    (kind fwdy) only with grad enabled and an input requiring grad; the backward then runs
-    dstatey, bwdx and dbc."""
+@pytest.mark.parametrize("bwd_kernels, backward", [(2, ["dstatey", "bwdx", "dbc"]),
+                                                   (3, ["dwalk", "dfin", "dbc"])])
+def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch, bwd_kernels, backward):
+    """The split pass 2's and the walk's inputs from the forward (Yi, y before the gate) are
+    x-sized: saved (kind fwdy) only with grad enabled and an input requiring grad; the backward
+    then runs dstatey, bwdx and dbc (bwd_kernels=2) or dwalk, dfin and dbc (3)."""
     kinds, real = [], triton_ssd._launch
     monkeypatch.setattr(triton_ssd, "_launch", lambda s, c, k, a, g: kinds.append(k) or
                         real(s, c, k, a, g))
     a = make_inputs(3, 1, 20, 2, 8, 8, 1, F32, D="h", z=True)
-    cfg = dict(block_q=16, block_p=16, bwd_block_p=16, dbc_block_p=16, bwd_kernels=2)
+    cfg = dict(block_q=16, block_p=16, bwd_block_p=16, dbc_block_p=16, walk_block_p=16,
+               bwd_kernels=bwd_kernels)
 
     def run(**k):
         return ssmgen.mamba_chunk_scan_combined(chunk_size=16, **k, backend="triton", config=cfg)
@@ -445,5 +457,5 @@ def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch):
     kinds.clear()
     leaves = {k: v.detach().requires_grad_(True) for k, v in a.items()}
     run(**leaves).sum().backward()
-    assert kinds == ["fwdy", "dstatey", "bwdx", "dbc"]
+    assert kinds == ["fwdy"] + backward
     assert all(v.grad is not None and v.grad.isfinite().all() for v in leaves.values())
