@@ -1,0 +1,95 @@
+"""Shared by the SSD sweep scripts: the call of a suite shape, one forward+backward of the
+kernels under a config, compiling configs ahead in a process pool, and the side-by-side
+forward+backward through the public call (ssmgen configs and mamba-ssm's Triton SSD)."""
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import torch
+from triton.testing import do_bench
+
+import ssmgen
+from ssmgen.backends import triton_ssd as ts
+from ssmgen.bench import peak_mb
+from ssmgen.ssd import _normalize
+from ssmgen.ssd_kernels import spec_of
+from ssmgen.suite import load
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssd_bench import make_inputs  # noqa: E402
+from ssd_kernel_breakdown import breakdown  # noqa: E402
+
+
+def call_of(x):
+    return _normalize(**x, chunk_size=256, dt_softplus=True, check_values=False)
+
+
+def pipeline(c, spec, cfg, dout):
+    """out and every gradient of one forward+backward of the kernels under cfg."""
+    out, _, ckpt, saved = ts.forward(c, spec, cfg, for_backward=True)
+    g = ts.backward(c, spec, cfg, ckpt, dout, saved=saved)
+    return out, g
+
+
+def _warm_job(job):
+    """In a worker process: compile (not run) every kernel of one config's forward+backward on
+    uninitialized inputs of the shape's sizes: the same specializations as the real call."""
+    name, cfg_dict = job
+    s = next(s for s in load()["ssd"] if s["name"] == name)
+    x = {k: torch.empty_like(v) for k, v in make_inputs(s).items()}
+    c = call_of(x)
+    spec = spec_of(c)
+    cfg = ts.SSDConfig(**cfg_dict)
+
+    def warm(spec_, cfg_, kind, a, grid):
+        names = [n for n, _ in ts.kernel_params(spec_, kind)]
+        ts.kernel(spec_, cfg_, kind).warmup(*[a[n] for n in names], grid=grid,
+                                            **ts.launch_config(cfg_, kind))
+
+    ts._launch = warm
+    t0 = time.time()
+    try:
+        pipeline(c, spec, cfg, torch.empty_like(x["x"]))
+        return None, time.time() - t0
+    except Exception as e:  # recorded; the timing step meets it again and skips it
+        return f"{type(e).__name__}: {str(e)[:300]}", time.time() - t0
+
+
+def compile_ahead(jobs, procs):
+    t0 = time.time()
+    with mp.get_context("spawn").Pool(procs) as pool:
+        res = pool.map(_warm_job, jobs, chunksize=1)
+    errs = [(j, e) for j, (e, _) in zip(jobs, res) if e]
+    print(f"compiled {len(jobs)} configs in {time.time() - t0:.0f} s with {procs} processes; "
+          f"{len(errs)} failed", flush=True)
+    for j, e in errs[:10]:
+        print(f"  failed {j[0]} {j[1]}: {e[:200]}", flush=True)
+
+
+def compare(s, x, dout, impl, peer):
+    """Forward+backward through the public call, side by side: do_bench medians, profiled
+    kernel sums, peak memory. impl: {name: ssmgen config}; peer: mamba-ssm's module or None."""
+    fns = {n: (lambda cfg: lambda **a: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **a))(cfg)
+        for n, cfg in impl.items()}
+    if peer is not None:
+        fns["mamba_ssm"] = lambda **a: peer.mamba_chunk_scan_combined(
+            chunk_size=s["chunk"], dt_softplus=True, **a)
+    rows = {}
+    for n, fn in fns.items():
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+
+        def fb():
+            torch.autograd.grad(fn(**leaves), list(leaves.values()), dout)
+
+        fb()
+        t = do_bench(fb, warmup=10, rep=100, return_mode="median")
+        kernels, kern = breakdown(fn, x, dout)
+        mb = peak_mb(fb)
+        rows[n] = {"fb_ms_median": t, "kernel_ms": kern, "peak_mb": mb, "kernels": kernels[:12]}
+        print(f"  f+b {n}: {t:.3f} ms median, {kern:.3f} ms of kernels, peak {mb:.0f} MB",
+              flush=True)
+        for r in kernels[:8]:
+            print(f"      {r['ms']:8.4f} ms x{r['calls']} {r['kernel'][:100]}", flush=True)
+    return rows
