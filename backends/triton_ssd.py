@@ -129,7 +129,12 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     splits (below). Pass 2 split in two kernels (ssd_pass2/sweep.json, ssd_1.3b: one kernel
     2.39 ms + 0.15 of partial sums; bwdx 1.76 (64 channels per step, 8 heads per program,
     4 warps; 1.78 at 4 heads, 1.94 at 2 stages) + dbc 0.55 (64 channels, 4 warps, 2 stages));
-    bwdx 1.40 since it reads Yi and sigma instead of the checkpoint (ssd_yi_v1/sweep.json)."""
+    bwdx 1.40 since it reads Yi and sigma instead of the checkpoint (ssd_yi_v1/sweep.json).
+    Up to d_state 128, pass 1 and bwdx as one walk (bwd_kernels=3; ssd_walk_v1/sweep.json,
+    ssd_1.3b: dwalk 1.37 ms at 64 channels, 4 warps, 1 stage against dstatey 0.56 + bwdx 1.23;
+    at 32 channels or 8 warps 1.7-3.7, and at blocks of 64 steps 2.2-4.8); above it (twice
+    the registers for the walk's [channels, d_state] fp32 gradient) unmeasured, so the split
+    pass 2 stays."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
     big = padded_state(spec) >= 256  # twice the registers per tile
     splits = 1
@@ -148,8 +153,9 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
             splits *= 2
     return SSDConfig(block_q=32, block_p=bp, fwd_warps=8 if big else 4, fwd_stages=2,
                      bwd_block_p=min(P2, 64), heads_per_program=8, bwd_warps=8 if big else 4,
-                     splits=splits, bwd_kernels=2, dbc_block_p=min(P2, 64),
-                     dbc_warps=8 if big else 4, dbc_stages=2)
+                     splits=splits, bwd_kernels=2 if big else 3, dbc_block_p=min(P2, 64),
+                     dbc_warps=8 if big else 4, dbc_stages=2, walk_block_p=min(P2, 64),
+                     walk_warps=4, walk_stages=1)
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def impls(peer):
         chunk_size=chunk, dt_softplus=True, backend="torch", **a)}
     if os.environ.get("SSD_TORCH", "1") == "0":  # the slow fp32 PyTorch path left out
         del out["ssmgen_torch"]
+    if os.environ.get("SSD_CUDA", "1") == "0":  # the opt-in CUDA SSD backend left out
+        del out["ssmgen_cuda"]
     if peer is not None:
         out["mamba_ssm"] = lambda chunk, **a: peer.mamba_chunk_scan_combined(
             chunk_size=chunk, dt_softplus=True, **a)

@@ -50,7 +50,7 @@ def test_ssd_compile_with_a_calls_specializations(tmp_path):
         "args = aot.ssd_launch_args(spec, cfg, batch=8, seqlen=2048, heads=64, groups=1)\n"
         "out = {k: [aot.compile_ssd_kernel(spec, cfg, k).vector_loads,\n"
         "           aot.compile_ssd_kernel(spec, cfg, k, values=args[k]).vector_loads]\n"
-        "       for k in ('fwdy', 'bwdx')}\n"
+        "       for k in ('fwdy', 'dwalk')}\n"
         "print(json.dumps(out))\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)

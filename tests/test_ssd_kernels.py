@@ -100,9 +100,10 @@ def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, d
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
-@pytest.mark.parametrize("config", [None, dict(bwd_kernels=1), dict(bwd_kernels=3),
-                                    dict(bwd_kernels=3, walk_block_p=32, walk_warps=8)],
-                         ids=["default", "pass2_one_kernel", "walk", "walk_p32_w8"])
+@pytest.mark.parametrize("config", [None, dict(bwd_kernels=1), dict(bwd_kernels=2),
+                                    dict(bwd_kernels=3, walk_block_p=32, walk_warps=8,
+                                         walk_stages=2)],
+                         ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
@@ -113,7 +114,8 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
-@pytest.mark.parametrize("config", [None, dict(bwd_kernels=3, splits=4)], ids=["default", "walk"])
+@pytest.mark.parametrize("config", [None, dict(bwd_kernels=3, splits=4), dict(bwd_kernels=2)],
+                         ids=["default", "walk_splits", "pass2_split"])
 def test_triton_ssd_packed_gpu(shape, dtype, config, backend="triton"):
     """seq_idx on a realistic shape: 10 sequences per row at random places (row 1 not
     starting at seq_idx 0, so without the initial state), against the reference on the same
