@@ -96,8 +96,10 @@ class SSDConfig(IntConfig):
                     f"_w{self.bwd_warps}_s{self.bwd_stages}")
         if kind == "dbc":
             return f"q{self.block_q}_p{self.dbc_block_p}_w{self.dbc_warps}_s{self.dbc_stages}"
-        if kind in ("dwalk", "dfin"):
+        if kind == "dwalk":
             return f"q{self.block_q}_p{self.walk_block_p}_w{self.walk_warps}_s{self.walk_stages}"
+        if kind == "dfin":  # one warp (launch_config); reads one part per walk channel block
+            return f"q{self.block_q}_p{self.walk_block_p}_w1"
         return f"q{self.block_q}_p{self.block_p}_w{self.fwd_warps}_s{self.fwd_stages}"
 
     def check(self, spec: SSDSpec | None = None) -> None:
