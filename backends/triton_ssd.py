@@ -87,7 +87,7 @@ class SSDConfig(IntConfig):
     dbc_stages: int = 1
     walk_block_p: int = 64
     walk_warps: int = 4
-    walk_stages: int = 2
+    walk_stages: int = 1
 
     def tag(self, kind: str) -> str:
         # splits is a launch parameter: the kernels do not depend on it

@@ -358,7 +358,7 @@ def test_pass2_split_kernels_and_config():
         triton_ssd.SSDConfig(bwd_kernels=4).check()
     with pytest.raises(ValueError, match="config.bwd_kernels must be one of"):
         triton_ssd.SSDConfig(bwd_kernels=0).check()
-    assert triton_ssd.kernel_name(s, cfg, "dwalk").endswith("__q64_p64_w4_s2")
+    assert triton_ssd.kernel_name(s, cfg, "dwalk").endswith("__q64_p64_w4_s1")
     assert triton_ssd.kernel_name(s, cfg, "dfin").endswith("__q64_p64_w1")
     a = make_inputs(1, 1, 8, 2, 4, 4, 1, F32)
     c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None, check_values=False)
