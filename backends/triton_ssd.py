@@ -407,27 +407,58 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
     return out, final, ckpt, saved
 
 
+def _state_grad_buffers(c, spec: SSDSpec, a: dict, nblk: int, dfinal) -> None:
+    """Into a, what walks the state gradient (pass 1 or the walk) reads and writes: the final
+    state's gradient (zeros where the loss does not reach it), the gradient leaving each block
+    (like the checkpoints) and the initial state's gradient."""
+    b, H, P, N = c.batch, c.heads, c.headdim, c.d_state
+    dev, f32 = c.x.device, torch.float32
+    a.update(dckpt_ptr=new((b, H, nblk, P, N), ckpt_dtype(spec), dev),
+             dinit_ptr=new((b, H, P, N), f32, dev) if spec.has_initial_state else None)
+    if spec.return_final_states:
+        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
+                           else dfinal.to(f32).contiguous())
+
+
+def _grad_buffers(c, spec: SSDSpec, a: dict, nblk: int, d_parts: int = 1) -> None:
+    """Into a, the buffers of the gradients pass 2 (or the walk) writes per step or per block:
+    dx, dz, ddt, and the per-block parts of dA, d dt_bias and dD (d_parts per head and block
+    for a per-head D: one per channel block of the walk)."""
+    b, L, H, P = c.batch, c.seqlen, c.heads, c.headdim
+    dev, f32 = c.x.device, torch.float32
+    a.update(dx_ptr=new((b, L, H, P), c.x.dtype, dev), ddt_ptr=new((b, L, H), c.dt.dtype, dev),
+             dz_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
+             dA_ptr=new((b, nblk, H), f32, dev),
+             dD_ptr=new((b, nblk, H, P if spec.D_per_channel else d_parts), f32, dev)
+             if spec.has_D else None,
+             ddtb_ptr=new((b, nblk, H), f32, dev) if spec.has_dt_bias else None)
+
+
+def _grads(spec: SSDSpec, a: dict, dB, dC) -> dict:
+    """The gradients in the buffers of _grad_buffers, their per-block parts summed."""
+    dD, ddtb = a["dD_ptr"], a["ddtb_ptr"]
+    if dD is not None:
+        dD = dD.sum((0, 1) if spec.D_per_channel else (0, 1, 3))
+    return dict(x=a["dx_ptr"], dt=a["ddt_ptr"], z=a["dz_ptr"], A=a["dA_ptr"].sum((0, 1)), B=dB,
+                C=dC, D=dD, dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
+
+
 def backward_states(c, spec: SSDSpec, cfg: SSDConfig, nblk: int, dout, dfinal=None, ckpt=None):
     """Pass 1: (the gradient of the state leaving each block (like the checkpoints), the
     initial state's gradient fp32 or None, sigma or None). sigma (batch, blocks, heads) fp32:
     exp(total) <S_in, dS_out> per block, which the split pass 2 (saves_yi) reads; made where
     the checkpoints ckpt are given."""
-    b, H, P, N = c.batch, c.heads, c.headdim, c.d_state
-    dev, f32 = c.x.device, torch.float32
+    b, H, P = c.batch, c.heads, c.headdim
     a = _args(c, spec)
-    dckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
-    dinit = new((b, H, P, N), f32, dev) if spec.has_initial_state else None
-    if spec.return_final_states:
-        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
-                           else dfinal.to(f32).contiguous())
+    _state_grad_buffers(c, spec, a, nblk, dfinal)
     npb = triton.cdiv(P, cfg.block_p)
-    sig = None if ckpt is None else new((b, nblk, H, npb), f32, dev)
+    sig = None if ckpt is None else new((b, nblk, H, npb), torch.float32, c.x.device)
     kind = "dstate" if sig is None else "dstatey"
-    a.update(nblk=nblk, dout_ptr=dout, dckpt_ptr=dckpt, dinit_ptr=dinit, ckpt_ptr=ckpt,
-             sig_ptr=sig)
+    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, sig_ptr=sig)
     nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
     _launch(spec, cfg, kind, a, (npb * nseg, H, b))
-    return dckpt, dinit, None if sig is None else sig.sum(-1)  # over the channel blocks
+    # sigma's parts summed over the channel blocks
+    return a["dckpt_ptr"], a["dinit_ptr"], None if sig is None else sig.sum(-1)
 
 
 def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=None,
@@ -439,27 +470,21 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
         raise ValueError(f"config {cfg.tag('bwdx')}: the split pass 2 reads the forward's Yi "
                          f"and pass 1's sigma; run forward(..., for_backward=True) and "
                          f"backward_states(..., ckpt=ckpt) and pass what they return")
-    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
+    b, L, H, N, G = c.batch, c.seqlen, c.heads, c.d_state, c.groups
     nblk = ckpt.shape[2]
-    dev, f32 = c.x.device, torch.float32
     hb = heads_per_program(cfg, H // G)
     if hb != cfg.heads_per_program:
         cfg = dataclasses.replace(cfg, heads_per_program=hb)
     nhb = H // hb
     split = saves_yi(cfg)
-    dx = new((b, L, H, P), c.x.dtype, dev)
-    ddt = new((b, L, H), c.dt.dtype, dev)
-    dz = new(dx.shape, dx.dtype, dev) if spec.has_z else None
     # one kernel: fp32 partials per head group, summed below; split: dbc's sums over a group
-    dB = new((b, L, G, N) if split else (b, L, nhb, N), c.B.dtype if split else f32, dev)
-    dC = new(dB.shape, c.C.dtype if split else f32, dev)
-    dA = new((b, nblk, H), f32, dev)
-    dD = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H), f32, dev) \
-        if spec.has_D else None
-    ddtb = new((b, nblk, H), f32, dev) if spec.has_dt_bias else None
+    f32 = torch.float32
+    dB = new((b, L, G, N) if split else (b, L, nhb, N), c.B.dtype if split else f32, c.x.device)
+    dC = new(dB.shape, c.C.dtype if split else f32, c.x.device)
     a = _args(c, spec)
-    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dx_ptr=dx, ddt_ptr=ddt,
-             dz_ptr=dz, dB_ptr=dB, dC_ptr=dC, dA_ptr=dA, dD_ptr=dD, ddtb_ptr=ddtb, NHB=nhb, G=G)
+    _grad_buffers(c, spec, a, nblk)
+    a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, dckpt_ptr=dckpt, dB_ptr=dB, dC_ptr=dC,
+             NHB=nhb, G=G)
     if split:
         a.update(yi_ptr=saved[0], yp_ptr=saved[-1], sig_ptr=sig)
         _launch(spec, cfg, "bwdx", a, (nblk, nhb, b))
@@ -469,10 +494,7 @@ def backward_grads(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dckpt, dout, saved=No
         # the per-head-group partials summed over each B/C group's heads
         red = (b, L, G, nhb // G, N)
         dB, dC = dB.view(red).sum(3).to(c.B.dtype), dC.view(red).sum(3).to(c.C.dtype)
-    # the partials over blocks summed
-    return dict(x=dx, dt=ddt, z=dz, A=dA.sum((0, 1)), B=dB, C=dC,
-                D=None if dD is None else dD.sum((0, 1)),
-                dt_bias=None if ddtb is None else ddtb.sum((0, 1)))
+    return _grads(spec, a, dB, dC)
 
 
 def backward_walk(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
@@ -485,34 +507,18 @@ def backward_walk(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, sav
     nblk = ckpt.shape[2]
     dev, f32 = c.x.device, torch.float32
     npb = triton.cdiv(P, cfg.walk_block_p)
-    dx = new((b, L, H, P), c.x.dtype, dev)
     a = _args(c, spec)
+    _state_grad_buffers(c, spec, a, nblk, dfinal)
+    _grad_buffers(c, spec, a, nblk, d_parts=npb)
     a.update(nblk=nblk, dout_ptr=dout, ckpt_ptr=ckpt, yi_ptr=saved[0], yp_ptr=saved[-1],
-             dckpt_ptr=new((b, H, nblk, P, N), ckpt_dtype(spec), dev), dx_ptr=dx,
-             dz_ptr=new(dx.shape, dx.dtype, dev) if spec.has_z else None,
-             dinit_ptr=new((b, H, P, N), f32, dev) if spec.has_initial_state else None,
              rp_ptr=new((b, L, H, npb), f32, dev), gp_ptr=new((b, L, H, npb), f32, dev),
-             ddt_ptr=new((b, L, H), c.dt.dtype, dev), dA_ptr=new((b, nblk, H), f32, dev),
              dB_ptr=new((b, L, G, N), c.B.dtype, dev), dC_ptr=new((b, L, G, N), c.C.dtype, dev),
              G=G)
-    if spec.has_D:
-        a["dD_ptr"] = new((b, nblk, H, P) if spec.D_per_channel else (b, nblk, H, npb), f32, dev)
-    if spec.has_dt_bias:
-        a["ddtb_ptr"] = new((b, nblk, H), f32, dev)
-    if spec.return_final_states:
-        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
-                           else dfinal.to(f32).contiguous())
     nseg = _split_buffers(c, spec, cfg, "dwalk", a, nblk)
     _launch(spec, cfg, "dwalk", a, (npb * nseg, H, b))
     _launch(spec, cfg, "dfin", a, (nblk, H, b))
     _launch(spec, cfg, "dbc", a, (nblk, G, b))
-    # the partials over blocks (and channel blocks) summed
-    dD = a.get("dD_ptr")
-    return dict(x=dx, dt=a["ddt_ptr"], z=a["dz_ptr"], A=a["dA_ptr"].sum((0, 1)), B=a["dB_ptr"],
-                C=a["dC_ptr"], D=None if dD is None else dD.sum((0, 1) if spec.D_per_channel
-                                                                else (0, 1, 3)),
-                dt_bias=a["ddtb_ptr"].sum((0, 1)) if spec.has_dt_bias else None,
-                initial_states=a["dinit_ptr"])
+    return dict(_grads(spec, a, a["dB_ptr"], a["dC_ptr"]), initial_states=a["dinit_ptr"])
 
 
 def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:

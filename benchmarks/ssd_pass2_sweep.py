@@ -15,7 +15,6 @@ import sys
 import torch
 from triton.testing import do_bench
 
-import ssmgen
 from ssmgen.backends import triton_ssd as ts
 from ssmgen.bench import peer_import
 from ssmgen.ssd import _normalize
@@ -24,7 +23,7 @@ from ssmgen.suite import load
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from ssd_bench import make_inputs  # noqa: E402
-from ssd_kernel_breakdown import breakdown  # noqa: E402
+from ssd_sweep_common import compare  # noqa: E402
 
 # the grids of the first run (ssd_pass2/); SWEEP_BWDX / SWEEP_DBC (JSON lists of dicts) replace them
 BWDX = json.loads(os.environ["SWEEP_BWDX"]) if "SWEEP_BWDX" in os.environ else [
@@ -127,24 +126,7 @@ def main():
         row["best_split"] = dataclasses.asdict(best)
         # forward+backward through the public call, side by side with the peer
         impl = {"ssmgen_one_kernel": one, "ssmgen_default": base, "ssmgen_split_best": best}
-        fns = {n: (lambda cfg: lambda **a: ssmgen.mamba_chunk_scan_combined(
-            chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **a))(cfg)
-            for n, cfg in impl.items()}
-        if peer is not None:
-            fns["mamba_ssm"] = lambda **a: peer.mamba_chunk_scan_combined(
-                chunk_size=s["chunk"], dt_softplus=True, **a)
-        row["fb"] = {}
-        for n, fn in fns.items():
-            leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
-
-            def fb():
-                torch.autograd.grad(fn(**leaves), list(leaves.values()), dout)
-
-            fb()
-            t = bench(fb)
-            _, kern = breakdown(fn, x, dout)
-            row["fb"][n] = {"fb_ms_median": t, "kernel_ms": kern}
-            print(f"  f+b {n}: {t:.3f} ms median, {kern:.3f} ms of kernels", flush=True)
+        row["fb"] = compare(s, x, dout, impl, peer)
         res["shapes"][s["name"]] = row
         json.dump(res, open(out_path, "w"), indent=1)
 

@@ -14,6 +14,8 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from ssd_variants import rep  # noqa: E402
 from ssd_bench import make_inputs  # noqa: E402
 from ssd_pass2_sweep import record  # noqa: E402
 from ssd_sweep_common import call_of, pipeline  # noqa: E402
@@ -25,18 +27,7 @@ from ssmgen.suite import load  # noqa: E402
 
 
 def sub(old, new):
-    def f(src):
-        assert old in src, old
-        return src.replace(old, new)
-    return f
-
-
-def chain(*fs):
-    def f(src):
-        for g in fs:
-            src = g(src)
-        return src
-    return f
+    return lambda src: rep(src, old, new)
 
 
 S_IN = re.compile(r"S_in = tl\.load\(ckpt_ptr.*?\.to\(tl\.float32\)\n\s*sig = .*?\n", re.S)
@@ -56,9 +47,9 @@ VARIANTS = {
     # B dS^T (dx's inter-block part and Tx)
     "no_BdS": sub("BdS = _dot(Bt, tl.trans(dS.to(Bt.dtype)))", "BdS = xt.to(tl.float32)"),
     # the per-step partials' stores
-    "no_rg_store": chain(sub("tl.store(rp_ptr + part, r, mask=mq)", ""),
-                         sub("tl.store(gp_ptr + part, gv, mask=mq)",
-                             "tl.store(gp_ptr + part, gv + r, mask=mq)")),
+    "no_rg_store": lambda s: rep(rep(s, "tl.store(rp_ptr + part, r, mask=mq)", ""),
+                                 "tl.store(gp_ptr + part, gv, mask=mq)",
+                                 "tl.store(gp_ptr + part, gv + r, mask=mq)"),
 }
 
 
