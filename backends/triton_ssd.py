@@ -4,7 +4,8 @@ for an (SSDSpec, SSDConfig) pair and launches them.
 Kernels (design and measurements: benchmarks/NOTES.md, "SSD kernels", "SSD pass 2 split"):
   fwd     one program per (channel block of a head, head, batch row) walks the sequence in
           blocks of block_q steps with the state in registers; tensor-core products per block;
-          saves the state entering each block (the backward's checkpoints).
+          saves the state entering each block (the backward's checkpoints). Where no backward
+          follows and no varlen states are asked for, it saves nothing (kind fwdo).
   dstate  the same walk from the end: the gradient of the state leaving each block.
   bwd     one program per (block, group of heads_per_program heads, batch row), all blocks in
           parallel: every input gradient from the two checkpoints of its block.
@@ -46,14 +47,14 @@ TEMPLATES = ("triton/ssd_fwd.py.jinja", "triton/ssd_dstate.py.jinja", "triton/ss
              "triton/ssd_common.py.jinja", "triton/ssd_macros.jinja")
 KINDS = ("fwd", "dstate", "bwd")
 # kernels that walk the sequence (with sequence splits); the others run every block at once
-SEQUENTIAL = ("fwd", "fwdy", "dstate", "dstatey", "dwalk", "fsplit", "bsplit")
+SEQUENTIAL = ("fwd", "fwdy", "fwdo", "dstate", "dstatey", "dwalk", "fsplit", "bsplit")
 # pass 2 as one kernel (bwd) or two (config.bwd_kernels = 2): bwdx makes every gradient but dB
 # and dC, dbc makes those summed over a group's heads (no per-head-group partials); or (3) pass 1
 # and bwdx as one walk (dwalk), its per-step sums finished by dfin, and dbc
 PASS2 = {1: ("bwd",), 2: ("bwdx", "dbc"), 3: ("dwalk", "dfin", "dbc")}
 # the pre-pass each sequential kernel needs when its sequence is split (config.splits > 1)
-PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "dstate": "bsplit", "dstatey": "bsplit",
-           "dwalk": "bsplit"}
+PREPASS = {"fwd": "fsplit", "fwdy": "fsplit", "fwdo": "fsplit", "dstate": "bsplit",
+           "dstatey": "bsplit", "dwalk": "bsplit"}
 MAX_SPLITS = 64
 MAX_GRID_YZ = 65535
 
@@ -174,9 +175,10 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a = ["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr"]
     a += [n for n, on in (("D_ptr", spec.has_D), ("z_ptr", spec.has_z),
                           ("dtb_ptr", spec.has_dt_bias), ("seq_ptr", spec.has_seq_idx)) if on]
-    if kind in ("fwd", "fwdy"):  # fwdy: fwd that also saves what bwdx reads
+    if kind in ("fwd", "fwdy", "fwdo"):  # fwdy: fwd that also saves what bwdx reads; fwdo:
+        # fwd that saves nothing (no backward follows)
         a += ["init_ptr"] if spec.has_initial_state else []
-        a += ["out_ptr", "ckpt_ptr"]
+        a += ["out_ptr"] + (["ckpt_ptr"] if kind != "fwdo" else [])
         a += (["yi_ptr"] + (["yp_ptr"] if spec.has_z else [])) if kind == "fwdy" else []
         a += ["final_ptr"] if spec.return_final_states else []
     elif kind in ("dstate", "dstatey"):  # dstatey: dstate that also gives bwdx its sigma
@@ -244,7 +246,7 @@ def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
 _BLOCK_P = {"bwd": "bwd_block_p", "bwdx": "bwd_block_p", "dbc": "dbc_block_p",
             "dwalk": "walk_block_p", "dfin": "walk_block_p"}
 # kinds rendered from another kind's template
-TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "dstatey": "dstate"}
+TEMPLATE_OF = {"bwdx": "bwd", "fwdy": "fwd", "fwdo": "fwd", "dstatey": "dstate"}
 
 
 def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -253,7 +255,7 @@ def render_source(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
         f"triton/ssd_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], split_bc=kind == "bwdx",
-        store_yi=kind == "fwdy", store_sigma=kind == "dstatey",
+        store_yi=kind == "fwdy", store_ckpt=kind != "fwdo", store_sigma=kind == "dstatey",
         N=spec.d_state, NP=NP, block_q=cfg.block_q,
         block_p=getattr(cfg, _BLOCK_P.get(kind, "block_p")),
         heads_per_program=cfg.heads_per_program, dot_dtype=spec.dtype,
@@ -381,21 +383,26 @@ def saves_yi(cfg) -> bool:
     return getattr(cfg, "bwd_kernels", 1) in (2, 3)
 
 
-def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False):
-    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints, saved
-    or None). for_backward: where the config's backward reads them (saves_yi), also save
-    (saved[0]) Yi = exp(cum_i) C S^T, the entering state's part of y, and with z (saved[1]) y
-    before the gate, each in x's layout and dtype."""
+def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False,
+            checkpoints: bool = True):
+    """(out (batch, L, heads, headdim) x's dtype, final state fp32 or None, checkpoints or
+    None, saved or None). for_backward: where the config's backward reads them (saves_yi), also
+    save (saved[0]) Yi = exp(cum_i) C S^T, the entering state's part of y, and with z (saved[1])
+    y before the gate, each in x's layout and dtype. checkpoints: whether to save the state
+    entering each block (always with for_backward); without, a Triton config runs fwdo, which
+    stores only out (and the final state)."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
     dev = c.x.device
     out = new((b, L, H, P), c.x.dtype, dev)
-    ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
+    # a CUDA config's forward always saves them (its kernel has no such switch)
+    keep = checkpoints or for_backward or getattr(cfg, "backend", "triton") != "triton"
+    ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev) if keep else None
     final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
     saved = (new((1 + spec.has_z, *out.shape), out.dtype, dev) if for_backward and saves_yi(cfg)
              else None)
-    kind = "fwd" if saved is None else "fwdy"
+    kind = "fwdo" if ckpt is None else "fwd" if saved is None else "fwdy"
     a = _args(c, spec)
     a.update(out_ptr=out, ckpt_ptr=ckpt, final_ptr=final, nblk=nblk)
     if saved is not None:

@@ -222,8 +222,8 @@ def _job(args):
         return {"name": f"{family} {kind} {spec_json} sm_{arch}"}, f"{type(e).__name__}: {e}"
 
 
-SSD_KINDS = ("fwd", "fwdy", "dstate", "dstatey", "bwd", "bwdx", "dbc", "dwalk", "dfin", "fsplit",
-             "bsplit")
+SSD_KINDS = ("fwd", "fwdy", "fwdo", "dstate", "dstatey", "bwd", "bwdx", "dbc", "dwalk", "dfin",
+             "fsplit", "bsplit")
 
 
 def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_specs=()):

@@ -86,28 +86,30 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
             initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
             dt_softplus: bool, dt_lo: float, dt_hi: float, return_final_states: bool,
-            config: str, for_backward: bool) -> List[torch.Tensor]:
-    """[out, final states (empty when not asked for), per-block checkpoints, what the split
-    backward reads (Yi, the entering states' part of the output, and with z the output before
-    the gate; empty unless for_backward and the config's backward reads it)]"""
+            config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.Tensor]:
+    """[out, final states (empty when not asked for), per-block checkpoints (empty unless
+    for_backward or keep_ckpt), what the split backward reads (Yi, the entering states' part
+    of the output, and with z the output before the gate; empty unless for_backward and the
+    config's backward reads it)]"""
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
-    return _forward(c, config, for_backward)
+    return _forward(c, config, for_backward, keep_ckpt)
 
 
-def _forward(c, config: str, for_backward: bool) -> List[torch.Tensor]:
+def _forward(c, config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.Tensor]:
     from .backends import triton_ssd
 
     out, final, ckpt, saved = triton_ssd.forward(c, spec_of(c), decode_config(config),
-                                                 for_backward)
+                                                 for_backward, for_backward or keep_ckpt)
     # placeholders are separate tensors: a custom op's outputs may not alias each other
-    return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final, ckpt,
-            c.x.new_empty(0) if saved is None else saved]
+    keep = for_backward or keep_ckpt  # (a CUDA config's forward saves them anyway)
+    return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final,
+            ckpt if keep else c.x.new_empty(0), c.x.new_empty(0) if saved is None else saved]
 
 
 @ssd_fwd.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
-      return_final_states, config, for_backward):
+      return_final_states, config, for_backward, keep_ckpt):
     from .backends.triton_ssd import saves_yi
 
     b, L, H, P = x.shape
@@ -118,7 +120,8 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
              else x.new_empty(0, dtype=torch.float32))
     saved = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
              else x.new_empty(0))
-    return [x.new_empty((b, L, H, P)), final, x.new_empty((b, H, nblk, P, N)), saved]
+    ckpt = (x.new_empty((b, H, nblk, P, N)) if for_backward or keep_ckpt else x.new_empty(0))
+    return [x.new_empty((b, L, H, P)), final, ckpt, saved]
 
 
 @torch.library.custom_op("ssmgen::ssd_bwd", mutates_args=())
@@ -152,12 +155,12 @@ class _SSD(torch.autograd.Function):
     # implementation directly (no custom-op dispatch, no second validation); None under
     # tracing or for meta / fake tensors, which take the op and its fake
     @staticmethod
-    def forward(ctx, flags, call, for_backward, seq_idx, *tensors):
+    def forward(ctx, flags, call, for_backward, keep_ckpt, seq_idx, *tensors):
         if call is not None:
-            out, final, ckpt, saved = _forward(call, flags[-1], for_backward)
+            out, final, ckpt, saved = _forward(call, flags[-1], for_backward, keep_ckpt)
         else:
             out, final, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*tensors, seq_idx, *flags,
-                                                               for_backward)
+                                                               for_backward, keep_ckpt)
         ctx.save_for_backward(seq_idx, *tensors, ckpt, saved)
         ctx.flags = flags
         if not flags[3]:
@@ -176,7 +179,7 @@ class _SSD(torch.autograd.Function):
             dout = torch.zeros_like(tensors[0])
         g = torch.ops.ssmgen.ssd_bwd(*tensors, seq_idx, *ctx.flags, ckpt, saved, dout,
                                      dfinal if ret_final else None)
-        return (None, None, None, None,
+        return (None, None, None, None, None,
                 *(x if t is not None else None for x, t in zip(g, tensors)))
 
 
@@ -194,8 +197,10 @@ def run(c, config=None, backend: str = "triton"):
     tensors = [getattr(c, n) for n in _TENSORS]
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
-    out, final, ckpt = _SSD.apply(flags, c if eager else None, for_backward, c.seq_idx,
-                                  *tensors)
+    # the checkpoints are written where a backward can follow or the varlen states read them:
+    # an inference call's forward saves nothing (ssd_fwdo_v1: 537 MB of stores on ssd_1.3b)
+    out, final, ckpt = _SSD.apply(flags, c if eager else None, for_backward,
+                                  c.return_varlen_states, c.seq_idx, *tensors)
     varlen = None
     if c.return_varlen_states:
         # the checkpoints hold the state entering each block of block_q steps, rounded to x's

@@ -53,6 +53,15 @@ def check(a, opts, ret_final, config, dtype, seed, ref=None, backend="triton"):
     for name, g in grads.items():
         assert g.dtype == a[name].dtype, name
         assert_close(f"d{name}", g.cpu(), rgrads[name], dtype, **floors.get(name, {}))
+    # the inference forward (no backward can follow: kind fwdo, which saves no checkpoints)
+    with torch.no_grad():
+        res = ssmgen.mamba_chunk_scan_combined(
+            chunk_size=64, **{k: v.detach().to(DEV) for k, v in a.items()}, **on_dev(opts),
+            backend=backend, config=config, return_final_states=ret_final)
+    out2, fin2 = res if ret_final else (res, None)
+    assert_close("out (no grad)", out2.cpu(), rout.to(dtype), dtype)
+    if ret_final:
+        assert_close("final_states (no grad)", fin2.cpu(), rfin, dtype)
 
 
 def sum_floors(a, opts, rgrads):
@@ -378,9 +387,11 @@ def test_custom_ops_pass_opcheck(packed, bwd_kernels):
     ins = tuple(a[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
     ins += (seq_idx,)
     flags = (True, 0.0, INF, True, cfg)
-    torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + (True,),
-                          test_utils=("test_schema", "test_faketensor"))
-    out, fin, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True)
+    for saves in ((True, False), (False, False), (False, True)):  # for_backward, keep_ckpt
+        torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + saves,
+                              test_utils=("test_schema", "test_faketensor"))
+    assert torch.ops.ssmgen.ssd_fwd(*ins, *flags, False, False)[2].numel() == 0  # fwdo
+    out, fin, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True, False)
     assert saved.shape == ((2, *out.shape) if bwd_kernels > 1 else (0,))  # Yi, y before gate
     torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
                           ins + flags + (ckpt, saved, torch.randn_like(out),
@@ -440,7 +451,9 @@ def test_gradient_of_one_output_only(which):
 def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch, bwd_kernels, backward):
     """The split pass 2's and the walk's inputs from the forward (Yi, y before the gate) are
     x-sized: saved (kind fwdy) only with grad enabled and an input requiring grad; the backward
-    then runs dstatey, bwdx and dbc (bwd_kernels=2) or dwalk, dfin and dbc (3)."""
+    then runs dstatey, bwdx and dbc (bwd_kernels=2) or dwalk, dfin and dbc (3). Without a
+    backward the checkpoints are not written either (kind fwdo) unless the varlen states read
+    them (kind fwd)."""
     kinds, real = [], triton_ssd._launch
     monkeypatch.setattr(triton_ssd, "_launch", lambda s, c, k, a, g: kinds.append(k) or
                         real(s, c, k, a, g))
@@ -452,10 +465,19 @@ def test_split_backward_saves_only_when_a_backward_can_follow(monkeypatch, bwd_k
         return ssmgen.mamba_chunk_scan_combined(chunk_size=16, **k, backend="triton", config=cfg)
 
     with torch.no_grad():
-        run(**a)
-    assert kinds == ["fwd"]
+        out = run(**a)
+    assert kinds == ["fwdo"]  # no checkpoint written: nothing reads them
+    # its output is the reference's (SSMGEN_POISON: an unwritten element is NaN)
+    assert_close("out", out, ssd_ref(**{k: v.detach() for k, v in a.items()}), F32)
     kinds.clear()
     run(**{k: v.detach() for k, v in a.items()})  # grad enabled, nothing requires grad
+    assert kinds == ["fwdo"]
+    kinds.clear()
+    with torch.no_grad():  # the varlen states read the checkpoints
+        ssmgen.mamba_chunk_scan_combined(
+            chunk_size=16, **a, backend="triton", config=cfg, seq_idx=torch.zeros(1, 20,
+                                                                                  dtype=torch.int32),
+            cu_seqlens=torch.tensor([0, 20]), return_varlen_states=True)
     assert kinds == ["fwd"]
     kinds.clear()
     leaves = {k: v.detach().requires_grad_(True) for k, v in a.items()}
