@@ -135,11 +135,14 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     bwdx 1.40 since it reads Yi and sigma instead of the checkpoint (ssd_yi_v1/sweep.json).
     Up to d_state 128, pass 1 and bwdx as one walk (bwd_kernels=3; ssd_walk_v1/sweep.json,
     ssd_1.3b: dwalk 1.37 ms at 64 channels, 4 warps, 1 stage against dstatey 0.56 + bwdx 1.23;
-    at 32 channels or 8 warps 1.7-3.7, and at blocks of 64 steps 2.2-4.8); above it (twice
-    the registers for the walk's [channels, d_state] fp32 gradient) unmeasured, so the split
-    pass 2 stays."""
+    at 32 channels or 8 warps 1.7-3.7, and at blocks of 64 steps 2.2-4.8). At d_state 256
+    (ssd_dstate_v1, ssd_1.3b's sizes at N=256) the walk at 8 warps too: 5.60 ms of kernels
+    (5.67 at 4 warps, 6.94 at 32 channels) against the split pass 2's 6.14; at d_state 64 the
+    walk 2.24 against 2.49. Above 256 (the walk's [channels, d_state] fp32 gradient twice as
+    large again) unmeasured, so the split pass 2 stays there."""
     P2 = max(16, triton.next_power_of_2(spec.headdim))
     big = padded_state(spec) >= 256  # twice the registers per tile
+    huge = padded_state(spec) > 256
     splits = 1
     if batch * heads * triton.cdiv(spec.headdim, 16) >= 2 * 132:
         bp = next(c for c in (64, 32, 16)
@@ -156,9 +159,9 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
             splits *= 2
     return SSDConfig(block_q=32, block_p=bp, fwd_warps=8 if big else 4, fwd_stages=2,
                      bwd_block_p=min(P2, 64), heads_per_program=8, bwd_warps=8 if big else 4,
-                     splits=splits, bwd_kernels=2 if big else 3, dbc_block_p=min(P2, 64),
+                     splits=splits, bwd_kernels=2 if huge else 3, dbc_block_p=min(P2, 64),
                      dbc_warps=8 if big else 4, dbc_stages=2, walk_block_p=min(P2, 64),
-                     walk_warps=4, walk_stages=1)
+                     walk_warps=8 if big else 4, walk_stages=1)
 
 
 # -- rendering -----------------------------------------------------------------------------

@@ -35,8 +35,8 @@ def pipeline(c, spec, cfg, dout):
 def _warm_job(job):
     """In a worker process: compile (not run) every kernel of one config's forward+backward on
     uninitialized inputs of the shape's sizes: the same specializations as the real call."""
-    name, cfg_dict = job
-    s = next(s for s in load()["ssd"] if s["name"] == name)
+    name, cfg_dict = job  # name: a suite ssd shape's, or the shape itself (a dict)
+    s = name if isinstance(name, dict) else next(s for s in load()["ssd"] if s["name"] == name)
     x = {k: torch.empty_like(v) for k, v in make_inputs(s).items()}
     c = call_of(x)
     spec = spec_of(c)

@@ -121,6 +121,19 @@ def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [BF16, F32])
+@pytest.mark.parametrize("shape", [(1, 160, 4, 64, 256, 1), (1, 100, 2, 32, 512, 1)],
+                         ids=["n256_walk", "n512_split"])
+def test_triton_ssd_large_state_gpu(shape, dtype):
+    """The default config above d_state 128: the walk at 8 warps up to 256, the split pass 2
+    above (default_config)."""
+    b, L, H, P, N, G = shape
+    a = make_inputs(5, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
+                    softplus=True)
+    check(a, dict(dt_softplus=True), True, None, dtype, 5)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 257, 6, 48, 20, 3)])
 @pytest.mark.parametrize("config", [None, dict(bwd_kernels=3, splits=4), dict(bwd_kernels=2)],
