@@ -53,36 +53,59 @@ VARIANTS = {
 }
 
 
-def main():
-    s = next(r for r in load()["ssd"] if r["name"] == "ssd_1.3b_bf16")
+def time_variants(shape, variants, kind="dwalk", check=False):
+    """{variant: ms} of hand-edited copies of one kernel of the default config's
+    forward+backward on the suite shape named shape, each launched alone on the arguments the
+    backward launches it with (recorded). check: also the variant's outputs against the
+    unedited kernel's (largest relative difference over the tensors it writes), for edits that
+    should compute the same thing."""
+    s = next(r for r in load()["ssd"] if r["name"] == shape)
     x = make_inputs(s)
     dout = torch.randn_like(x["x"])
     c = call_of(x)
     spec = spec_of(c)
     cfg = ts.default_config(spec, c.batch, c.heads)
     seen, _ = record(lambda: pipeline(c, spec, cfg, dout))
-    kind, kcfg, a, grid = next(r for r in seen if r[0] == "dwalk")
+    kind, kcfg, a, grid = next(r for r in seen if r[0] == kind)
     names = [n for n, _ in ts.kernel_params(spec, kind)]
+    outs = [n for n in names if n in OUTPUTS.get(kind, ())]
     base = ts.render_source(spec, kcfg, kind)
     lc = ts.launch_config(kcfg, kind)
-    rows = {}
-    for vname, vf in VARIANTS.items():
+    rows, ref = {}, None
+    for vname, vf in variants.items():
         stem = f"{ts.kernel_name(spec, kcfg, kind)}_x{vname}"
         src = re.sub(r"def ssmgen_ssd_\w+\(", f"def {stem}(", vf(base))
         try:
             fn = getattr(render.load_module("triton", stem, src), stem)
             args = [a[n] for n in names]
+            if check:
+                for n in outs:
+                    a[n].fill_(float("nan"))
+                triton_launch.launch(fn, grid, args, **lc)
+                got = {n: a[n].clone() for n in outs}
+                ref = ref or got
+                diff = max(((got[n].double() - ref[n].double()).norm()
+                            / ref[n].double().norm().clamp_min(1e-30)).item() for n in outs)
             ms = do_bench(lambda: triton_launch.launch(fn, grid, args, **lc), warmup=5, rep=50,
                           return_mode="median")
         except Exception as e:  # recorded, the others still run
             rows[vname] = f"{type(e).__name__}: {str(e)[:300]}"
-            print(f"  {vname}: {rows[vname]}", flush=True)
+            print(f"  {shape} {kind} {vname}: {rows[vname]}", flush=True)
             continue
-        rows[vname] = ms
-        print(f"  dwalk {vname}: {ms:.3f} ms", flush=True)
+        rows[vname] = {"ms": ms, "max_rel_diff": diff} if check else ms
+        print(f"  {shape} {kind} {vname}: {ms:.3f} ms"
+              + (f", max rel diff {diff:.2e}" if check else ""), flush=True)
+    return {"config": repr(cfg), "ms": rows}
+
+
+# what each kernel writes (compared by time_variants(check=True))
+OUTPUTS = {"dwalk": ("dckpt_ptr", "dx_ptr", "dz_ptr", "rp_ptr", "gp_ptr", "dD_ptr")}
+
+
+def main():
+    res = time_variants("ssd_1.3b_bf16", VARIANTS)
     with open(sys.argv[1], "w") as f:
-        json.dump({"device": torch.cuda.get_device_name(), "config": repr(cfg), "ms": rows}, f,
-                  indent=1)
+        json.dump({"device": torch.cuda.get_device_name(), **res}, f, indent=1)
 
 
 if __name__ == "__main__":
