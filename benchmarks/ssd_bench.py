@@ -99,17 +99,19 @@ def run_shape(s, peer, warmup=10, rep=100):
     return row
 
 
-def sweep_shapes(out_path, names, per_shape):
+def sweep_shapes(out_path, names, per_shape, shapes=None):
     """The sweep scripts' loop: per_shape(shape, bench) -> rows for each suite `ssd` shape (all,
-    or those named), written to out_path as JSON after every shape."""
+    or those named; or for the given shapes), written to out_path as JSON after every shape,
+    with the GPU's memory cache emptied between shapes."""
     bench = lambda f: do_bench(f, warmup=5, rep=40, return_mode="median")  # noqa: E731
     res = {"device": torch.cuda.get_device_name(), "shapes": {}}
-    for s in load()["ssd"]:
+    for s in shapes or load()["ssd"]:
         if names and s["name"] not in names:
             continue
         res["shapes"][s["name"]] = per_shape(s, bench)
         with open(out_path, "w") as f:
             json.dump(res, f, indent=1)
+        torch.cuda.empty_cache()
 
 
 def time_fwd_dstate(c, spec, cfg, dout, bench, row):

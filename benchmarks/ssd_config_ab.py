@@ -30,8 +30,7 @@ from ssmgen.ssd_kernels import spec_of
 from ssmgen.suite import load
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_bench import make_inputs  # noqa: E402
-from ssd_pass2_sweep import record, rel  # noqa: E402, F401
+from ssd_bench import make_inputs, sweep_shapes  # noqa: E402
 from ssd_sweep_common import call_of, compare, compile_ahead, pipeline  # noqa: E402
 from ssd_walk_sweep import bench, time_config  # noqa: E402
 
@@ -56,8 +55,8 @@ def main():
         jobs += [(s, dataclasses.asdict(v)) for v in plan[s["name"]].values()]
         del x, c
     compile_ahead(jobs, procs)
-    res = {"device": torch.cuda.get_device_name(), "shapes": {}}
-    for s in shapes:
+
+    def per_shape(s, _):
         print(f"=== {s['name']}", flush=True)
         torch.manual_seed(0)
         x = make_inputs(s)
@@ -86,11 +85,9 @@ def main():
                   flush=True)
         row["fb"] = compare(s, x, dout, {n: cfg for n, cfg in cfgs.items()
                                          if "error" not in row["kernels"][n]}, peer)
-        res["shapes"][s["name"]] = row
-        with open(out_path, "w") as f:
-            json.dump(res, f, indent=1)
-        del x, dout, c, ref
-        torch.cuda.empty_cache()
+        return row
+
+    sweep_shapes(out_path, None, per_shape, shapes)
 
 
 if __name__ == "__main__":
