@@ -392,16 +392,17 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False,
     None, saved or None). for_backward: where the config's backward reads them (saves_yi), also
     save (saved[0]) Yi = exp(cum_i) C S^T, the entering state's part of y, and with z (saved[1])
     y before the gate, each in x's layout and dtype. checkpoints: whether to save the state
-    entering each block (always with for_backward); without, a Triton config runs fwdo, which
-    stores only out (and the final state)."""
+    entering each block and return it (always with for_backward); without, a Triton config runs
+    fwdo, which stores only out (and the final state), and None is returned for them."""
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
     dev = c.x.device
     out = new((b, L, H, P), c.x.dtype, dev)
-    # a CUDA config's forward always saves them (its kernel has no such switch)
-    keep = checkpoints or for_backward or getattr(cfg, "backend", "triton") != "triton"
-    ckpt = new((b, H, nblk, P, N), ckpt_dtype(spec), dev) if keep else None
+    keep = checkpoints or for_backward
+    # a CUDA config's forward writes them anyway (its kernel has no such switch)
+    ckpt = (new((b, H, nblk, P, N), ckpt_dtype(spec), dev)
+            if keep or getattr(cfg, "backend", "triton") != "triton" else None)
     final = new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None
     saved = (new((1 + spec.has_z, *out.shape), out.dtype, dev) if for_backward and saves_yi(cfg)
              else None)
@@ -414,7 +415,7 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False,
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     nseg = _split_buffers(c, spec, cfg, kind, a, nblk)
     _launch(spec, cfg, kind, a, (triton.cdiv(P, cfg.block_p) * nseg, H, b))
-    return out, final, ckpt, saved
+    return out, final, ckpt if keep else None, saved
 
 
 def _state_grad_buffers(c, spec: SSDSpec, a: dict, nblk: int, dfinal) -> None:

@@ -100,11 +100,11 @@ def _forward(c, config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.
     from .backends import triton_ssd
 
     out, final, ckpt, saved = triton_ssd.forward(c, spec_of(c), decode_config(config),
-                                                 for_backward, for_backward or keep_ckpt)
+                                                 for_backward, keep_ckpt)
     # placeholders are separate tensors: a custom op's outputs may not alias each other
-    keep = for_backward or keep_ckpt  # (a CUDA config's forward saves them anyway)
-    return [out, c.x.new_empty(0, dtype=torch.float32) if final is None else final,
-            ckpt if keep else c.x.new_empty(0), c.x.new_empty(0) if saved is None else saved]
+    empty = c.x.new_empty
+    return [out, empty(0, dtype=torch.float32) if final is None else final,
+            empty(0) if ckpt is None else ckpt, empty(0) if saved is None else saved]
 
 
 @ssd_fwd.register_fake
