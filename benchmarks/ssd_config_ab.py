@@ -31,7 +31,8 @@ from ssmgen.suite import load
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssd_bench import make_inputs, sweep_shapes  # noqa: E402
-from ssd_sweep_common import call_of, compare, compile_ahead, pipeline  # noqa: E402
+from ssd_sweep_common import (call_of, compare, compile_ahead, pipeline,  # noqa: E402
+                              shipped_config)
 from ssd_walk_sweep import bench, time_config  # noqa: E402
 
 
@@ -41,20 +42,16 @@ def main():
     overrides = json.loads(os.environ.get("CONFIGS", '{"default": {}}'))
     peer = peer_import("mamba_ssm.ops.triton.ssd_combined") if os.environ.get("PEER") == "1" \
         else None
-    procs = int(os.environ.get("SWEEP_JOBS", str(max(1, (os.cpu_count() or 2) - 2))))
     shapes = [s for s in load()["ssd"] if s["name"] in names]
     if os.environ.get("D_STATE"):
         n = int(os.environ["D_STATE"])
         shapes = [dict(s, d_state=n, name=f"{s['name']}_n{n}") for s in shapes]
     plan, jobs = {}, []
     for s in shapes:
-        x = {k: torch.empty_like(v) for k, v in make_inputs(s).items()}
-        c = call_of(x)
-        shipped = ts.default_config(spec_of(c), c.batch, c.heads)
+        shipped = shipped_config(s)
         plan[s["name"]] = {n: dataclasses.replace(shipped, **o) for n, o in overrides.items()}
         jobs += [(s, dataclasses.asdict(v)) for v in plan[s["name"]].values()]
-        del x, c
-    compile_ahead(jobs, procs)
+    compile_ahead(jobs)
 
     def per_shape(s, _):
         print(f"=== {s['name']}", flush=True)

@@ -32,13 +32,23 @@ def pipeline(c, spec, cfg, dout):
     return out, g
 
 
+def empty_call(s):
+    """The call of a suite ssd shape on uninitialized tensors (sizes, strides, dtypes only)."""
+    return call_of({k: torch.empty_like(v) for k, v in make_inputs(s).items()})
+
+
+def shipped_config(s):
+    """The default config of a suite ssd shape's call."""
+    c = empty_call(s)
+    return ts.default_config(spec_of(c), c.batch, c.heads)
+
+
 def _warm_job(job):
     """In a worker process: compile (not run) every kernel of one config's forward+backward on
     uninitialized inputs of the shape's sizes: the same specializations as the real call."""
     name, cfg_dict = job  # name: a suite ssd shape's, or the shape itself (a dict)
     s = name if isinstance(name, dict) else next(s for s in load()["ssd"] if s["name"] == name)
-    x = {k: torch.empty_like(v) for k, v in make_inputs(s).items()}
-    c = call_of(x)
+    c = empty_call(s)
     spec = spec_of(c)
     cfg = ts.SSDConfig(**cfg_dict)
 
@@ -50,13 +60,16 @@ def _warm_job(job):
     ts._launch = warm
     t0 = time.time()
     try:
-        pipeline(c, spec, cfg, torch.empty_like(x["x"]))
+        pipeline(c, spec, cfg, torch.empty_like(c.x))
         return None, time.time() - t0
     except Exception as e:  # recorded; the timing step meets it again and skips it
         return f"{type(e).__name__}: {str(e)[:300]}", time.time() - t0
 
 
-def compile_ahead(jobs, procs):
+def compile_ahead(jobs, procs=None):
+    """Compiles the (shape, config) jobs in procs processes (default SWEEP_JOBS, else all CPUs
+    but two)."""
+    procs = procs or int(os.environ.get("SWEEP_JOBS", str(max(1, (os.cpu_count() or 2) - 2))))
     t0 = time.time()
     with mp.get_context("spawn").Pool(procs) as pool:
         res = pool.map(_warm_job, jobs, chunksize=1)

@@ -29,7 +29,8 @@ from ssmgen.suite import load
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ssd_bench import make_inputs  # noqa: E402
-from ssd_sweep_common import call_of, compare, compile_ahead, pipeline  # noqa: E402
+from ssd_sweep_common import (call_of, compare, compile_ahead, pipeline,  # noqa: E402
+                              shipped_config)
 from ssd_pass2_sweep import record, rel  # noqa: E402
 
 
@@ -71,18 +72,14 @@ def main():
     names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
     qs = [int(q) for q in os.environ.get("SWEEP_Q", "32,64").split(",")]
     shapes = [s for s in load()["ssd"] if s["name"] in names]
-    procs = int(os.environ.get("SWEEP_JOBS", str(max(1, (os.cpu_count() or 2) - 2))))
     peer = peer_import("mamba_ssm.ops.triton.ssd_combined")
     plan, jobs = {}, []
     for s in shapes:
-        x = {k: torch.empty_like(v) for k, v in make_inputs(s).items()}
-        c = call_of(x)
-        shipped = ts.default_config(spec_of(c), c.batch, c.heads)
+        shipped = shipped_config(s)
         plan[s["name"]] = (shipped, {q: walk_configs(shipped, q) for q in qs})
         jobs += [(s["name"], dataclasses.asdict(v))
                  for v in [shipped] + [v for q in qs for v in plan[s["name"]][1][q]]]
-        del x, c
-    compile_ahead(jobs, procs)
+    compile_ahead(jobs)
     res = {"device": torch.cuda.get_device_name(), "shapes": {}}
     for s in shapes:
         print(f"=== {s['name']}", flush=True)
