@@ -1,0 +1,157 @@
+"""GPU: the chunk-form SSD experiment (exp/ssd_chunk.py) against the shipped default and
+mamba-ssm, in one process.
+
+1. Numerics: bf16 against the float64 reference on a mid shape, the chunk form's largest
+   relative error over out and every gradient next to the shipped default's.
+2. Per suite shape, per candidate (tile count NT, warps, stages, channel blocks of the walks):
+   every chunk kernel of one forward+backward timed alone (median of do_bench); the best
+   candidate per kernel summed; forward+backward of the best combination through Chunk;
+   its outputs against the shipped default's.
+3. The shipped default and mamba-ssm through the public call (ssd_sweep_common.compare).
+
+Usage: python benchmarks/exp/ssd_chunk_bench.py OUT.json [shape names...]
+"""
+import json
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+from ssd_chunk import Chunk  # noqa: E402
+from ssd_bench import make_inputs  # noqa: E402
+from ssd_sweep_common import compare  # noqa: E402
+
+import ssmgen  # noqa: E402
+from ssmgen.bench import peer_import  # noqa: E402
+from ssmgen.ssd import ssd_ref  # noqa: E402
+from ssmgen.suite import load  # noqa: E402
+
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+KERNELS = ("ccum", "cst", "cout", "cdst", "cdx", "cdfin", "cdbc")
+
+
+def chunk_fb(k, x, dout):
+    out, final = k.forward(*(x[n] for n in NAMES))
+    g = k.backward(dout)
+    return out, g
+
+
+def rel(a, r):
+    a, r = a.double(), r.double()
+    return ((a - r).norm() / r.norm().clamp_min(1e-30)).item()
+
+
+def numerics(res):
+    torch.manual_seed(1)
+    s = dict(batch=1, seqlen=512, heads=8, headdim=64, d_state=128, groups=1, dtype="bfloat16")
+    x = make_inputs(s, seed=3)
+    dout = torch.randn_like(x["x"])
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
+    out_r = ssd_ref(**leaves, dt_softplus=True)
+    gr = torch.autograd.grad(out_r, list(leaves.values()), dout.double())
+    ref = dict(out=out_r.detach(), **{"d" + n: g for n, g in zip(x, gr)})
+    out, g = chunk_fb(Chunk(), x, dout)
+    mine = dict(out=out, **{"d" + n: g[n] for n in x})
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
+    o2 = ssmgen.mamba_chunk_scan_combined(chunk_size=256, dt_softplus=True, backend="triton",
+                                          **leaves)
+    g2 = torch.autograd.grad(o2, list(leaves.values()), dout)
+    ship = dict(out=o2.detach(), **{"d" + n: gg for n, gg in zip(x, g2)})
+    res["numerics"] = {n: {"chunk": rel(mine[n], ref[n]), "shipped": rel(ship[n], ref[n]),
+                           "chunk_nan": bool(torch.isnan(mine[n]).any())} for n in ref}
+    for n, v in res["numerics"].items():
+        print(f"  {n:9s} chunk {v['chunk']:.2e}  shipped {v['shipped']:.2e}", flush=True)
+
+
+def candidates(s):
+    out = []
+    for NT in (4, 2):
+        for w, st in ((4, 1), (4, 2), (8, 1), (8, 2), (4, 3)):
+            out.append(dict(T=64, NT=NT, **{f"{k}_warps": w for k in KERNELS[1:]},
+                            **{f"{k}_stages": st for k in KERNELS[1:]}))
+        for bp in (32, 16):
+            out.append(dict(T=64, NT=NT, cst_bp=bp, cdst_bp=bp))
+    return out
+
+
+def time_kernels(cfg, x, dout):
+    k = Chunk(cfg)
+    chunk_fb(k, x, dout)  # compile
+    k.record = []
+    chunk_fb(k, x, dout)
+    t = {}
+    for name, fn in k.record:
+        t[name] = do_bench(fn, warmup=5, rep=40, return_mode="median")
+    return t
+
+
+def main():
+    out_path = sys.argv[1]
+    names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
+    res = {"gpu": torch.cuda.get_device_name()}
+    numerics(res)
+    json.dump(res, open(out_path, "w"), indent=1)
+    peer = peer_import("mamba_ssm.ops.triton.ssd_combined") if os.environ.get("PEER") == "1" \
+        else None
+    for s in load()["ssd"]:
+        if s["name"] not in names:
+            continue
+        print(f"=== {s['name']}", flush=True)
+        torch.manual_seed(0)
+        x = make_inputs(s)
+        dout = torch.randn_like(x["x"])
+        rows = []
+        for cfg in candidates(s):
+            try:
+                t = time_kernels(cfg, x, dout)
+            except Exception as e:  # a config that does not compile: recorded, not fatal
+                print(f"  {cfg} failed: {str(e)[:200]}", flush=True)
+                continue
+            rows.append({"cfg": cfg, "ms": t})
+            print(f"  {json.dumps(cfg)[:150]}: " + " ".join(f"{n} {v:.3f}" for n, v in t.items())
+                  + f" sum {sum(t.values()):.3f}", flush=True)
+        best = {}
+        for n in KERNELS:
+            for NT in (4, 2):
+                rr = [r for r in rows if r["cfg"]["NT"] == NT]
+                b = min(rr, key=lambda r: r["ms"][n])
+                best.setdefault(NT, {})[n] = (b["ms"][n], b["cfg"])
+        summary = {}
+        for NT, per in best.items():
+            cfg = {"T": 64, "NT": NT}
+            for n, (_, c) in per.items():
+                for key in ("warps", "stages", "bp"):
+                    if f"{n}_{key}" in c:
+                        cfg[f"{n}_{key}"] = c[f"{n}_{key}"]
+            k = Chunk(cfg)
+            fb = lambda: chunk_fb(k, x, dout)  # noqa: E731
+            fb()
+            ms = do_bench(fb, warmup=10, rep=100, return_mode="median")
+            fwd = do_bench(lambda: k.forward(*(x[n] for n in NAMES)), warmup=10, rep=100,
+                           return_mode="median")
+            summary[NT] = {"cfg": cfg, "kernel_best_ms": {n: v[0] for n, v in per.items()},
+                           "kernel_best_sum": sum(v[0] for v in per.values()),
+                           "fb_ms_median": ms, "fwd_ms_median": fwd}
+            print(f"  best NT={NT}: kernels {summary[NT]['kernel_best_sum']:.3f} "
+                  f"({', '.join(f'{n} {v[0]:.3f}' for n, v in per.items())}); f+b {ms:.3f}, "
+                  f"fwd {fwd:.3f}; {cfg}", flush=True)
+        # outputs against the shipped default's
+        NT = min(summary, key=lambda n: summary[n]["fb_ms_median"])
+        out, g = chunk_fb(Chunk(summary[NT]["cfg"]), x, dout)
+        leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
+        o2 = ssmgen.mamba_chunk_scan_combined(chunk_size=s["chunk"], dt_softplus=True,
+                                              backend="triton", **leaves)
+        g2 = torch.autograd.grad(o2, list(leaves.values()), dout)
+        diff = {"out": rel(out, o2), **{"d" + n: rel(g[n], gg) for n, gg in zip(x, g2)}}
+        print("  vs shipped: " + " ".join(f"{n} {v:.1e}" for n, v in diff.items()), flush=True)
+        cmp = compare(s, x, dout, {"shipped": None}, peer)
+        res[s["name"]] = {"rows": rows, "best": summary, "vs_shipped": diff, "compare": cmp}
+        json.dump(res, open(out_path, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
