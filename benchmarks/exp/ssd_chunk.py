@@ -50,9 +50,14 @@ def _ccum(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, cum_ptr, L, H, dt_lo, dt_hi, Q: tl.co
 
 
 @triton.jit
-def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, L, H, P, G, nc,
-         N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr, BP: tl.constexpr):
-    pp = tl.program_id(0)
+def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, hsp_ptr, psp_ptr, L, H, P, G, nc,
+         nseg, spc, nl, seg_off, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr,
+         BP: tl.constexpr, PRE: tl.constexpr):
+    """Sequence splits: program (channel block, segment) walks chunks [seg spc, seg spc + spc);
+    PRE (the pre-pass): from zero, storing only the segment's end state and decay (hsp, psp);
+    else from the earlier segments' pre-pass results folded in."""
+    pp = tl.program_id(0) // nl
+    seg = tl.program_id(0) % nl + seg_off
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     g = h // (H // G)
@@ -63,9 +68,16 @@ def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, L, H, P, G, nc,
     st_off = offs_p[:, None] * N + offs_n[None, :]
     bh = b * H + h
     S = tl.zeros([BP, N], dtype=tl.float32)
-    for c in range(0, nc):
-        tl.store(st_ptr + (bh * nc + c) * P * N + st_off, S.to(st_ptr.dtype.element_ty))
+    logd = 0.0
+    if not PRE:
+        for j in range(0, seg):
+            S = tl.load(psp_ptr + bh * nseg + j) * S + tl.load(
+                hsp_ptr + (bh * nseg + j) * P * N + st_off)
+    for c in range(seg * spc, tl.minimum(nc, seg * spc + spc)):
+        if not PRE:
+            tl.store(st_ptr + (bh * nc + c) * P * N + st_off, S.to(st_ptr.dtype.element_ty))
         tot = tl.load(cum_ptr + bh * L + tl.minimum(c * Q + Q, L) - 1)
+        logd += tot
         S = tl.exp(tot) * S
         for i in range(0, NT):
             offs = c * Q + i * T + ar
@@ -78,7 +90,12 @@ def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, L, H, P, G, nc,
             Bt = tl.load(B_ptr + ((b * L + offs[:, None]) * G + g) * N + offs_n[None, :],
                          mask=m[:, None], other=0.0)
             S = tl.dot(tl.trans((xt * w[:, None]).to(Bt.dtype)), Bt, S)
-    tl.store(final_ptr + bh * P * N + st_off, S)
+    if PRE:
+        tl.store(hsp_ptr + (bh * nseg + seg) * P * N + st_off, S)
+        tl.store(psp_ptr + bh * nseg + seg, tl.exp(logd))
+    else:
+        tl.store(final_ptr + bh * P * N + st_off,
+                 S, mask=(st_off >= 0) & (seg == nseg - 1))
 
 
 @triton.jit
@@ -124,13 +141,16 @@ def _cout(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, out_ptr, 
 
 
 @triton.jit
-def _cdst(dout_ptr, z_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, sig_ptr, L, H, P, G, nc,
-          N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr, BP: tl.constexpr):
-    pp = tl.program_id(0)
+def _cdst(dout_ptr, z_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, sig_ptr, dy_ptr, hsp_ptr,
+          psp_ptr, L, H, P, G, nc, nseg, spc, nl, seg_off, N: tl.constexpr, T: tl.constexpr,
+          NT: tl.constexpr, BP: tl.constexpr, DYBUF: tl.constexpr, PRE: tl.constexpr):
+    """Sequence splits as in _cst, walked from each segment's end."""
+    pp = tl.program_id(0) // nl
+    seg = tl.program_id(0) % nl + seg_off
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     g = h // (H // G)
-    npb = tl.num_programs(0)
+    npb = P // BP
     Q: tl.constexpr = T * NT
     ar = tl.arange(0, T)
     offs_p = pp * BP + tl.arange(0, BP)
@@ -138,13 +158,23 @@ def _cdst(dout_ptr, z_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, sig_ptr, L,
     st_off = offs_p[:, None] * N + offs_n[None, :]
     bh = b * H + h
     dS = tl.zeros([BP, N], dtype=tl.float32)
-    for cc in range(0, nc):
-        c = nc - 1 - cc
+    logd = 0.0
+    if not PRE:
+        for jj in range(0, nseg - 1 - seg):
+            j = nseg - 1 - jj
+            dS = tl.load(psp_ptr + bh * nseg + j) * dS + tl.load(
+                hsp_ptr + (bh * nseg + j) * P * N + st_off)
+    c_end = tl.minimum(nc, seg * spc + spc)
+    for cc in range(0, c_end - seg * spc):
+        c = c_end - 1 - cc
         ck = (bh * nc + c) * P * N + st_off
-        tl.store(dst_ptr + ck, dS.to(dst_ptr.dtype.element_ty))
         tot = tl.load(cum_ptr + bh * L + tl.minimum(c * Q + Q, L) - 1)
-        Sc = tl.load(st_ptr + ck).to(tl.float32)
-        tl.store(sig_ptr + (bh * nc + c) * npb + pp, tl.exp(tot) * tl.sum(tl.sum(Sc * dS, 1), 0))
+        logd += tot
+        if not PRE:
+            tl.store(dst_ptr + ck, dS.to(dst_ptr.dtype.element_ty))
+            Sc = tl.load(st_ptr + ck).to(tl.float32)
+            tl.store(sig_ptr + (bh * nc + c) * npb + pp,
+                     tl.exp(tot) * tl.sum(tl.sum(Sc * dS, 1), 0))
         dS = tl.exp(tot) * dS
         for i in range(0, NT):
             offs = c * Q + i * T + ar
@@ -153,10 +183,16 @@ def _cdst(dout_ptr, z_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, sig_ptr, L,
             io = ((b * L + offs[:, None]) * H + h) * P + offs_p[None, :]
             do = tl.load(dout_ptr + io, mask=m[:, None], other=0.0).to(tl.float32)
             zt = tl.load(z_ptr + io, mask=m[:, None], other=0.0).to(tl.float32)
-            dy = do * zt * tl.sigmoid(zt) * tl.exp(cum)[:, None]
+            dy = do * zt * tl.sigmoid(zt)
+            if DYBUF and not PRE:  # for cdx and cdbc: one tile to read instead of dout and z
+                tl.store(dy_ptr + io, dy.to(dy_ptr.dtype.element_ty), mask=m[:, None])
+            dy = dy * tl.exp(cum)[:, None]
             Ct = tl.load(C_ptr + ((b * L + offs[:, None]) * G + g) * N + offs_n[None, :],
                          mask=m[:, None], other=0.0)
             dS = tl.dot(tl.trans(dy.to(Ct.dtype)), Ct, dS)
+    if PRE:
+        tl.store(hsp_ptr + (bh * nseg + seg) * P * N + st_off, dS)
+        tl.store(psp_ptr + bh * nseg + seg, tl.exp(logd))
 
 
 @triton.jit
@@ -168,8 +204,9 @@ def _dy(dout_ptr, z_ptr, io, m):
 
 @triton.jit
 def _cdx(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_ptr, yp_ptr,
-         dx_ptr, dz_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, dD_ptr, L, H, G, nc,
-         P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr):
+         dx_ptr, dz_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, dD_ptr, dy_ptr, L, H, G, nc,
+         P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr,
+         DYBUF: tl.constexpr, MSUM: tl.constexpr):
     pid = tl.program_id(0)
     c = pid // NT
     j = pid % NT
@@ -211,17 +248,19 @@ def _cdx(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, d
         mt = ot < L
         cum_t = tl.load(cum_ptr + bh * L + ot, mask=mt, other=0.0)
         iot = ((b * L + ot[:, None]) * H + h) * P + offs_p[None, :]
-        dot_ = tl.load(dout_ptr + iot, mask=mt[:, None], other=0.0).to(tl.float32)
-        zt_ = tl.load(z_ptr + iot, mask=mt[:, None], other=0.0).to(tl.float32)
-        dy = (dot_ * zt_ * tl.sigmoid(zt_)).to(xs.dtype)
+        if DYBUF:
+            dy = tl.load(dy_ptr + iot, mask=mt[:, None], other=0.0)
+        else:
+            dy = _dy(dout_ptr, z_ptr, iot, mt).to(xs.dtype)
         Ct = tl.load(C_ptr + ((b * L + ot[:, None]) * G + g) * N + offs_n[None, :],
                      mask=mt[:, None], other=0.0)
         keep = ((i > j) | (ar[None, :] >= ar[:, None])) & mt[None, :]  # [s, t]: t >= s
         W = tl.dot(Bs, tl.trans(Ct)) * tl.where(keep, tl.exp(cum_t[None, :] - cum_s[:, None]), 0.0)
         Gs = tl.dot(W.to(xs.dtype), dy, Gs)
-        M = tl.dot(xs, tl.trans(dy)) * W * dtp_s[:, None]
-        colsum += tl.sum(M, 1)
-        tl.store(rp_ptr + (bh * NT + j) * L + ot, tl.sum(M, 0), mask=mt)
+        if MSUM:  # else cdbc forms M (it has dy x^T per head already)
+            M = tl.dot(xs, tl.trans(dy)) * W * dtp_s[:, None]
+            colsum += tl.sum(M, 1)
+            tl.store(rp_ptr + (bh * NT + j) * L + ot, tl.sum(M, 0), mask=mt)
     gx = tl.sum(xs.to(tl.float32) * Gs, 1)
     dy_s = _dy(dout_ptr, z_ptr, io, ms)  # again: not held through the loop
     tl.store(dx_ptr + io, (dtp_s[:, None] * Gs + tl.load(D_ptr + h) * dy_s).to(
@@ -233,9 +272,9 @@ def _cdx(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, d
 
 
 @triton.jit
-def _cdfin(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, sig_ptr, ddt_ptr,
-           dA_ptr, ddtb_ptr, L, H, nc, npb, dt_lo, dt_hi, T: tl.constexpr, NT: tl.constexpr,
-           SOFTPLUS: tl.constexpr):
+def _cdfin(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, cp_ptr, sig_ptr,
+           ddt_ptr, dA_ptr, ddtb_ptr, L, H, nc, npb, dt_lo, dt_hi, T: tl.constexpr,
+           NT: tl.constexpr, SOFTPLUS: tl.constexpr, CSUM: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -248,6 +287,8 @@ def _cdfin(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, sig_pt
     r = tl.zeros([Q], dtype=tl.float32)
     for j in range(0, NT):
         r += tl.load(rp_ptr + (bh * NT + j) * L + offs, mask=m & (tile >= j), other=0.0)
+        if CSUM:  # M's column sums, stored per t-tile slot by cdbc
+            r -= tl.load(cp_ptr + (bh * NT + j) * L + offs, mask=m & (tile <= j), other=0.0)
     sig = tl.zeros([Q], dtype=tl.float32)
     for k in range(0, npb):
         sig += tl.load(sig_ptr + (bh * nc + c) * npb + k)
@@ -272,14 +313,28 @@ def _cdfin(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, sig_pt
 
 
 @triton.jit
-def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_ptr, dB_ptr, dC_ptr,
-          L, H, G, nc, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr):
+def _dy_tile(dy_ptr, dout_ptr, z_ptr, io, m, DYBUF: tl.constexpr):
+    if DYBUF:
+        return tl.load(dy_ptr + io, mask=m[:, None], other=0.0).to(tl.float32)
+    else:
+        return _dy(dout_ptr, z_ptr, io, m)
+
+
+@triton.jit
+def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_ptr, dy_ptr, dB_ptr,
+          dC_ptr, rp_ptr, cp_ptr, L, H, G, nc, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
+          NT: tl.constexpr, HS: tl.constexpr, DYBUF: tl.constexpr, MSUM: tl.constexpr):
+    """HS programs per group, each over hpg / HS heads (fp32 partials when HS > 1). MSUM: also
+    M = V_h * (C B^T) per head of the pairs (i, j <= i), its row sums to slot j of rp and its
+    column sums to slot i of cp."""
     pid = tl.program_id(0)
     c = pid // NT
     i = pid % NT
-    g = tl.program_id(1)
+    g = tl.program_id(1) // HS
+    hs = tl.program_id(1) % HS
     b = tl.program_id(2).to(tl.int64)
-    hpg = H // G
+    hpp = (H // G) // HS
+    h0 = g * (H // G) + hs * hpp
     Q: tl.constexpr = T * NT
     ar = tl.arange(0, T)
     offs_p = tl.arange(0, P)
@@ -288,61 +343,77 @@ def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_pt
     mi = oi < L
     tail = tl.minimum(c * Q + Q, L) - 1
     causal = ar[:, None] >= ar[None, :]
+    bci = ((b * L + oi[:, None]) * G + g) * N + offs_n[None, :]
+    Bi = tl.load(B_ptr + bci, mask=mi[:, None], other=0.0)
+    Ci = tl.load(C_ptr + bci, mask=mi[:, None], other=0.0)
+    if MSUM:
+        CB = tl.dot(Ci, tl.trans(Bi))
     dC = tl.zeros([T, N], dtype=tl.float32)
     dB = tl.zeros([T, N], dtype=tl.float32)
-    # the states' parts and the diagonal pair V_ii, over the group's heads
+    # the states' parts and the diagonal pair V_ii, over the heads
     V = tl.zeros([T, T], dtype=tl.float32)
-    for hh in range(0, hpg):
-        h = g * hpg + hh
+    for hh in range(0, hpp):
+        h = h0 + hh
         bh = b * H + h
         cum = tl.load(cum_ptr + bh * L + oi, mask=mi, other=0.0)
         dtp = tl.load(dtp_ptr + bh * L + oi, mask=mi, other=0.0)
         tot = tl.load(cum_ptr + bh * L + tail)
         io = ((b * L + oi[:, None]) * H + h) * P + offs_p[None, :]
         xi = tl.load(x_ptr + io, mask=mi[:, None], other=0.0)
-        dy = _dy(dout_ptr, z_ptr, io, mi)
+        dy = _dy_tile(dy_ptr, dout_ptr, z_ptr, io, mi, DYBUF)
         ck = (bh * nc + c) * P * N + offs_p[:, None] * N + offs_n[None, :]
         dC = tl.dot((dy * tl.exp(cum)[:, None]).to(xi.dtype), tl.load(st_ptr + ck), dC)
         w = tl.where(mi, dtp * tl.exp(tot - cum), 0.0)
         dB = tl.dot((xi.to(tl.float32) * w[:, None]).to(xi.dtype), tl.load(dst_ptr + ck), dB)
         dec = tl.where(causal & mi[:, None], tl.exp(cum[:, None] - cum[None, :]), 0.0) * dtp[None, :]
-        V += tl.dot(dy.to(xi.dtype), tl.trans(xi)) * dec
-    bci = ((b * L + oi[:, None]) * G + g) * N + offs_n[None, :]
-    Bi = tl.load(B_ptr + bci, mask=mi[:, None], other=0.0)
-    Ci = tl.load(C_ptr + bci, mask=mi[:, None], other=0.0)
+        Vh = tl.dot(dy.to(xi.dtype), tl.trans(xi)) * dec
+        V += Vh
+        if MSUM:
+            M = Vh * CB
+            tl.store(rp_ptr + (bh * NT + i) * L + oi, tl.sum(M, 1), mask=mi)
+            tl.store(cp_ptr + (bh * NT + i) * L + oi, tl.sum(M, 0), mask=mi)
     dC = tl.dot(V.to(Bi.dtype), Bi, dC)
     dB = tl.dot(tl.trans(V.to(Ci.dtype)), Ci, dB)
     # V_ij, j < i: dC_i += V_ij B_j
     for j in range(0, i):
         oj = c * Q + j * T + ar
         mj = oj < L
+        Bj = tl.load(B_ptr + ((b * L + oj[:, None]) * G + g) * N + offs_n[None, :],
+                     mask=mj[:, None], other=0.0)
+        if MSUM:
+            CB = tl.dot(Ci, tl.trans(Bj))
         V = tl.zeros([T, T], dtype=tl.float32)
-        for hh in range(0, hpg):
-            h = g * hpg + hh
+        for hh in range(0, hpp):
+            h = h0 + hh
             bh = b * H + h
             cum_i = tl.load(cum_ptr + bh * L + oi, mask=mi, other=0.0)
             cum_j = tl.load(cum_ptr + bh * L + oj, mask=mj, other=0.0)
             dtp_j = tl.load(dtp_ptr + bh * L + oj, mask=mj, other=0.0)
-            dy = _dy(dout_ptr, z_ptr, ((b * L + oi[:, None]) * H + h) * P + offs_p[None, :], mi)
+            dy = _dy_tile(dy_ptr, dout_ptr, z_ptr, ((b * L + oi[:, None]) * H + h) * P +
+                          offs_p[None, :], mi, DYBUF)
             xj = tl.load(x_ptr + ((b * L + oj[:, None]) * H + h) * P + offs_p[None, :],
                          mask=mj[:, None], other=0.0)
-            V += tl.dot(dy.to(xj.dtype), tl.trans(xj)) * (
-                tl.exp(cum_i[:, None] - cum_j[None, :]) * dtp_j[None, :])
-        Bj = tl.load(B_ptr + ((b * L + oj[:, None]) * G + g) * N + offs_n[None, :],
-                     mask=mj[:, None], other=0.0)
+            Vh = tl.dot(dy.to(xj.dtype), tl.trans(xj)) * (
+                tl.where(mi[:, None], tl.exp(cum_i[:, None] - cum_j[None, :]), 0.0) * dtp_j[None, :])
+            V += Vh
+            if MSUM:
+                M = Vh * CB
+                tl.store(rp_ptr + (bh * NT + j) * L + oi, tl.sum(M, 1), mask=mi)
+                tl.store(cp_ptr + (bh * NT + i) * L + oj, tl.sum(M, 0), mask=mj)
         dC = tl.dot(V.to(Bj.dtype), Bj, dC)
     # V_ki, k > i: dB_i += V_ki^T C_k
     for k in range(i + 1, NT):
         ok = c * Q + k * T + ar
         mk = ok < L
         V = tl.zeros([T, T], dtype=tl.float32)
-        for hh in range(0, hpg):
-            h = g * hpg + hh
+        for hh in range(0, hpp):
+            h = h0 + hh
             bh = b * H + h
             cum_i = tl.load(cum_ptr + bh * L + oi, mask=mi, other=0.0)
             cum_k = tl.load(cum_ptr + bh * L + ok, mask=mk, other=0.0)
             dtp_i = tl.load(dtp_ptr + bh * L + oi, mask=mi, other=0.0)
-            dy = _dy(dout_ptr, z_ptr, ((b * L + ok[:, None]) * H + h) * P + offs_p[None, :], mk)
+            dy = _dy_tile(dy_ptr, dout_ptr, z_ptr, ((b * L + ok[:, None]) * H + h) * P +
+                          offs_p[None, :], mk, DYBUF)
             xi = tl.load(x_ptr + ((b * L + oi[:, None]) * H + h) * P + offs_p[None, :],
                          mask=mi[:, None], other=0.0)
             V += tl.dot(dy.to(xi.dtype), tl.trans(xi)) * (
@@ -350,13 +421,15 @@ def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_pt
         Ck = tl.load(C_ptr + ((b * L + ok[:, None]) * G + g) * N + offs_n[None, :],
                      mask=mk[:, None], other=0.0)
         dB = tl.dot(tl.trans(V.to(Ck.dtype)), Ck, dB)
-    tl.store(dB_ptr + bci, dB.to(dB_ptr.dtype.element_ty), mask=mi[:, None])
-    tl.store(dC_ptr + bci, dC.to(dC_ptr.dtype.element_ty), mask=mi[:, None])
+    part = hs * (tl.num_programs(2) * L * G * N)
+    tl.store(dB_ptr + part + bci, dB.to(dB_ptr.dtype.element_ty), mask=mi[:, None])
+    tl.store(dC_ptr + part + bci, dC.to(dC_ptr.dtype.element_ty), mask=mi[:, None])
 
 
 DEFAULT = dict(T=64, NT=4, cst_bp=64, cst_warps=4, cst_stages=2, cout_warps=4, cout_stages=2,
                cdst_bp=64, cdst_warps=4, cdst_stages=2, cdx_warps=4, cdx_stages=2,
-               cdbc_warps=4, cdbc_stages=2)
+               cdbc_warps=4, cdbc_stages=2, cdbc_hs=1, dybuf=False, msum="cdx",
+               splits=1)
 
 
 class Chunk:
@@ -374,7 +447,16 @@ class Chunk:
         if self.record is not None:
             self.record.append((name, lambda: kern[grid](*args, **meta)))
 
+    def _segments(self, b, H, P, N, nc):
+        """(segments, chunks per segment, their end states and decays) for cfg["splits"]."""
+        spc = triton.cdiv(nc, max(1, min(self.cfg["splits"], nc)))
+        nseg = triton.cdiv(nc, spc)
+        hsp = torch.empty(b, H, nseg, P, N, device=self.dev, dtype=torch.float32)
+        psp = torch.empty(b, H, nseg, device=self.dev, dtype=torch.float32)
+        return nseg, spc, hsp, psp
+
     def forward(self, x, dt, A, B, C, D, z, dt_bias):
+        self.dev = x.device
         k = self.cfg
         b, L, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
@@ -388,8 +470,14 @@ class Chunk:
                           SOFTPLUS=self.softplus)
         st = torch.empty(b, H, nc, P, N, device=dev, dtype=x.dtype)
         final = torch.empty(b, H, P, N, device=dev, dtype=f32)
-        self._go("cst", _cst, (P // k["cst_bp"], H, b), x, B, dtp, cum, st, final, L, H, P, G, nc, N=N, T=T, NT=NT,
-                                       BP=k["cst_bp"], num_warps=k["cst_warps"],
+        npb = P // k["cst_bp"]
+        nseg, spc, hsp, psp = self._segments(b, H, P, N, nc)
+        if nseg > 1:
+            self._go("cst_pre", _cst, (npb * (nseg - 1), H, b), x, B, dtp, cum, x, x, hsp, psp, L,
+                     H, P, G, nc, nseg, spc, nseg - 1, 0, N=N, T=T, NT=NT, BP=k["cst_bp"],
+                     PRE=True, num_warps=k["cst_warps"], num_stages=k["cst_stages"])
+        self._go("cst", _cst, (npb * nseg, H, b), x, B, dtp, cum, st, final, hsp, psp, L, H, P, G, nc,
+                 nseg, spc, nseg, 0, N=N, T=T, NT=NT, PRE=False, BP=k["cst_bp"], num_warps=k["cst_warps"],
                                        num_stages=k["cst_stages"])
         out = torch.empty_like(x)
         yp = torch.empty_like(x)
@@ -403,28 +491,45 @@ class Chunk:
         x, dt, A, B, C, D, z, dt_bias, dtp, cum, st, yp = self.saved
         b, L, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
-        T, NT = k["T"], k["NT"]
+        T, NT, HS = k["T"], k["NT"], k["cdbc_hs"]
+        dybuf, msum_dbc = k["dybuf"], k["msum"] == "dbc"
         nc = st.shape[2]
         dev, f32 = x.device, torch.float32
         npb = P // k["cdst_bp"]
         dst = torch.empty_like(st)
         sig = torch.empty(b, H, nc, npb, device=dev, dtype=f32)
-        self._go("cdst", _cdst, (npb, H, b), dout, z, C, dtp, cum, st, dst, sig, L, H, P, G, nc, N=N, T=T, NT=NT,
-                           BP=k["cdst_bp"], num_warps=k["cdst_warps"], num_stages=k["cdst_stages"])
+        dy = torch.empty_like(x) if dybuf else x
+        nseg, spc, hsp, psp = self._segments(b, H, P, N, nc)
+        if nseg > 1:
+            self._go("cdst_pre", _cdst, (npb * (nseg - 1), H, b), dout, z, C, dtp, cum, st, dst,
+                     sig, dy, hsp, psp, L, H, P, G, nc, nseg, spc, nseg - 1, 1, N=N, T=T, NT=NT,
+                     BP=k["cdst_bp"], DYBUF=dybuf, PRE=True, num_warps=k["cdst_warps"],
+                     num_stages=k["cdst_stages"])
+        self._go("cdst", _cdst, (npb * nseg, H, b), dout, z, C, dtp, cum, st, dst, sig, dy, hsp,
+                 psp, L, H, P, G, nc, nseg, spc, nseg, 0, N=N, T=T, NT=NT, BP=k["cdst_bp"],
+                 DYBUF=dybuf, PRE=False, num_warps=k["cdst_warps"], num_stages=k["cdst_stages"])
         dx, dz = torch.empty_like(x), torch.empty_like(x)
         v, u, gx = (torch.empty(b, H, L, device=dev, dtype=f32) for _ in range(3))
         rp = torch.empty(b, H, NT, L, device=dev, dtype=f32)
+        cp = torch.empty(b, H, NT, L, device=dev, dtype=f32) if msum_dbc else rp
         dDp = torch.empty(b, H, nc * NT, device=dev, dtype=f32)
-        self._go("cdx", _cdx, (nc * NT, H, b), x, z, B, C, D, dtp, cum, st, dst, dout, yp, dx, dz, v, u, gx, rp,
-                              dDp, L, H, G, nc, P=P, N=N, T=T, NT=NT, num_warps=k["cdx_warps"],
-                              num_stages=k["cdx_stages"])
+        self._go("cdx", _cdx, (nc * NT, H, b), x, z, B, C, D, dtp, cum, st, dst, dout, yp, dx, dz,
+                 v, u, gx, rp, dDp, dy, L, H, G, nc, P=P, N=N, T=T, NT=NT, DYBUF=dybuf,
+                 MSUM=not msum_dbc, num_warps=k["cdx_warps"], num_stages=k["cdx_stages"])
+        if HS == 1:
+            dB, dC = torch.empty_like(B), torch.empty_like(C)
+        else:
+            dB, dC = (torch.empty(HS, *B.shape, device=dev, dtype=f32) for _ in range(2))
+        self._go("cdbc", _cdbc, (nc * NT, G * HS, b), x, z, B, C, dtp, cum, st, dst, dout, dy, dB,
+                 dC, rp, cp, L, H, G, nc, P=P, N=N, T=T, NT=NT, HS=HS, DYBUF=dybuf,
+                 MSUM=msum_dbc, num_warps=k["cdbc_warps"], num_stages=k["cdbc_stages"])
+        if HS > 1:
+            dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
         ddt = torch.empty_like(dt)
         dAp = torch.empty(b, H, nc, device=dev, dtype=f32)
         ddtbp = torch.empty_like(dAp)
-        self._go("cdfin", _cdfin, (nc, H, b), dt, A, dt_bias, dtp, v, u, gx, rp, sig, ddt, dAp, ddtbp, L, H, nc, npb,
-                           self.lo, self.hi, T=T, NT=NT, SOFTPLUS=self.softplus, num_warps=4)
-        dB, dC = torch.empty_like(B), torch.empty_like(C)
-        self._go("cdbc", _cdbc, (nc * NT, G, b), x, z, B, C, dtp, cum, st, dst, dout, dB, dC, L, H, G, nc, P=P, N=N,
-                               T=T, NT=NT, num_warps=k["cdbc_warps"], num_stages=k["cdbc_stages"])
+        self._go("cdfin", _cdfin, (nc, H, b), dt, A, dt_bias, dtp, v, u, gx, rp, cp, sig, ddt, dAp,
+                 ddtbp, L, H, nc, npb, self.lo, self.hi, T=T, NT=NT, SOFTPLUS=self.softplus,
+                 CSUM=msum_dbc, num_warps=4)
         return dict(x=dx, dt=ddt, A=dAp.sum((0, 2)), B=dB, C=dC, D=dDp.sum((0, 2)), z=dz,
                     dt_bias=ddtbp.sum((0, 2)))

@@ -31,7 +31,6 @@ from ssmgen.ssd import ssd_ref  # noqa: E402
 from ssmgen.suite import load  # noqa: E402
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
-KERNELS = ("ccum", "cst", "cout", "cdst", "cdx", "cdfin", "cdbc")
 
 
 def chunk_fb(k, x, dout):
@@ -54,27 +53,43 @@ def numerics(res):
     out_r = ssd_ref(**leaves, dt_softplus=True)
     gr = torch.autograd.grad(out_r, list(leaves.values()), dout.double())
     ref = dict(out=out_r.detach(), **{"d" + n: g for n, g in zip(x, gr)})
-    out, g = chunk_fb(Chunk(), x, dout)
-    mine = dict(out=out, **{"d" + n: g[n] for n in x})
+    mine = {}
+    for name, cfg in (("hs2", dict(BASE, dybuf=True, msum="dbc", cdbc_hs=2)),
+                      ("hs2_split4", dict(BASE, dybuf=True, msum="dbc", cdbc_hs=2, splits=4))):
+        out, g = chunk_fb(Chunk(cfg), x, dout)
+        mine[name] = dict(out=out, **{"d" + n: g[n] for n in x})
     leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
     o2 = ssmgen.mamba_chunk_scan_combined(chunk_size=256, dt_softplus=True, backend="triton",
                                           **leaves)
     g2 = torch.autograd.grad(o2, list(leaves.values()), dout)
     ship = dict(out=o2.detach(), **{"d" + n: gg for n, gg in zip(x, g2)})
-    res["numerics"] = {n: {"chunk": rel(mine[n], ref[n]), "shipped": rel(ship[n], ref[n]),
-                           "chunk_nan": bool(torch.isnan(mine[n]).any())} for n in ref}
+    res["numerics"] = {n: {"shipped": rel(ship[n], ref[n]),
+                           **{c: rel(m[n], ref[n]) for c, m in mine.items()},
+                           "chunk_nan": any(bool(torch.isnan(m[n]).any()) for m in mine.values())}
+                       for n in ref}
     for n, v in res["numerics"].items():
-        print(f"  {n:9s} chunk {v['chunk']:.2e}  shipped {v['shipped']:.2e}", flush=True)
+        print(f"  {n:9s} " + " ".join(f"{c} {e:.2e}" for c, e in v.items() if c != "chunk_nan")
+              + f" nan {v['chunk_nan']}", flush=True)
+
+
+BASE = dict(T=64, NT=2, cst_warps=8, cst_stages=1, cout_warps=4, cout_stages=1, cdst_warps=4,
+            cdst_stages=3, cdx_warps=4, cdx_stages=1, cdbc_warps=8, cdbc_stages=2)
 
 
 def candidates(s):
-    out = []
-    for NT in (4, 2):
-        for w, st in ((4, 1), (4, 2), (8, 1), (8, 2), (4, 3)):
-            out.append(dict(T=64, NT=NT, **{f"{k}_warps": w for k in KERNELS[1:]},
-                            **{f"{k}_stages": st for k in KERNELS[1:]}))
-        for bp in (32, 16):
-            out.append(dict(T=64, NT=NT, cst_bp=bp, cdst_bp=bp))
+    """(name, config): run 1's best per kernel at 128-step chunks, then the run-2 changes."""
+    m = dict(BASE, dybuf=True, msum="dbc")
+    out = [("run1_best", BASE), ("dybuf", dict(BASE, dybuf=True)), ("dybuf_msum", m),
+           ("hs2", dict(m, cdbc_hs=2)), ("hs4", dict(m, cdbc_hs=4)),
+           ("hs2_cdx_w8s2", dict(m, cdbc_hs=2, cdx_warps=8, cdx_stages=2)),
+           ("hs2_cdx_w4s2", dict(m, cdbc_hs=2, cdx_stages=2)),
+           ("hs2_nt4", dict(m, cdbc_hs=2, NT=4)),
+           ("hs2_split2", dict(m, cdbc_hs=2, splits=2))]
+    if s["batch"] * s["heads"] < 264:  # few walks: sequence splits
+        for sp in (4, 8, 16):
+            for bp in (64, 32):
+                out.append((f"hs2_split{sp}_bp{bp}", dict(m, cdbc_hs=2, splits=sp, cst_bp=bp,
+                                                          cdst_bp=bp)))
     return out
 
 
@@ -105,43 +120,27 @@ def main():
         x = make_inputs(s)
         dout = torch.randn_like(x["x"])
         rows = []
-        for cfg in candidates(s):
+        for name, cfg in candidates(s):
             try:
                 t = time_kernels(cfg, x, dout)
+                k = Chunk(cfg)
+                fb = lambda: chunk_fb(k, x, dout)  # noqa: E731
+                ms = do_bench(fb, warmup=10, rep=60, return_mode="median")
             except Exception as e:  # a config that does not compile: recorded, not fatal
-                print(f"  {cfg} failed: {str(e)[:200]}", flush=True)
+                print(f"  {name} failed: {str(e)[:200]}", flush=True)
                 continue
-            rows.append({"cfg": cfg, "ms": t})
-            print(f"  {json.dumps(cfg)[:150]}: " + " ".join(f"{n} {v:.3f}" for n, v in t.items())
-                  + f" sum {sum(t.values()):.3f}", flush=True)
-        best = {}
-        for n in KERNELS:
-            for NT in (4, 2):
-                rr = [r for r in rows if r["cfg"]["NT"] == NT]
-                b = min(rr, key=lambda r: r["ms"][n])
-                best.setdefault(NT, {})[n] = (b["ms"][n], b["cfg"])
-        summary = {}
-        for NT, per in best.items():
-            cfg = {"T": 64, "NT": NT}
-            for n, (_, c) in per.items():
-                for key in ("warps", "stages", "bp"):
-                    if f"{n}_{key}" in c:
-                        cfg[f"{n}_{key}"] = c[f"{n}_{key}"]
-            k = Chunk(cfg)
-            fb = lambda: chunk_fb(k, x, dout)  # noqa: E731
-            fb()
-            ms = do_bench(fb, warmup=10, rep=100, return_mode="median")
-            fwd = do_bench(lambda: k.forward(*(x[n] for n in NAMES)), warmup=10, rep=100,
-                           return_mode="median")
-            summary[NT] = {"cfg": cfg, "kernel_best_ms": {n: v[0] for n, v in per.items()},
-                           "kernel_best_sum": sum(v[0] for v in per.values()),
-                           "fb_ms_median": ms, "fwd_ms_median": fwd}
-            print(f"  best NT={NT}: kernels {summary[NT]['kernel_best_sum']:.3f} "
-                  f"({', '.join(f'{n} {v[0]:.3f}' for n, v in per.items())}); f+b {ms:.3f}, "
-                  f"fwd {fwd:.3f}; {cfg}", flush=True)
+            rows.append({"name": name, "cfg": cfg, "ms": t, "kernel_sum": sum(t.values()),
+                         "fb_ms_median": ms})
+            print(f"  {name:18s} f+b {ms:.3f} kernels {sum(t.values()):.3f}: "
+                  + " ".join(f"{n} {v:.3f}" for n, v in t.items()), flush=True)
+        best = min(rows, key=lambda r: r["fb_ms_median"])
+        k = Chunk(best["cfg"])
+        fwd = do_bench(lambda: k.forward(*(x[n] for n in NAMES)), warmup=10, rep=100,
+                       return_mode="median")
+        summary = {"best": best["name"], "fwd_ms_median": fwd}
+        print(f"  best {best['name']}: f+b {best['fb_ms_median']:.3f}, fwd {fwd:.3f}", flush=True)
         # outputs against the shipped default's
-        NT = min(summary, key=lambda n: summary[n]["fb_ms_median"])
-        out, g = chunk_fb(Chunk(summary[NT]["cfg"]), x, dout)
+        out, g = chunk_fb(Chunk(best["cfg"]), x, dout)
         leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
         o2 = ssmgen.mamba_chunk_scan_combined(chunk_size=s["chunk"], dt_softplus=True,
                                               backend="triton", **leaves)
