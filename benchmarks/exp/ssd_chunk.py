@@ -50,6 +50,39 @@ def _ccum(dt_ptr, A_ptr, dtb_ptr, dtp_ptr, cum_ptr, L, H, dt_lo, dt_hi, Q: tl.co
 
 
 @triton.jit
+def _ccb(B_ptr, C_ptr, cb_ptr, L, G, nc, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr):
+    """C B^T of every tile pair of a chunk, per group: fp32 (b, nc, G, Q, Q), shared by the
+    group's heads in cout, cdx and cdbc (cbbuf) instead of one product per head."""
+    pid = tl.program_id(0)
+    c = pid // (NT * NT)
+    i = pid // NT % NT
+    j = pid % NT
+    g = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    Q: tl.constexpr = T * NT
+    ar = tl.arange(0, T)
+    offs_n = tl.arange(0, N)
+    oi = c * Q + i * T + ar
+    oj = c * Q + j * T + ar
+    Ci = tl.load(C_ptr + ((b * L + oi[:, None]) * G + g) * N + offs_n[None, :],
+                 mask=(oi < L)[:, None], other=0.0)
+    Bj = tl.load(B_ptr + ((b * L + oj[:, None]) * G + g) * N + offs_n[None, :],
+                 mask=(oj < L)[:, None], other=0.0)
+    base = ((b * nc + c) * G + g) * Q * Q
+    tl.store(cb_ptr + base + (i * T + ar[:, None]) * Q + j * T + ar[None, :],
+             tl.dot(Ci, tl.trans(Bj)))
+
+
+@triton.jit
+def _cb_tile(cb_ptr, b, c, g, G, nc, i, j, T: tl.constexpr, NT: tl.constexpr):
+    """[T, T] tile (t-tile i, s-tile j) of the chunk's C B^T."""
+    Q: tl.constexpr = T * NT
+    ar = tl.arange(0, T)
+    return tl.load(cb_ptr + ((b * nc + c) * G + g) * Q * Q + (i * T + ar[:, None]) * Q + j * T
+                   + ar[None, :])
+
+
+@triton.jit
 def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, hsp_ptr, psp_ptr, L, H, P, G, nc,
          nseg, spc, nl, seg_off, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr,
          BP: tl.constexpr, PRE: tl.constexpr):
@@ -99,8 +132,9 @@ def _cst(x_ptr, B_ptr, dtp_ptr, cum_ptr, st_ptr, final_ptr, hsp_ptr, psp_ptr, L,
 
 
 @triton.jit
-def _cout(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, out_ptr, yp_ptr,
-          L, H, G, nc, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr):
+def _cout(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, out_ptr, yp_ptr, cb_ptr,
+          L, H, G, nc, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr,
+          CBBUF: tl.constexpr):
     pid = tl.program_id(0)
     c = pid // NT
     i = pid % NT
@@ -124,12 +158,16 @@ def _cout(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, out_ptr, 
         ms = os_ < L
         cum_s = tl.load(cum_ptr + bh * L + os_, mask=ms, other=0.0)
         dtp_s = tl.load(dtp_ptr + bh * L + os_, mask=ms, other=0.0)
-        Bs = tl.load(B_ptr + ((b * L + os_[:, None]) * G + g) * N + offs_n[None, :],
-                     mask=ms[:, None], other=0.0)
         xs = tl.load(x_ptr + ((b * L + os_[:, None]) * H + h) * P + offs_p[None, :],
                      mask=ms[:, None], other=0.0)
         keep = ((j < i) | (ar[:, None] >= ar[None, :])) & mt[:, None]
-        W = tl.dot(Ct, tl.trans(Bs)) * tl.where(keep, tl.exp(cum_t[:, None] - cum_s[None, :]), 0.0)
+        if CBBUF:
+            CB = _cb_tile(cb_ptr, b, c, g, G, nc, i, j, T, NT)
+        else:
+            Bs = tl.load(B_ptr + ((b * L + os_[:, None]) * G + g) * N + offs_n[None, :],
+                         mask=ms[:, None], other=0.0)
+            CB = tl.dot(Ct, tl.trans(Bs))
+        W = CB * tl.where(keep, tl.exp(cum_t[:, None] - cum_s[None, :]), 0.0)
         acc = tl.dot((W * dtp_s[None, :]).to(xs.dtype), xs, acc)
     io = ((b * L + ot[:, None]) * H + h) * P + offs_p[None, :]
     xt = tl.load(x_ptr + io, mask=mt[:, None], other=0.0).to(tl.float32)
@@ -204,9 +242,9 @@ def _dy(dout_ptr, z_ptr, io, m):
 
 @triton.jit
 def _cdx(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_ptr, yp_ptr,
-         dx_ptr, dz_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, dD_ptr, dy_ptr, L, H, G, nc,
+         dx_ptr, dz_ptr, v_ptr, u_ptr, gx_ptr, rp_ptr, dD_ptr, dy_ptr, cb_ptr, L, H, G, nc,
          P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NT: tl.constexpr,
-         DYBUF: tl.constexpr, MSUM: tl.constexpr):
+         DYBUF: tl.constexpr, MSUM: tl.constexpr, CBBUF: tl.constexpr):
     pid = tl.program_id(0)
     c = pid // NT
     j = pid % NT
@@ -252,10 +290,14 @@ def _cdx(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, d
             dy = tl.load(dy_ptr + iot, mask=mt[:, None], other=0.0)
         else:
             dy = _dy(dout_ptr, z_ptr, iot, mt).to(xs.dtype)
-        Ct = tl.load(C_ptr + ((b * L + ot[:, None]) * G + g) * N + offs_n[None, :],
-                     mask=mt[:, None], other=0.0)
         keep = ((i > j) | (ar[None, :] >= ar[:, None])) & mt[None, :]  # [s, t]: t >= s
-        W = tl.dot(Bs, tl.trans(Ct)) * tl.where(keep, tl.exp(cum_t[None, :] - cum_s[:, None]), 0.0)
+        if CBBUF:
+            BC = tl.trans(_cb_tile(cb_ptr, b, c, g, G, nc, i, j, T, NT))
+        else:
+            Ct = tl.load(C_ptr + ((b * L + ot[:, None]) * G + g) * N + offs_n[None, :],
+                         mask=mt[:, None], other=0.0)
+            BC = tl.dot(Bs, tl.trans(Ct))
+        W = BC * tl.where(keep, tl.exp(cum_t[None, :] - cum_s[:, None]), 0.0)
         Gs = tl.dot(W.to(xs.dtype), dy, Gs)
         if MSUM:  # else cdbc forms M (it has dy x^T per head already)
             M = tl.dot(xs, tl.trans(dy)) * W * dtp_s[:, None]
@@ -322,8 +364,9 @@ def _dy_tile(dy_ptr, dout_ptr, z_ptr, io, m, DYBUF: tl.constexpr):
 
 @triton.jit
 def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_ptr, dy_ptr, dB_ptr,
-          dC_ptr, rp_ptr, cp_ptr, L, H, G, nc, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr,
-          NT: tl.constexpr, HS: tl.constexpr, DYBUF: tl.constexpr, MSUM: tl.constexpr):
+          dC_ptr, rp_ptr, cp_ptr, cb_ptr, L, H, G, nc, P: tl.constexpr, N: tl.constexpr,
+          T: tl.constexpr, NT: tl.constexpr, HS: tl.constexpr, DYBUF: tl.constexpr,
+          MSUM: tl.constexpr, CBBUF: tl.constexpr):
     """HS programs per group, each over hpg / HS heads (fp32 partials when HS > 1). MSUM: also
     M = V_h * (C B^T) per head of the pairs (i, j <= i), its row sums to slot j of rp and its
     column sums to slot i of cp."""
@@ -347,7 +390,10 @@ def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_pt
     Bi = tl.load(B_ptr + bci, mask=mi[:, None], other=0.0)
     Ci = tl.load(C_ptr + bci, mask=mi[:, None], other=0.0)
     if MSUM:
-        CB = tl.dot(Ci, tl.trans(Bi))
+        if CBBUF:
+            CB = _cb_tile(cb_ptr, b, c, g, G, nc, i, i, T, NT)
+        else:
+            CB = tl.dot(Ci, tl.trans(Bi))
     dC = tl.zeros([T, N], dtype=tl.float32)
     dB = tl.zeros([T, N], dtype=tl.float32)
     # the states' parts and the diagonal pair V_ii, over the heads
@@ -381,7 +427,10 @@ def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_pt
         Bj = tl.load(B_ptr + ((b * L + oj[:, None]) * G + g) * N + offs_n[None, :],
                      mask=mj[:, None], other=0.0)
         if MSUM:
-            CB = tl.dot(Ci, tl.trans(Bj))
+            if CBBUF:
+                CB = _cb_tile(cb_ptr, b, c, g, G, nc, i, j, T, NT)
+            else:
+                CB = tl.dot(Ci, tl.trans(Bj))
         V = tl.zeros([T, T], dtype=tl.float32)
         for hh in range(0, hpp):
             h = h0 + hh
@@ -429,7 +478,7 @@ def _cdbc(x_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cum_ptr, st_ptr, dst_ptr, dout_pt
 DEFAULT = dict(T=64, NT=4, cst_bp=64, cst_warps=4, cst_stages=2, cout_warps=4, cout_stages=2,
                cdst_bp=64, cdst_warps=4, cdst_stages=2, cdx_warps=4, cdx_stages=2,
                cdbc_warps=4, cdbc_stages=2, cdbc_hs=1, dybuf=False, msum="cdx",
-               splits=1)
+               splits=1, cbbuf=False)
 
 
 class Chunk:
@@ -468,6 +517,11 @@ class Chunk:
         cum = torch.empty_like(dtp)
         self._go("ccum", _ccum, (nc, H, b), dt, A, dt_bias, dtp, cum, L, H, self.lo, self.hi, Q=Q,
                           SOFTPLUS=self.softplus)
+        cb = x
+        if k["cbbuf"]:
+            cb = torch.empty(b, nc, G, Q, Q, device=dev, dtype=f32)
+            self._go("ccb", _ccb, (nc * NT * NT, G, b), B, C, cb, L, G, nc, N=N, T=T, NT=NT,
+                     num_warps=4)
         st = torch.empty(b, H, nc, P, N, device=dev, dtype=x.dtype)
         final = torch.empty(b, H, P, N, device=dev, dtype=f32)
         npb = P // k["cst_bp"]
@@ -481,14 +535,15 @@ class Chunk:
                                        num_stages=k["cst_stages"])
         out = torch.empty_like(x)
         yp = torch.empty_like(x)
-        self._go("cout", _cout, (nc * NT, H, b), x, z, B, C, D, dtp, cum, st, out, yp, L, H, G, nc, P=P, N=N, T=T,
+        self._go("cout", _cout, (nc * NT, H, b), x, z, B, C, D, dtp, cum, st, out, yp, cb, L, H, G, nc, P=P, N=N, T=T, CBBUF=k["cbbuf"],
                                NT=NT, num_warps=k["cout_warps"], num_stages=k["cout_stages"])
-        self.saved = (x, dt, A, B, C, D, z, dt_bias, dtp, cum, st, yp)
+        self.saved = (x, dt, A, B, C, D, z, dt_bias, dtp, cum, st, yp, cb)
         return out, final
 
     def backward(self, dout):
         k = self.cfg
-        x, dt, A, B, C, D, z, dt_bias, dtp, cum, st, yp = self.saved
+        x, dt, A, B, C, D, z, dt_bias, dtp, cum, st, yp, cb = self.saved
+        cbbuf = k["cbbuf"]
         b, L, H, P = x.shape
         G, N = B.shape[2], B.shape[3]
         T, NT, HS = k["T"], k["NT"], k["cdbc_hs"]
@@ -514,14 +569,16 @@ class Chunk:
         cp = torch.empty(b, H, NT, L, device=dev, dtype=f32) if msum_dbc else rp
         dDp = torch.empty(b, H, nc * NT, device=dev, dtype=f32)
         self._go("cdx", _cdx, (nc * NT, H, b), x, z, B, C, D, dtp, cum, st, dst, dout, yp, dx, dz,
-                 v, u, gx, rp, dDp, dy, L, H, G, nc, P=P, N=N, T=T, NT=NT, DYBUF=dybuf,
+                 v, u, gx, rp, dDp, dy, cb, L, H, G, nc, P=P, N=N, T=T, NT=NT, DYBUF=dybuf,
+                 CBBUF=cbbuf,
                  MSUM=not msum_dbc, num_warps=k["cdx_warps"], num_stages=k["cdx_stages"])
         if HS == 1:
             dB, dC = torch.empty_like(B), torch.empty_like(C)
         else:
             dB, dC = (torch.empty(HS, *B.shape, device=dev, dtype=f32) for _ in range(2))
         self._go("cdbc", _cdbc, (nc * NT, G * HS, b), x, z, B, C, dtp, cum, st, dst, dout, dy, dB,
-                 dC, rp, cp, L, H, G, nc, P=P, N=N, T=T, NT=NT, HS=HS, DYBUF=dybuf,
+                 dC, rp, cp, cb, L, H, G, nc, P=P, N=N, T=T, NT=NT, HS=HS, DYBUF=dybuf,
+                 CBBUF=cbbuf,
                  MSUM=msum_dbc, num_warps=k["cdbc_warps"], num_stages=k["cdbc_stages"])
         if HS > 1:
             dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)

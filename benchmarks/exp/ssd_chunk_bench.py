@@ -55,7 +55,8 @@ def numerics(res):
     ref = dict(out=out_r.detach(), **{"d" + n: g for n, g in zip(x, gr)})
     mine = {}
     for name, cfg in (("hs2", dict(BASE, dybuf=True, msum="dbc", cdbc_hs=2)),
-                      ("hs2_split4", dict(BASE, dybuf=True, msum="dbc", cdbc_hs=2, splits=4))):
+                      ("hs2_cb_split4", dict(BASE, dybuf=True, msum="dbc", cdbc_hs=2, splits=4,
+                                             cbbuf=True))):
         out, g = chunk_fb(Chunk(cfg), x, dout)
         mine[name] = dict(out=out, **{"d" + n: g[n] for n in x})
     leaves = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
@@ -79,17 +80,19 @@ BASE = dict(T=64, NT=2, cst_warps=8, cst_stages=1, cout_warps=4, cout_stages=1, 
 def candidates(s):
     """(name, config): run 1's best per kernel at 128-step chunks, then the run-2 changes."""
     m = dict(BASE, dybuf=True, msum="dbc")
-    out = [("run1_best", BASE), ("dybuf", dict(BASE, dybuf=True)), ("dybuf_msum", m),
-           ("hs2", dict(m, cdbc_hs=2)), ("hs4", dict(m, cdbc_hs=4)),
-           ("hs2_cdx_w8s2", dict(m, cdbc_hs=2, cdx_warps=8, cdx_stages=2)),
-           ("hs2_cdx_w4s2", dict(m, cdbc_hs=2, cdx_stages=2)),
-           ("hs2_nt4", dict(m, cdbc_hs=2, NT=4)),
-           ("hs2_split2", dict(m, cdbc_hs=2, splits=2))]
-    if s["batch"] * s["heads"] < 264:  # few walks: sequence splits
+    cb = dict(m, cbbuf=True, cdbc_hs=2)
+    out = [("run1_best", BASE), ("hs2", dict(m, cdbc_hs=2)), ("hs2_cb", cb)]
+    if s["batch"] * s["heads"] >= 264:
+        out += [("dybuf", dict(BASE, dybuf=True)), ("dybuf_msum", m),
+                ("hs4", dict(m, cdbc_hs=4)), ("hs4_cb", dict(cb, cdbc_hs=4)),
+                ("hs2_cb_cdx_w4s2", dict(cb, cdx_stages=2)),
+                ("hs2_cb_cout_w4s2", dict(cb, cout_stages=2)),
+                ("hs2_cb_nt4", dict(cb, NT=4)), ("hs2_cb_split2", dict(cb, splits=2))]
+    else:  # few walks: sequence splits
         for sp in (4, 8, 16):
             for bp in (64, 32):
-                out.append((f"hs2_split{sp}_bp{bp}", dict(m, cdbc_hs=2, splits=sp, cst_bp=bp,
-                                                          cdst_bp=bp)))
+                out.append((f"hs2_cb_split{sp}_bp{bp}", dict(cb, splits=sp, cst_bp=bp,
+                                                             cdst_bp=bp)))
     return out
 
 
