@@ -380,6 +380,15 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
     return nseg
 
 
+def saved_count(cfg, has_z: bool) -> int:
+    """How many x-sized tensors the forward saves for the backward under cfg: Yi and (with z)
+    y before the gate for the split pass 2 and the walk, y before the gate for the chunk
+    form (with z), none for the one-kernel pass 2 and CUDA."""
+    if getattr(cfg, "form", None) == "chunk":
+        return int(has_z)
+    return (1 + has_z) if saves_yi(cfg) else 0
+
+
 def saves_yi(cfg) -> bool:
     """Whether the backward under cfg reads Yi (the split pass 2 or the walk; a CUDA config has
     one kernel)."""
@@ -394,6 +403,10 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False,
     y before the gate, each in x's layout and dtype. checkpoints: whether to save the state
     entering each block and return it (always with for_backward); without, a Triton config runs
     fwdo, which stores only out (and the final state), and None is returned for them."""
+    if getattr(cfg, "form", None) == "chunk":
+        from . import triton_ssd_chunk
+
+        return triton_ssd_chunk.forward(c, spec, cfg, for_backward, checkpoints)
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -538,6 +551,10 @@ def backward_walk(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, sav
 def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
+    if getattr(cfg, "form", None) == "chunk":
+        from . import triton_ssd_chunk
+
+        return triton_ssd_chunk.backward(c, spec, cfg, ckpt, dout, dfinal, saved)
     if getattr(cfg, "bwd_kernels", 1) == 3:
         return backward_walk(c, spec, cfg, ckpt, dout, dfinal, saved)
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,

@@ -33,25 +33,50 @@ def _module(backend: str):
     return cuda_ssd if backend == "cuda" else triton_ssd
 
 
+def _classes(backend: str) -> tuple:
+    """The backend's config classes: Triton's walk (SSDConfig) and chunk form
+    (SSDChunkConfig), or CUDA's CudaSSDConfig."""
+    if backend == "cuda":
+        return (_module("cuda").CONFIG,)
+    from .backends import triton_ssd, triton_ssd_chunk
+
+    return triton_ssd.CONFIG, triton_ssd_chunk.CONFIG
+
+
 def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton"):
-    """None (the heuristic default for these sizes), the backend's config (SSDConfig for
-    Triton, CudaSSDConfig for CUDA) or a dict of its fields."""
+    """None (the heuristic default for these sizes), the backend's config (SSDConfig or
+    SSDChunkConfig for Triton, CudaSSDConfig for CUDA) or a dict of its fields (with
+    form="chunk" for the chunk form's)."""
     mod = _module(backend)
+    classes = _classes(backend)
     if config is None:
         return mod.default_config(spec, batch, heads)
     if isinstance(config, dict):
-        config = mod.CONFIG.from_dict(config)
-    if not isinstance(config, mod.CONFIG):
+        form = config.get("form", "walk")
+        if backend == "cuda" or form not in ("walk", "chunk"):
+            if "form" in config:
+                raise ValueError(f"config.form must be 'walk' or 'chunk' (backend='triton'), "
+                                 f"got {form!r}")
+            config = classes[0].from_dict(config)
+        else:
+            fields = {k: v for k, v in config.items() if k != "form"}
+            config = classes[form == "chunk"].from_dict(fields)
+    if not isinstance(config, classes):
         raise TypeError(f"config for backend={backend!r} must be None, a dict or a "
-                        f"{mod.CONFIG.__name__}, got {type(config).__name__}")
+                        f"{' or '.join(k.__name__ for k in classes)}, got {type(config).__name__}")
     config.check(spec)
     return config
 
 
 def decode_config(text: str):
     """The config that encode() wrote: a CudaSSDConfig where the text starts with its prefix."""
+    from .backends.triton_ssd_chunk import CONFIG as chunk
+
     cuda = _module("cuda").CONFIG
-    return _module("cuda" if text.startswith(cuda.PREFIX + ",") else "triton").CONFIG.decode(text)
+    for cls in (cuda, chunk):
+        if text.startswith(cls.PREFIX + ","):
+            return cls.decode(text)
+    return _module("triton").CONFIG.decode(text)
 
 
 def check_device(x: torch.Tensor, backend: str = "triton") -> None:
@@ -110,7 +135,7 @@ def _forward(c, config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.
 @ssd_fwd.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
       return_final_states, config, for_backward, keep_ckpt):
-    from .backends.triton_ssd import saves_yi
+    from .backends.triton_ssd import saved_count
 
     b, L, H, P = x.shape
     N = B.shape[-1]
@@ -118,8 +143,8 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo
     nblk = -(-L // cfg.block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
-    saved = (x.new_empty((1 + (z is not None), b, L, H, P)) if for_backward and saves_yi(cfg)
-             else x.new_empty(0))
+    n = saved_count(cfg, z is not None)
+    saved = x.new_empty((n, b, L, H, P)) if for_backward and n else x.new_empty(0)
     ckpt = (x.new_empty((b, H, nblk, P, N)) if for_backward or keep_ckpt else x.new_empty(0))
     return [x.new_empty((b, L, H, P)), final, ckpt, saved]
 

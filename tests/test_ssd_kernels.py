@@ -106,13 +106,39 @@ def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, d
     check(a, dict(dt_softplus=softplus, dt_limit=dt_limit), ret_final, config, dtype, seed)
 
 
+CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
+                          tiles=st.sampled_from([1, 2, 4]), walk_block_p=st.sampled_from([16, 32]),
+                          splits=st.sampled_from([1, 2, 4]), heads_split=st.sampled_from([1, 2]))
+
+
+@pytest.mark.interp
+@settings(max_examples=6, deadline=None)
+@given(b=st.integers(1, 2), L=st.integers(1, 70), HG=st.sampled_from(HEADS_GROUPS),
+       P=st.integers(1, 40), N=st.integers(1, 20), D=st.sampled_from([None, "h", "hp"]),
+       z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(),
+       dt_limit=st.sampled_from([(0.0, INF), (0.1, 0.4)]), h0=st.booleans(),
+       ret_final=st.booleans(), dtype=st.sampled_from([F32, F16]), dt_f32=st.booleans(),
+       config=CHUNK_CONFIGS, seed=st.integers(0, 2**31 - 1))
+def test_triton_ssd_chunk_form_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus,
+                                                 dt_limit, h0, ret_final, dtype, dt_f32, config,
+                                                 seed):
+    """The chunk form (backends/triton_ssd_chunk.py): states at chunk boundaries only."""
+    H, G = HG
+    a = make_inputs(seed, b, L, H, P, N, G, dtype, F32 if dt_f32 else dtype, D=D, z=z,
+                    dt_bias=dt_bias, h0=h0, softplus=softplus)
+    check(a, dict(dt_softplus=softplus, dt_limit=dt_limit), ret_final, config, dtype, seed)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 @pytest.mark.parametrize("shape", [(2, 300, 8, 64, 128, 1), (1, 129, 6, 48, 20, 3)])
 @pytest.mark.parametrize("config", [None, dict(bwd_kernels=1), dict(bwd_kernels=2),
                                     dict(bwd_kernels=3, walk_block_p=32, walk_warps=8,
-                                         walk_stages=2)],
-                         ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2"])
+                                         walk_stages=2),
+                                    dict(form="chunk"),
+                                    dict(form="chunk", splits=4, walk_block_p=32, tiles=1)],
+                         ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2",
+                              "chunk", "chunk_splits"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
@@ -178,7 +204,9 @@ def test_triton_ssd_packed_gpu(shape, dtype, config, backend="triton"):
                                dict(block_q=16, bwd_kernels=2, heads_per_program=1,
                                     dbc_block_p=64),
                                dict(block_q=32, bwd_kernels=3, walk_block_p=32, splits=4),
-                               dict(block_q=64, bwd_kernels=3, walk_warps=8)]),
+                               dict(block_q=64, bwd_kernels=3, walk_warps=8),
+                               dict(form="chunk"), dict(form="chunk", tiles=4, splits=2),
+                               dict(form="chunk", tile=32, walk_block_p=32, heads_split=1)]),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
     H, G = HG

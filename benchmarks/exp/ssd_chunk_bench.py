@@ -150,7 +150,13 @@ def main():
         g2 = torch.autograd.grad(o2, list(leaves.values()), dout)
         diff = {"out": rel(out, o2), **{"d" + n: rel(g[n], gg) for n, gg in zip(x, g2)}}
         print("  vs shipped: " + " ".join(f"{n} {v:.1e}" for n, v in diff.items()), flush=True)
-        cmp = compare(s, x, dout, {"shipped": None}, peer)
+        from ssmgen.backends.triton_ssd_chunk import SSDChunkConfig
+
+        impl = {"shipped": None, "chunk_pkg": SSDChunkConfig()}
+        if s["batch"] * s["heads"] < 264:
+            impl.update(chunk_pkg_split8_p32=SSDChunkConfig(splits=8, walk_block_p=32),
+                        chunk_pkg_split16_p32=SSDChunkConfig(splits=16, walk_block_p=32))
+        cmp = compare(s, x, dout, impl, peer)
         res[s["name"]] = {"rows": rows, "best": summary, "vs_shipped": diff, "compare": cmp}
         json.dump(res, open(out_path, "w"), indent=1)
 

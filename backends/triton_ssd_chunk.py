@@ -1,0 +1,346 @@
+"""Triton backend of the SSD scan in chunk form: states only at chunk boundaries, every
+within-chunk product a [tile, tile] or [tile, d_state] tensor-core tile (design and
+measurements: benchmarks/NOTES.md, "SSD in chunk form"; the experiment it came from:
+benchmarks/exp/ssd_chunk.py). A chunk is `tiles` tiles of `tile` steps.
+
+Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
+  ccum   (chunk, head, row)          dt' and cum (the log decay summed within the chunk)
+  ccb    (tile pair, group, row)     C B^T of the chunk's tile pairs, once per B/C group
+  cst    (channel block x segment, head, row)  walks the chunks: the state entering each
+         (the checkpoints); cstp: its pre-pass where the sequence is split
+  cout   (tile, head, row)           y from the entering state and the chunk's C B^T; couty
+         also saves y before the gate for dz
+  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk, sigma,
+         and dy (with z); cdstp: its pre-pass
+  cdx    (tile, head, row)           dx, dz, dD, x . G and the parts of d cum
+  cdbc   (tile, group x heads_split, row)  dB, dC and the dy x^T terms of d cum
+  cdfin  (chunk, head, row)          d a, ddt, and the chunk's parts of dA and d dt_bias
+Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ssmgen import render
+from ssmgen.spec import SSDSpec
+
+from . import triton_launch
+from .buffers import new
+from .config import IntConfig
+
+KINDS = ("ccum", "ccb", "cst", "cstp", "cout", "couty", "cdst", "cdstp", "cdx", "cdbc", "cdfin")
+TEMPLATE_OF = {"cstp": "cst", "couty": "cout", "cdstp": "cdst"}
+TEMPLATES = tuple(f"triton/ssd_chunk_{k}.py.jinja" for k in KINDS if k not in TEMPLATE_OF) + (
+    "triton/ssd_chunk_common.py.jinja", "triton/ssd_chunk_macros.jinja")
+MAX_SPLITS = 64
+_WALKS = ("cst", "cstp", "cdst", "cdstp")
+
+
+@dataclass(frozen=True)
+class SSDChunkConfig(IntConfig):
+    """tile: steps per tile (the products' edge); tiles: tiles per chunk (states are saved
+    every tile * tiles steps); walk_block_p: channels per program of the two walks (cst,
+    cdst); splits: segments of whole chunks the walks cut the sequence into (a pre-pass
+    each); heads_split: programs sharing one group's heads in cdbc (fp32 partials above 1);
+    <kernel>_warps / _stages: each kernel's launch options."""
+
+    tile: int = 64
+    tiles: int = 2
+    walk_block_p: int = 64
+    splits: int = 1
+    heads_split: int = 2
+    cst_warps: int = 8
+    cst_stages: int = 1
+    cout_warps: int = 4
+    cout_stages: int = 1
+    cdst_warps: int = 4
+    cdst_stages: int = 3
+    cdx_warps: int = 4
+    cdx_stages: int = 1
+    cdbc_warps: int = 8
+    cdbc_stages: int = 2
+
+    backend = "triton"
+    form = "chunk"
+    PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
+
+    @property
+    def block_q(self) -> int:
+        """Steps between saved states (the chunk): the checkpoints' interval, as for SSDConfig."""
+        return self.tile * self.tiles
+
+    def launch(self, kind: str) -> dict:
+        if kind in ("ccum", "ccb", "cdfin"):
+            return dict(num_warps=4, num_stages=1)
+        k = TEMPLATE_OF.get(kind, kind)
+        return dict(num_warps=getattr(self, f"{k}_warps"), num_stages=getattr(self, f"{k}_stages"))
+
+    def tag(self, kind: str) -> str:
+        k = TEMPLATE_OF.get(kind, kind)
+        t = f"t{self.tile}x{self.tiles}"
+        if kind in ("ccum", "ccb", "cdfin"):
+            return t
+        lc = self.launch(kind)
+        t += f"_w{lc['num_warps']}_s{lc['num_stages']}"
+        if k in ("cst", "cdst"):
+            t += f"_p{self.walk_block_p}"
+        return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
+
+    def check(self, spec: SSDSpec | None = None) -> None:
+        stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
+        self.check_powers(choices=stages)
+        for name in stages:
+            if not 1 <= getattr(self, name) <= 4:
+                raise ValueError(f"config.{name} must be in 1..4, got {getattr(self, name)}")
+        for name in ("tile", "walk_block_p"):
+            if getattr(self, name) < 16:  # tl.dot's smallest tile edge
+                raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        if self.tile > 128:
+            raise ValueError(f"config.tile must be <= 128, got {self.tile}")
+        if self.splits > MAX_SPLITS:
+            raise ValueError(f"config.splits must be <= {MAX_SPLITS}, got {self.splits}")
+        if spec is not None and spec.has_seq_idx:
+            raise ValueError("config form 'chunk' does not take packed sequences (seq_idx); "
+                             "use the walk's config (SSDConfig) or config=None")
+
+
+def padded(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+# -- rendering -----------------------------------------------------------------------------
+_TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+_IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "st_ptr", "dst_ptr", "out_ptr", "yp_ptr", "dy_ptr",
+       "dout_ptr", "dx_ptr", "dz_ptr"}
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_params(spec: SSDSpec, kind: str) -> tuple:
+    """(name, Triton signature type) of the kernel's parameters, in order."""
+    z, D = spec.has_z, spec.has_D
+    x_in = ["x_ptr"]
+    if kind == "ccum":
+        a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else []) + ["dtp_ptr", "cum_ptr"]
+    elif kind == "ccb":
+        a = ["B_ptr", "C_ptr", "cb_ptr"]
+    elif kind in ("cst", "cstp"):
+        a = x_in + ["B_ptr", "dtp_ptr", "cum_ptr"]
+        if kind == "cst":
+            a += (["init_ptr"] if spec.has_initial_state else []) + ["st_ptr"]
+            a += ["final_ptr"] if spec.return_final_states else []
+        a += ["hsp_ptr", "psp_ptr"]
+    elif kind in ("cout", "couty"):
+        a = x_in + (["z_ptr"] if z else []) + ["C_ptr"] + (["D_ptr"] if D else [])
+        a += ["dtp_ptr", "cum_ptr", "st_ptr", "cb_ptr", "out_ptr"]
+        a += ["yp_ptr"] if kind == "couty" else []
+    elif kind in ("cdst", "cdstp"):
+        a = ["dout_ptr"] + (["z_ptr"] if z else []) + ["C_ptr", "dtp_ptr", "cum_ptr"]
+        if kind == "cdst":
+            a += ["dfinal_ptr"] if spec.return_final_states else []
+            a += ["st_ptr", "dst_ptr", "sig_ptr"] + (["dy_ptr"] if z else [])
+            a += ["dinit_ptr"] if spec.has_initial_state else []
+        a += ["hsp_ptr", "psp_ptr"]
+    elif kind == "cdx":
+        a = x_in + (["z_ptr", "yp_ptr", "dy_ptr"] if z else []) + ["B_ptr", "C_ptr"]
+        a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "st_ptr", "dst_ptr", "cb_ptr"]
+        a += ["dout_ptr", "dx_ptr"] + (["dz_ptr"] if z else []) + ["v_ptr", "u_ptr", "gx_ptr"]
+        a += ["dD_ptr"] if D else []
+    elif kind == "cdbc":
+        a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
+        a += ["st_ptr", "dst_ptr", "cb_ptr", "dB_ptr", "dC_ptr", "rp_ptr", "cp_ptr"]
+    else:  # cdfin
+        a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
+        a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "cp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
+        a += ["ddtb_ptr"] if spec.has_dt_bias else []
+    a += ["L", "H", "P", "G", "hpg", "nc"]
+    a += ["nseg", "spc", "nl", "seg_off"] if kind in _WALKS else []
+    a += ["npb"] if kind == "cdfin" else []
+    a += ["dt_lo", "dt_hi"] if kind in ("ccum", "cdfin") else []
+    a += ["s_tb", "s_tl", "s_th"] if kind in ("ccum", "cdfin") else []
+    if "x_ptr" in a:
+        a += ["s_xb", "s_xl", "s_xh", "s_xp"]
+    if {"B_ptr", "C_ptr"} & set(a):
+        a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
+    if "z_ptr" in a:
+        a += ["s_zb", "s_zl", "s_zh", "s_zp"]
+    io = "*" + _TY[spec.dtype]
+
+    def typ(n):
+        if n in ("dt_lo", "dt_hi"):
+            return "fp32"
+        if not n.endswith("_ptr"):
+            return "i32"
+        if n in _IO or (n in ("dB_ptr", "dC_ptr") and kind == "cdbc"):
+            return io
+        if n in ("dt_ptr", "ddt_ptr"):
+            return "*" + _TY[spec.dt_dtype]
+        return "*fp32"
+
+    return tuple((n, typ(n)) for n in a)
+
+
+def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
+    return f"ssmgen_ssd_{kind}_{spec.short_name()}__{cfg.tag(kind)}"
+
+
+def walk_block_p(spec: SSDSpec, cfg: SSDChunkConfig) -> int:
+    return min(cfg.walk_block_p, padded(spec.headdim))
+
+
+def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
+    return render.render(
+        f"triton/ssd_chunk_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
+        config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
+        args=[n for n, _ in kernel_params(spec, kind)], pre=kind in ("cstp", "cdstp"),
+        store_yp=kind == "couty", N=spec.d_state, NP=padded(spec.d_state),
+        P2=padded(spec.headdim), block_q=cfg.tile, tiles=cfg.tiles,
+        block_p=walk_block_p(spec, cfg), heads_split=cfg.heads_split, dot_dtype=spec.dtype,
+        has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
+        has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
+        has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
+        has_seq_idx=False)
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(spec: SSDSpec, cfg: SSDChunkConfig, kind: str):
+    name = kernel_name(spec, cfg, kind)
+    return getattr(render.load_module("triton", name, render_source(spec, cfg, kind)), name)
+
+
+def _launch(spec, cfg, kind, args, grid):
+    names = [n for n, _ in kernel_params(spec, kind)]
+    missing = [n for n in names if n not in args]
+    assert not missing, f"launcher lacks kernel arguments {missing}"
+    try:
+        triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
+                             **cfg.launch(kind))
+    except triton.runtime.errors.OutOfResources as e:  # at compile time, before any launch
+        raise ValueError(f"config {cfg.tag(kind)}: the {kind} kernel does not fit this GPU at "
+                         f"d_state {spec.d_state}, headdim {spec.headdim}, {spec.dtype} ({e}); "
+                         f"use a smaller tile, walk_block_p or fewer stages") from e
+
+
+# -- launching -----------------------------------------------------------------------------
+def _common(c, spec: SSDSpec, cfg: SSDChunkConfig) -> dict:
+    """Every kernel's inputs and sizes, with dt' and cum (ccum) and C B^T (ccb) computed."""
+    from .triton_ssd import _args
+
+    b, L, H, G = c.batch, c.seqlen, c.heads, c.groups
+    Q = cfg.block_q
+    nc = triton.cdiv(L, Q)
+    dev, f32 = c.x.device, torch.float32
+    a = _args(c, spec)
+    a.update(G=G, nc=nc, dtp_ptr=new((b, H, L), f32, dev), cum_ptr=new((b, H, L), f32, dev),
+             cb_ptr=new((b, nc, G, Q, Q), f32, dev))
+    _launch(spec, cfg, "ccum", a, (nc, H, b))
+    _launch(spec, cfg, "ccb", a, (nc * cfg.tiles * cfg.tiles, G, b))
+    return a
+
+
+def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
+    """Runs a walk (cst, cdst) over the config's segments, after its pre-pass (kind + "p")
+    over the segments pre_from .. pre_from + segments - 2: those the others start from (all
+    but the last for cst, all but the first for cdst)."""
+    c_b, H, P, N, nc = a["x_ptr"].shape[0], a["H"], a["P"], a["_N"], a["nc"]
+    spc = triton.cdiv(nc, max(1, min(cfg.splits, nc)))
+    nseg = triton.cdiv(nc, spc)
+    npb = triton.cdiv(P, walk_block_p(spec, cfg))
+    dev = a["x_ptr"].device
+    a.update(nseg=nseg, spc=spc)
+    if nseg > 1:
+        a.update(hsp_ptr=new((c_b, H, nseg, P, N), torch.float32, dev),
+                 psp_ptr=new((c_b, H, nseg), torch.float32, dev), nl=nseg - 1,
+                 seg_off=pre_from)
+        _launch(spec, cfg, kind + "p", a, (npb * (nseg - 1), H, c_b))
+    else:  # never read: any fp32 tensor of the call
+        a.update(hsp_ptr=a["dtp_ptr"], psp_ptr=a["dtp_ptr"])
+    a.update(nl=nseg, seg_off=0)
+    _launch(spec, cfg, kind, a, (npb * nseg, H, c_b))
+
+
+def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
+            checkpoints: bool = True):
+    """(out, final state fp32 or None, the state entering each chunk (b, H, chunks, P, N) in
+    x's dtype or None, saved or None): saved (1, b, L, H, P) holds y before the gate where z
+    is given and a backward can follow. The states are always made (the output reads them);
+    they are returned where checkpoints or for_backward."""
+    from .triton_ssd import check_launch, ckpt_dtype
+
+    check_launch(c)
+    b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
+    dev = c.x.device
+    a = _common(c, spec, cfg)
+    nc = a["nc"]
+    out = new((b, L, H, P), c.x.dtype, dev)
+    saved = new((1, b, L, H, P), c.x.dtype, dev) if for_backward and spec.has_z else None
+    a.update(_N=N, st_ptr=new((b, H, nc, P, N), ckpt_dtype(spec), dev), out_ptr=out,
+             yp_ptr=None if saved is None else saved[0],
+             final_ptr=new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None)
+    if spec.has_initial_state:
+        a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
+    _walk(spec, cfg, "cst", a, pre_from=0)
+    _launch(spec, cfg, "couty" if saved is not None else "cout", a, (nc * cfg.tiles, H, b))
+    keep = checkpoints or for_backward
+    return out, a["final_ptr"], a["st_ptr"] if keep else None, saved
+
+
+def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
+    """Every input's gradient from the forward's states (ckpt) and saved (y before the gate,
+    with z); dt' and cum and C B^T are computed again (ccum, ccb: ~0.02 ms on ssd_1.3b)."""
+    if spec.has_z and saved is None:
+        raise ValueError(f"config {cfg.tag('cdx')}: the chunk form's backward with z reads the "
+                         f"forward's y before the gate; run forward(..., for_backward=True)")
+    b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
+    dev, f32 = c.x.device, torch.float32
+    a = _common(c, spec, cfg)
+    nc, NT, hs = a["nc"], cfg.tiles, cfg.heads_split
+    npb = triton.cdiv(P, walk_block_p(spec, cfg))
+    a.update(_N=N, st_ptr=ckpt, dout_ptr=dout, dst_ptr=new(ckpt.shape, ckpt.dtype, dev),
+             sig_ptr=new((b, H, nc, npb), f32, dev), npb=npb,
+             dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
+             dinit_ptr=new((b, H, P, N), f32, dev) if spec.has_initial_state else None)
+    if spec.has_z:
+        a["yp_ptr"] = saved[0]
+    if spec.return_final_states:
+        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
+                           else dfinal.to(f32).contiguous())
+    _walk(spec, cfg, "cdst", a, pre_from=1)
+    hpg = H // G
+    if hpg % hs:
+        hs = 1  # the group's heads do not split evenly: one program per group
+        cfg = cfg if cfg.heads_split == 1 else _with(cfg, heads_split=1)
+    a.update(dx_ptr=new((b, L, H, P), c.x.dtype, dev),
+             dz_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
+             v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
+             gx_ptr=new((b, H, L), f32, dev), rp_ptr=new((b, H, NT, L), f32, dev),
+             cp_ptr=new((b, H, NT, L), f32, dev),
+             dD_ptr=new((b, H, nc * NT) + ((P,) if spec.D_per_channel else ()), f32, dev)
+             if spec.has_D else None,
+             dB_ptr=new((b, L, G, N), c.B.dtype, dev) if hs == 1 else new((hs, b, L, G, N), f32, dev),
+             dC_ptr=new((b, L, G, N), c.C.dtype, dev) if hs == 1 else new((hs, b, L, G, N), f32, dev),
+             ddt_ptr=new((b, L, H), c.dt.dtype, dev), dA_ptr=new((b, H, nc), f32, dev),
+             ddtb_ptr=new((b, H, nc), f32, dev) if spec.has_dt_bias else None)
+    _launch(spec, cfg, "cdx", a, (nc * NT, H, b))
+    _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
+    _launch(spec, cfg, "cdfin", a, (nc, H, b))
+    dB, dC = a["dB_ptr"], a["dC_ptr"]
+    if hs > 1:
+        dB, dC = dB.sum(0).to(c.B.dtype), dC.sum(0).to(c.C.dtype)
+    dD, ddtb = a["dD_ptr"], a["ddtb_ptr"]
+    return dict(x=a["dx_ptr"], dt=a["ddt_ptr"], z=a["dz_ptr"], A=a["dA_ptr"].sum((0, 2)), B=dB,
+                C=dC, D=None if dD is None else dD.sum((0, 2)),
+                dt_bias=None if ddtb is None else ddtb.sum((0, 2)),
+                initial_states=a["dinit_ptr"])
+
+
+def _with(cfg, **change):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **change)
+
+
+CONFIG = SSDChunkConfig
