@@ -124,8 +124,22 @@ def padded_state(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.d_state))
 
 
-def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
-    """Heuristic from the H100 kernel sweeps (benchmarks/results/*/ssd_v1/kernel_sweep.json,
+def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64):
+    """The chunk form (backends/triton_ssd_chunk.py, SSDChunkConfig) where it was measured
+    faster than the walk: no packed sequences, d_state up to 128, and enough (batch, head,
+    channel block) programs for the walks without sequence splits (ssd_1.3b, H100,
+    ssd_chunk_v1/final: see benchmarks/NOTES.md, "SSD in chunk form"); else the walk
+    (walk_config)."""
+    from .triton_ssd_chunk import SSDChunkConfig
+
+    if (not spec.has_seq_idx and padded_state(spec) <= 128
+            and batch * heads * triton.cdiv(spec.headdim, 64) >= 2 * 132):
+        return SSDChunkConfig()
+    return walk_config(spec, batch, heads)
+
+
+def walk_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
+    """The walk's config. Heuristic from the H100 kernel sweeps (benchmarks/results/*/ssd_v1/kernel_sweep.json,
     d_state 128, headdim 64): blocks of 32 steps (64 and 128 spill in bwd: 2.5 ms at 32 vs 4.6
     and 8.5 on ssd_1.3b); the sequential kernels take the widest channel block that still
     gives >= 2 programs per SM (ssd_1.3b: 64 channels, 0.67 ms), and where none does, sequence

@@ -5,15 +5,14 @@ benchmarks/exp/ssd_chunk.py). A chunk is `tiles` tiles of `tile` steps.
 
 Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
   ccum   (chunk, head, row)          dt' and cum (the log decay summed within the chunk)
-  ccb    (tile pair, group, row)     C B^T of the chunk's tile pairs, once per B/C group
   cst    (channel block x segment, head, row)  walks the chunks: the state entering each
          (the checkpoints); cstp: its pre-pass where the sequence is split
-  cout   (tile, head, row)           y from the entering state and the chunk's C B^T; couty
-         also saves y before the gate for dz
-  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk, sigma,
-         and dy (with z); cdstp: its pre-pass
-  cdx    (tile, head, row)           dx, dz, dD, x . G and the parts of d cum
-  cdbc   (tile, group x heads_split, row)  dB, dC and the dy x^T terms of d cum
+  cout   (tile, head, row)           y from the entering state and the chunk's earlier tiles;
+         couty also saves y before the gate for dz
+  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk, and sigma;
+         cdstp: its pre-pass
+  cdx    (tile, head, row)           dx, dz, dD, x . G, the parts of d cum, and dy (with z)
+  cdbc   (tile, group x heads_split, row)  dB and dC
   cdfin  (chunk, head, row)          d a, ddt, and the chunk's parts of dA and d dt_bias
 Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
 """
@@ -32,7 +31,7 @@ from . import triton_launch
 from .buffers import new
 from .config import IntConfig
 
-KINDS = ("ccum", "ccb", "cst", "cstp", "cout", "couty", "cdst", "cdstp", "cdx", "cdbc", "cdfin")
+KINDS = ("ccum", "cst", "cstp", "cout", "couty", "cdst", "cdstp", "cdx", "cdbc", "cdfin")
 TEMPLATE_OF = {"cstp": "cst", "couty": "cout", "cdstp": "cdst"}
 TEMPLATES = tuple(f"triton/ssd_chunk_{k}.py.jinja" for k in KINDS if k not in TEMPLATE_OF) + (
     "triton/ssd_chunk_common.py.jinja", "triton/ssd_chunk_macros.jinja")
@@ -52,11 +51,11 @@ class SSDChunkConfig(IntConfig):
     tiles: int = 2
     walk_block_p: int = 64
     splits: int = 1
-    heads_split: int = 2
+    heads_split: int = 1
     cst_warps: int = 8
     cst_stages: int = 1
     cout_warps: int = 4
-    cout_stages: int = 1
+    cout_stages: int = 2
     cdst_warps: int = 4
     cdst_stages: int = 3
     cdx_warps: int = 4
@@ -74,7 +73,7 @@ class SSDChunkConfig(IntConfig):
         return self.tile * self.tiles
 
     def launch(self, kind: str) -> dict:
-        if kind in ("ccum", "ccb", "cdfin"):
+        if kind in ("ccum", "cdfin"):
             return dict(num_warps=4, num_stages=1)
         k = TEMPLATE_OF.get(kind, kind)
         return dict(num_warps=getattr(self, f"{k}_warps"), num_stages=getattr(self, f"{k}_stages"))
@@ -82,7 +81,7 @@ class SSDChunkConfig(IntConfig):
     def tag(self, kind: str) -> str:
         k = TEMPLATE_OF.get(kind, kind)
         t = f"t{self.tile}x{self.tiles}"
-        if kind in ("ccum", "ccb", "cdfin"):
+        if kind in ("ccum", "cdfin"):
             return t
         lc = self.launch(kind)
         t += f"_w{lc['num_warps']}_s{lc['num_stages']}"
@@ -125,8 +124,6 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     x_in = ["x_ptr"]
     if kind == "ccum":
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else []) + ["dtp_ptr", "cum_ptr"]
-    elif kind == "ccb":
-        a = ["B_ptr", "C_ptr", "cb_ptr"]
     elif kind in ("cst", "cstp"):
         a = x_in + ["B_ptr", "dtp_ptr", "cum_ptr"]
         if kind == "cst":
@@ -134,8 +131,8 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
             a += ["final_ptr"] if spec.return_final_states else []
         a += ["hsp_ptr", "psp_ptr"]
     elif kind in ("cout", "couty"):
-        a = x_in + (["z_ptr"] if z else []) + ["C_ptr"] + (["D_ptr"] if D else [])
-        a += ["dtp_ptr", "cum_ptr", "st_ptr", "cb_ptr", "out_ptr"]
+        a = x_in + (["z_ptr"] if z else []) + ["B_ptr", "C_ptr"] + (["D_ptr"] if D else [])
+        a += ["dtp_ptr", "cum_ptr", "st_ptr", "out_ptr"]
         a += ["yp_ptr"] if kind == "couty" else []
     elif kind in ("cdst", "cdstp"):
         a = ["dout_ptr"] + (["z_ptr"] if z else []) + ["C_ptr", "dtp_ptr", "cum_ptr"]
@@ -146,15 +143,16 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["hsp_ptr", "psp_ptr"]
     elif kind == "cdx":
         a = x_in + (["z_ptr", "yp_ptr", "dy_ptr"] if z else []) + ["B_ptr", "C_ptr"]
-        a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "st_ptr", "dst_ptr", "cb_ptr"]
+        a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "st_ptr", "dst_ptr"]
         a += ["dout_ptr", "dx_ptr"] + (["dz_ptr"] if z else []) + ["v_ptr", "u_ptr", "gx_ptr"]
+        a += ["rp_ptr"]
         a += ["dD_ptr"] if D else []
     elif kind == "cdbc":
         a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
-        a += ["st_ptr", "dst_ptr", "cb_ptr", "dB_ptr", "dC_ptr", "rp_ptr", "cp_ptr"]
+        a += ["st_ptr", "dst_ptr", "dB_ptr", "dC_ptr"]
     else:  # cdfin
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
-        a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "cp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
+        a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
         a += ["ddtb_ptr"] if spec.has_dt_bias else []
     a += ["L", "H", "P", "G", "hpg", "nc"]
     a += ["nseg", "spc", "nl", "seg_off"] if kind in _WALKS else []
@@ -226,7 +224,7 @@ def _launch(spec, cfg, kind, args, grid):
 
 # -- launching -----------------------------------------------------------------------------
 def _common(c, spec: SSDSpec, cfg: SSDChunkConfig) -> dict:
-    """Every kernel's inputs and sizes, with dt' and cum (ccum) and C B^T (ccb) computed."""
+    """Every kernel's inputs and sizes, with dt' and cum computed (ccum)."""
     from .triton_ssd import _args
 
     b, L, H, G = c.batch, c.seqlen, c.heads, c.groups
@@ -234,10 +232,8 @@ def _common(c, spec: SSDSpec, cfg: SSDChunkConfig) -> dict:
     nc = triton.cdiv(L, Q)
     dev, f32 = c.x.device, torch.float32
     a = _args(c, spec)
-    a.update(G=G, nc=nc, dtp_ptr=new((b, H, L), f32, dev), cum_ptr=new((b, H, L), f32, dev),
-             cb_ptr=new((b, nc, G, Q, Q), f32, dev))
+    a.update(G=G, nc=nc, dtp_ptr=new((b, H, L), f32, dev), cum_ptr=new((b, H, L), f32, dev))
     _launch(spec, cfg, "ccum", a, (nc, H, b))
-    _launch(spec, cfg, "ccb", a, (nc * cfg.tiles * cfg.tiles, G, b))
     return a
 
 
@@ -290,7 +286,7 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
 
 def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient from the forward's states (ckpt) and saved (y before the gate,
-    with z); dt' and cum and C B^T are computed again (ccum, ccb: ~0.02 ms on ssd_1.3b)."""
+    with z); dt' and cum are computed again (ccum: 0.014 ms on ssd_1.3b)."""
     if spec.has_z and saved is None:
         raise ValueError(f"config {cfg.tag('cdx')}: the chunk form's backward with z reads the "
                          f"forward's y before the gate; run forward(..., for_backward=True)")
@@ -317,7 +313,6 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
              dz_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
              v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
              gx_ptr=new((b, H, L), f32, dev), rp_ptr=new((b, H, NT, L), f32, dev),
-             cp_ptr=new((b, H, NT, L), f32, dev),
              dD_ptr=new((b, H, nc * NT) + ((P,) if spec.D_per_channel else ()), f32, dev)
              if spec.has_D else None,
              dB_ptr=new((b, L, G, N), c.B.dtype, dev) if hs == 1 else new((hs, b, L, G, N), f32, dev),

@@ -34,7 +34,7 @@ def sweep(s, bench):
     c = normalize_ssd(chunk_size=s["chunk"], dt_softplus=True, **x)
     spec = spec_of(c)
     rows = []
-    tcfg = ts.default_config(spec, c.batch, c.heads)
+    tcfg = ts.walk_config(spec, c.batch, c.heads)
     out_t, _, ck, yi = ts.forward(c, spec, tcfg, for_backward=True)
     r = {"backend": "triton", "config": tcfg.to_dict(),
          "fwd_ms": bench(lambda: ts.forward(c, spec, tcfg))}

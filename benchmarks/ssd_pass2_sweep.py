@@ -84,7 +84,7 @@ def main():
         dout = torch.randn_like(x["x"])
         c = _normalize(**x, chunk_size=s["chunk"], dt_softplus=True, check_values=False)
         spec = spec_of(c)
-        base = ts.default_config(spec, c.batch, c.heads)
+        base = ts.walk_config(spec, c.batch, c.heads)
         _, _, ckpt, yi = ts.forward(c, spec, base, for_backward=True)
         dckpt, _, sig = ts.backward_states(c, spec, base, ckpt.shape[2], dout.contiguous(),
                                            ckpt=ckpt)

@@ -25,7 +25,7 @@ def per_shape(s, bench):
     dout = torch.randn_like(x["x"])
     c = normalize_ssd(chunk_size=s["chunk"], dt_softplus=True, **x)
     spec = spec_of(c)
-    base = ts.default_config(spec, c.batch, c.heads)
+    base = ts.walk_config(spec, c.batch, c.heads)
     one = dataclasses.replace(base, splits=1)
     ref, _, ck, _ = ts.forward(c, spec, one)
     dref, _, _ = ts.backward_states(c, spec, one, ck.shape[2], dout)

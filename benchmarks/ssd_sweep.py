@@ -69,7 +69,7 @@ def run_shape(s, peer, configs, bench):
     c = normalize_ssd(chunk_size=s["chunk"], dt_softplus=True, **x)
     spec = spec_of(c)
     for cd in configs:
-        cfg = ts.SSDConfig(**cd) if cd else ts.default_config(spec, c.batch, c.heads)
+        cfg = ts.SSDConfig(**cd) if cd else ts.walk_config(spec, c.batch, c.heads)
         r = {"config": cfg.to_dict()}
         try:
             t0 = time.time()

@@ -40,7 +40,7 @@ def empty_call(s):
 def shipped_config(s):
     """The default config of a suite ssd shape's call."""
     c = empty_call(s)
-    return ts.default_config(spec_of(c), c.batch, c.heads)
+    return ts.walk_config(spec_of(c), c.batch, c.heads)
 
 
 def _warm_job(job):

@@ -100,8 +100,13 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
 def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> CompileReport:
     """The same for one SSD kernel (backends/triton_ssd.py; kind: one of SSD_KINDS); values:
     see _compile (ssd_launch_args gives them for a call's sizes)."""
-    from ssmgen.backends import triton_ssd as ts
+    from ssmgen.backends import triton_ssd as ts, triton_ssd_chunk as tc
 
+    if kind in tc.KINDS:  # the chunk form's kernels (cfg: an SSDChunkConfig)
+        lc = cfg.launch(kind)
+        return _compile(tc.kernel(spec, cfg, kind), tc.kernel_params(spec, kind),
+                        tc.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"],
+                        arch, values)
     lc = ts.launch_config(cfg, kind)
     return _compile(ts.kernel(spec, cfg, kind), ts.kernel_params(spec, kind),
                     ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
@@ -198,10 +203,29 @@ def covering_ssd_specs() -> list:
     ]
 
 
-def ssd_default_config(spec):
-    from .backends.triton_ssd import default_config
+def ssd_default_config(spec, kind: str = "fwd"):
+    """The config a covering compile uses for an SSD kind: the chunk form's default for its
+    kinds, the walk's otherwise."""
+    from .backends.triton_ssd import walk_config
+    from .backends.triton_ssd_chunk import KINDS, SSDChunkConfig
 
-    return default_config(spec)
+    return SSDChunkConfig() if kind in KINDS else walk_config(spec)
+
+
+def ssd_kernel_name(spec, kind: str) -> str:
+    from .backends import triton_ssd, triton_ssd_chunk
+
+    mod = triton_ssd_chunk if kind in triton_ssd_chunk.KINDS else triton_ssd
+    return mod.kernel_name(spec, ssd_default_config(spec, kind), kind)
+
+
+def ssd_jobs(ssd_specs) -> list:
+    """(spec, kind) of a covering SSD compile: every walk kind for every spec, every chunk-form
+    kind for the specs it takes (no packed sequences)."""
+    from .backends.triton_ssd_chunk import KINDS
+
+    return [(s, k) for s in ssd_specs for k in SSD_KINDS + KINDS
+            if not (k in KINDS and s.has_seq_idx)]
 
 
 def _job(args):
@@ -211,7 +235,7 @@ def _job(args):
             from .spec import SSDSpec
 
             spec = SSDSpec.from_json(spec_json)
-            report = compile_ssd_kernel(spec, ssd_default_config(spec), kind, arch)
+            report = compile_ssd_kernel(spec, ssd_default_config(spec, kind), kind, arch)
         else:
             from ssmgen.backends.triton_backend import default_config
 
@@ -232,7 +256,7 @@ def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_spec
     from concurrent.futures import ProcessPoolExecutor
 
     work = [("scan", s.to_json(), k, a) for s in specs for k in kinds for a in archs]
-    work += [("ssd", s.to_json(), k, a) for s in ssd_specs for k in SSD_KINDS for a in archs]
+    work += [("ssd", s.to_json(), k, a) for s, k in ssd_jobs(ssd_specs) for a in archs]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(_job, work))

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 
-from ssmgen.aot import (SSD_KINDS, CompileReport, covering_specs, covering_ssd_specs,
-                        format_table, ssd_default_config)
-from ssmgen.backends import triton_ssd
+from ssmgen.aot import (CompileReport, covering_specs, covering_ssd_specs, format_table,
+                        ssd_jobs, ssd_kernel_name)
 from ssmgen.backends.triton_backend import default_config, kernel_name
 
 
@@ -25,8 +24,8 @@ def test_every_variant_compiles_for_sm80_and_sm90(tmp_path, capsys):
     reports = [CompileReport(**r) for r in data["reports"]]
     want = {(kernel_name(s, getattr(default_config(s), k), k), a)
             for s in covering_specs() for k in ("fwd", "bwd") for a in (80, 90)}
-    want |= {(triton_ssd.kernel_name(s, ssd_default_config(s), k), a)
-             for s in covering_ssd_specs() for k in SSD_KINDS for a in (80, 90)}
+    want |= {(ssd_kernel_name(s, k), a) for s, k in ssd_jobs(covering_ssd_specs())
+             for a in (80, 90)}
     assert {(r.name, r.arch) for r in reports} == want
     for r in reports:
         assert 0 < r.registers <= 255 and r.ptx_lines > 0, r
@@ -46,7 +45,7 @@ def test_ssd_compile_with_a_calls_specializations(tmp_path):
         "from ssmgen.spec import SSDSpec\n"
         "from ssmgen.backends import triton_ssd as ts\n"
         "spec = SSDSpec(128, 64, 'bfloat16', 'bfloat16', has_D=True, has_z=True)\n"
-        "cfg = ts.default_config(spec, 8, 64)\n"
+        "cfg = ts.walk_config(spec, 8, 64)\n"
         "args = aot.ssd_launch_args(spec, cfg, batch=8, seqlen=2048, heads=64, groups=1)\n"
         "out = {k: [aot.compile_ssd_kernel(spec, cfg, k).vector_loads,\n"
         "           aot.compile_ssd_kernel(spec, cfg, k, values=args[k]).vector_loads]\n"

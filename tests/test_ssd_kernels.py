@@ -377,7 +377,7 @@ def test_spec_names_every_field():
         SSDSpec(d_state=513, headdim=8)
     with pytest.raises(ValueError, match="D_per_channel needs has_D"):
         SSDSpec(d_state=8, headdim=8, D_per_channel=True)
-    cfg = triton_ssd.default_config(s)
+    cfg = triton_ssd.walk_config(s)
     assert triton_ssd.SSDConfig.decode(cfg.encode()) == cfg
     assert "ssd_bwd_n128_p64" in triton_ssd.kernel_name(s, cfg, "bwd")
 

@@ -50,7 +50,7 @@ def main():
     dout = torch.randn_like(x["x"])
     c = _normalize(**x, chunk_size=s["chunk"], dt_softplus=True, check_values=False)
     spec = spec_of(c)
-    cfg = ts.default_config(spec, c.batch, c.heads)
+    cfg = ts.walk_config(spec, c.batch, c.heads)
     box = []
     seen = record(lambda: box.append(ts.forward(c, spec, cfg, for_backward=True)))
     ckpt, yi = box[0][2], box[0][3]

@@ -64,7 +64,7 @@ def time_variants(shape, variants, kind="dwalk", check=False):
     dout = torch.randn_like(x["x"])
     c = call_of(x)
     spec = spec_of(c)
-    cfg = ts.default_config(spec, c.batch, c.heads)
+    cfg = ts.walk_config(spec, c.batch, c.heads)
     seen, _ = record(lambda: pipeline(c, spec, cfg, dout))
     kind, kcfg, a, grid = next(r for r in seen if r[0] == kind)
     names = [n for n, _ in ts.kernel_params(spec, kind)]

@@ -1,0 +1,87 @@
+"""GPU: the SSD chunk form (backends/triton_ssd_chunk.py) against the walk (the default before
+it) and mamba-ssm, through the public call, in one process: forward+backward (do_bench
+medians, profiled kernel sums, peak memory; ssd_sweep_common.compare) and the inference
+forward (no grad), on the suite's ssd shapes. Also the largest relative difference of out and
+every gradient between the chunk form and the walk.
+
+Usage: python benchmarks/ssd_chunk_compare.py OUT.json [shape names...]
+Environment: PEER (1: mamba-ssm too).
+"""
+import json
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssd_bench import make_inputs  # noqa: E402
+from ssd_sweep_common import call_of, compare  # noqa: E402
+
+import ssmgen  # noqa: E402
+from ssmgen.backends import triton_ssd as ts  # noqa: E402
+from ssmgen.backends.triton_ssd_chunk import SSDChunkConfig  # noqa: E402
+from ssmgen.bench import peer_import  # noqa: E402
+from ssmgen.ssd_kernels import spec_of  # noqa: E402
+from ssmgen.suite import load  # noqa: E402
+
+
+def configs(s, c):
+    walk = ts.walk_config(spec_of(c), c.batch, c.heads)
+    out = {"walk": walk, "default": None, "chunk": SSDChunkConfig()}
+    if s["batch"] * s["heads"] < 264:
+        for sp, bp in ((4, 64), (8, 64), (8, 32), (16, 64)):
+            out[f"chunk_split{sp}_p{bp}"] = SSDChunkConfig(splits=sp, walk_block_p=bp)
+    else:
+        out["chunk_h2"] = SSDChunkConfig(heads_split=2)
+    return out
+
+
+def grads(s, x, dout, cfg):
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in x.items()}
+    out = ssmgen.mamba_chunk_scan_combined(chunk_size=s["chunk"], dt_softplus=True,
+                                           backend="triton", config=cfg, **leaves)
+    g = torch.autograd.grad(out, list(leaves.values()), dout)
+    return {"out": out, **{"d" + k: v for k, v in zip(x, g)}}
+
+
+def main():
+    out_path = sys.argv[1]
+    names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
+    peer = peer_import("mamba_ssm.ops.triton.ssd_combined") if os.environ.get("PEER") == "1" \
+        else None
+    res = {"gpu": torch.cuda.get_device_name()}
+    for s in load()["ssd"]:
+        if s["name"] not in names:
+            continue
+        print(f"=== {s['name']}", flush=True)
+        torch.manual_seed(0)
+        x = make_inputs(s)
+        dout = torch.randn_like(x["x"])
+        cfgs = configs(s, call_of(x))
+        print("  default: " + repr(ts.default_config(spec_of(call_of(x)), s["batch"], s["heads"])),
+              flush=True)
+        a, b = grads(s, x, dout, cfgs["walk"]), grads(s, x, dout, cfgs["chunk"])
+        diff = {k: ((b[k].double() - a[k].double()).norm() / a[k].double().norm()).item()
+                for k in a}
+        print("  chunk vs walk: " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()), flush=True)
+        fwd = {}
+        fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
+            chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
+            for n, cfg in cfgs.items()}
+        if peer is not None:
+            fns["mamba_ssm"] = lambda: peer.mamba_chunk_scan_combined(
+                chunk_size=s["chunk"], dt_softplus=True, **x)
+        with torch.no_grad():
+            for n, fn in fns.items():
+                fn()
+                fwd[n] = do_bench(fn, warmup=10, rep=100, return_mode="median")
+                print(f"  fwd (no grad) {n}: {fwd[n]:.3f} ms", flush=True)
+        cmp = compare(s, x, dout, cfgs, peer)
+        res[s["name"]] = {"configs": {n: repr(c) for n, c in cfgs.items()}, "fwd_ms": fwd,
+                          "fb": cmp, "chunk_vs_walk": diff}
+        json.dump(res, open(out_path, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
