@@ -124,15 +124,18 @@ def padded_state(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.d_state))
 
 
-def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64):
+def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64, training: bool = True):
     """The chunk form (backends/triton_ssd_chunk.py, SSDChunkConfig) where it was measured
-    faster than the walk: no packed sequences, d_state up to 128, and enough (batch, head,
-    channel block) programs for the walks without sequence splits (ssd_1.3b, H100,
-    ssd_chunk_v1/final: see benchmarks/NOTES.md, "SSD in chunk form"); else the walk
-    (walk_config)."""
+    faster than the walk: for training (a backward follows), no packed sequences, d_state up
+    to 128, and enough (batch, head, channel block) programs for its walks without sequence
+    splits (ssd_1.3b on an H100, ssd_chunk_v1/final: forward+backward 2.69 ms against 2.77,
+    peak memory 934 MB against 1682). Else the walk (walk_config): the inference forward
+    (0.538 ms against the chunk form's 0.586 there), and ssd_long (batch 1: 5.96 ms against
+    the chunk form's 6.19 with 4 sequence splits). See benchmarks/NOTES.md, "SSD in chunk
+    form"."""
     from .triton_ssd_chunk import SSDChunkConfig
 
-    if (not spec.has_seq_idx and padded_state(spec) <= 128
+    if (training and not spec.has_seq_idx and padded_state(spec) <= 128
             and batch * heads * triton.cdiv(spec.headdim, 64) >= 2 * 132):
         return SSDChunkConfig()
     return walk_config(spec, batch, heads)
