@@ -218,13 +218,13 @@ def run(c, config=None, backend: str = "triton"):
     from .ssd import varlen_states
 
     spec = spec_of(c)
-    flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
     eager = plans.runs_kernels_directly(c.x)
     # what the split backward reads (x-sized buffers) is saved only where a backward can follow
     tensors = [getattr(c, n) for n in _TENSORS]
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
     cfg = config_of(spec, config, c.batch, c.heads, backend, training=for_backward)
+    flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
     # the checkpoints are written where a backward can follow or the varlen states read them:
     # an inference call's forward saves nothing (ssd_fwdo_v1: 537 MB of stores on ssd_1.3b)
     out, final, ckpt = _SSD.apply(flags, c if eager else None, for_backward,

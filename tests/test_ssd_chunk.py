@@ -1,0 +1,138 @@
+"""The SSD chunk form (backends/triton_ssd_chunk.py): its config, when the default takes it,
+the kernels each call launches, and the custom ops and torch.compile over it. Its numerics
+against the float64 reference are in test_ssd_kernels.py (hypothesis in the interpreter,
+realistic shapes and fuzz on the GPU)."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+import ssmgen
+from ssmgen.backends import triton_ssd, triton_ssd_chunk as tc
+from ssmgen.numerics import assert_close
+from ssmgen.spec import SSDSpec
+from ssmgen.ssd import ssd_ref
+from ssmgen.ssd_kernels import decode_config
+from test_ssd import F32, INF, make_inputs
+
+SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    # every buffer a kernel must write starts as NaN, so an unwritten element fails the check
+    monkeypatch.setenv("SSMGEN_POISON", "1")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (dict(tile=8), r"config\.tile must be >= 16"),
+    (dict(tile=256), r"config\.tile must be <= 128"),
+    (dict(tiles=3), r"config\.tiles must be a positive power of two"),
+    (dict(cout_stages=5), r"config\.cout_stages must be in 1\.\.4"),
+    (dict(splits=128), r"config\.splits must be <= 64"),
+    (dict(form="blocks"), r"config\.form must be 'walk' or 'chunk'"),
+])
+def test_bad_chunk_config_raises_naming_the_field(change, pattern):
+    a = make_inputs(0, 1, 8, 2, 4, 4, 1)
+    with pytest.raises(ValueError, match=pattern):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton",
+                                         config=dict(SMALL, **change))
+    with pytest.raises(TypeError, match="fields are"):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton",
+                                         config=dict(form="chunk", block_q=16))
+
+
+def test_chunk_form_refuses_packed_sequences_before_launch():
+    a = make_inputs(0, 1, 8, 2, 4, 4, 1)
+    with pytest.raises(ValueError, match="does not take packed sequences"):
+        ssmgen.mamba_chunk_scan_combined(**a, chunk_size=8, backend="triton", config=SMALL,
+                                         seq_idx=torch.zeros(1, 8, dtype=torch.int32))
+
+
+def test_chunk_config_text_and_interval():
+    cfg = tc.SSDChunkConfig(tile=32, tiles=4, splits=2)
+    assert decode_config(cfg.encode()) == cfg and cfg.encode().startswith("chunk,")
+    assert cfg.block_q == 128  # the states' interval, read like the walk's checkpoints'
+    assert decode_config(triton_ssd.SSDConfig().encode()) == triton_ssd.SSDConfig()
+
+
+def test_default_takes_the_chunk_form_where_measured_faster():
+    """Training at ssd_1.3b's sizes: the chunk form. The walk for inference, packed sequences,
+    d_state above 128 and too few programs for the walks (batch 1 as in ssd_long)."""
+    s = SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
+                dt_softplus=True)
+    assert isinstance(triton_ssd.default_config(s, 8, 64), tc.SSDChunkConfig)
+    assert isinstance(triton_ssd.default_config(s, 8, 64, training=False), triton_ssd.SSDConfig)
+    assert isinstance(triton_ssd.default_config(s, 1, 64), triton_ssd.SSDConfig)
+    for other in (replace(s, has_seq_idx=True), replace(s, d_state=256)):
+        assert isinstance(triton_ssd.default_config(other, 8, 64), triton_ssd.SSDConfig)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("splits", [1, 2])
+def test_chunk_form_launches(monkeypatch, splits):
+    """The kernels each call runs: the inference forward saves no y before the gate (cout),
+    a forward with a backward to follow does (couty); sequence splits add each walk's
+    pre-pass. The results are the reference's (SSMGEN_POISON: unwritten elements are NaN)."""
+    kinds, real = [], tc._launch
+    monkeypatch.setattr(tc, "_launch", lambda s, c, k, a, g: kinds.append(k) or real(s, c, k, a, g))
+    a = make_inputs(3, 1, 70, 2, 8, 8, 1, F32, D="h", z=True, softplus=True)
+    cfg = dict(SMALL, splits=splits)
+
+    def run(**k):
+        return ssmgen.mamba_chunk_scan_combined(chunk_size=16, **k, dt_softplus=True,
+                                                backend="triton", config=cfg)
+
+    pre = ["cstp"] if splits > 1 else []
+    with torch.no_grad():
+        out = run(**a)
+    assert kinds == ["ccum"] + pre + ["cst", "cout"]
+    assert_close("out", out, ssd_ref(**{k: v.detach() for k, v in a.items()},
+                                     dt_softplus=True), F32)
+    kinds.clear()
+    leaves = {k: v.detach().requires_grad_(True) for k, v in a.items()}
+    run(**leaves).sum().backward()
+    assert kinds == (["ccum"] + pre + ["cst", "couty", "ccum"] + (["cdstp"] if splits > 1 else [])
+                     + ["cdst", "cdx", "cdbc", "cdfin"])
+    assert all(v.grad is not None and v.grad.isfinite().all() for v in leaves.values())
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("z", [True, False])
+def test_chunk_custom_ops_pass_opcheck(z):
+    """The ops' fake implementations give the chunk form's shapes: states per chunk, and y
+    before the gate saved only with z."""
+    a = make_inputs(5, 1, 40, 2, 16, 16, 1, F32, D="h", z=z, dt_bias=True, h0=True,
+                    softplus=True)
+    a = {k: v.detach() for k, v in a.items()}
+    cfg = tc.SSDChunkConfig(tile=16, tiles=1, walk_block_p=16).encode()
+    ins = tuple(a.get(k) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias",
+                                   "initial_states")) + (None,)
+    flags = (True, 0.0, INF, True, cfg)
+    for saves in ((True, False), (False, False), (False, True)):  # for_backward, keep_ckpt
+        torch.library.opcheck(torch.ops.ssmgen.ssd_fwd, ins + flags + saves,
+                              test_utils=("test_schema", "test_faketensor"))
+    out, fin, ckpt, saved = torch.ops.ssmgen.ssd_fwd(*ins, *flags, True, False)
+    assert ckpt.shape == (1, 2, 3, 16, 16)  # (batch, heads, chunks of 16 steps, P, N)
+    assert saved.shape == ((1, *out.shape) if z else (0,))
+    torch.library.opcheck(torch.ops.ssmgen.ssd_bwd,
+                          ins + flags + (ckpt, saved, torch.randn_like(out),
+                                         torch.randn_like(fin)),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.interp
+def test_chunk_torch_compile_fullgraph_forward_and_backward():
+    a = make_inputs(6, 1, 40, 2, 16, 16, 1, F32, D="h", z=True, softplus=True)
+
+    def f(**kw):
+        return ssmgen.mamba_chunk_scan_combined(**kw, chunk_size=16, dt_softplus=True,
+                                                backend="triton", config=SMALL)
+
+    eager = f(**a)
+    geager = torch.autograd.grad(eager.sum(), list(a.values()))
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(**a)
+    gcomp = torch.autograd.grad(out.sum(), list(a.values()))
+    assert torch.equal(out, eager)
+    for x, y in zip(gcomp, geager):
+        assert torch.equal(x, y)
