@@ -14,14 +14,9 @@ from ssmgen.spec import SSDSpec
 from ssmgen.ssd import ssd_ref
 from ssmgen.ssd_kernels import decode_config
 from test_ssd import F32, INF, make_inputs
+from test_ssd_kernels import poison  # noqa: F401  (autouse: unwritten elements are NaN)
 
 SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    # every buffer a kernel must write starts as NaN, so an unwritten element fails the check
-    monkeypatch.setenv("SSMGEN_POISON", "1")
 
 
 @pytest.mark.parametrize("change, pattern", [
