@@ -241,6 +241,13 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
     a += ["s_zb", "s_zl", "s_zh", "s_zp"] if spec.has_z else []
     a += ["s_sb", "s_sl"] if spec.has_seq_idx else []
+    return param_types(a, spec, _IO | ({"dB_ptr", "dC_ptr"} if kind == "dbc" else set()))
+
+
+def param_types(names, spec: SSDSpec, io_names) -> tuple:
+    """(name, Triton signature type) of SSD kernel parameters: the pointers in io_names in x's
+    dtype, dt's and ddt's in dt's, seq_idx's int32, other pointers fp32; dt_lo / dt_hi fp32,
+    other scalars int32 (shared by the chunk form's kernels)."""
     io = "*" + _TY[spec.dtype]
 
     def typ(n):
@@ -248,7 +255,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
             return "fp32"
         if not n.endswith("_ptr"):
             return "i32"
-        if n in _IO or (kind == "dbc" and n in ("dB_ptr", "dC_ptr")):
+        if n in io_names:
             return io
         if n in ("dt_ptr", "ddt_ptr"):
             return "*" + _TY[spec.dt_dtype]
@@ -256,7 +263,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
             return "*i32"
         return "*fp32"
 
-    return tuple((n, typ(n)) for n in a)
+    return tuple((n, typ(n)) for n in names)
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDConfig, kind: str) -> str:
@@ -352,20 +359,34 @@ def _args(c, spec: SSDSpec) -> dict:
 
 
 def _launch(spec, cfg, kind, args, grid):
-    names = [n for n, _ in kernel_params(spec, kind)]
-    missing = [n for n in names if n not in args]
-    assert not missing, f"launcher lacks kernel arguments {missing}"
     if getattr(cfg, "backend", "triton") == "cuda":
         from . import cuda_ssd
 
+        check_args(kernel_params(spec, kind), args)
         return cuda_ssd.launch(spec, cfg, kind, args, grid)
+    launch_kernel(kernel(spec, cfg, kind), kernel_params(spec, kind), spec, cfg, kind, args,
+                  grid, launch_config(cfg, kind), "block_q, block_p / bwd_block_p")
+
+
+def check_args(params, args) -> list:
+    """The arguments in the kernel's order; a missing one is the launcher's bug."""
+    names = [n for n, _ in params]
+    missing = [n for n in names if n not in args]
+    assert not missing, f"launcher lacks kernel arguments {missing}"
+    return [args[n] for n in names]
+
+
+def launch_kernel(fn, params, spec, cfg, kind, args, grid, options, sizes: str) -> None:
+    """Launches one SSD Triton kernel (this module's or the chunk form's); a config that does
+    not fit the GPU (found when it compiles, before any launch) raises naming the config and
+    the fields (sizes) that shrink it."""
+    values = check_args(params, args)
     try:
-        triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
-                             **launch_config(cfg, kind))
-    except triton.runtime.errors.OutOfResources as e:  # at compile time, before any launch
+        triton_launch.launch(fn, grid, values, **options)
+    except triton.runtime.errors.OutOfResources as e:
         raise ValueError(f"config {cfg.tag(kind)}: the {kind} kernel does not fit this GPU at "
                          f"d_state {spec.d_state}, headdim {spec.headdim}, {spec.dtype} ({e}); "
-                         f"use a smaller block_q, block_p / bwd_block_p or fewer stages") from e
+                         f"use a smaller {sizes} or fewer stages") from e
 
 
 def ckpt_dtype(spec: SSDSpec) -> torch.dtype:

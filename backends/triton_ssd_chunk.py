@@ -18,6 +18,7 @@ Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -27,9 +28,9 @@ import triton
 from ssmgen import render
 from ssmgen.spec import SSDSpec
 
-from . import triton_launch
 from .buffers import new
 from .config import IntConfig
+from .triton_ssd import _args, check_launch, ckpt_dtype, launch_kernel, param_types
 
 KINDS = ("ccum", "cst", "cstp", "cout", "couty", "cdst", "cdstp", "cdx", "cdbc", "cdfin")
 TEMPLATE_OF = {"cstp": "cst", "couty": "cout", "cdstp": "cdst"}
@@ -112,7 +113,6 @@ def padded(n: int) -> int:
 
 
 # -- rendering -----------------------------------------------------------------------------
-_TY = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "st_ptr", "dst_ptr", "out_ptr", "yp_ptr", "dy_ptr",
        "dout_ptr", "dx_ptr", "dz_ptr"}
 
@@ -165,20 +165,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["s_Bb", "s_Bl", "s_Bg", "s_Bn", "s_Cb", "s_Cl", "s_Cg", "s_Cn"]
     if "z_ptr" in a:
         a += ["s_zb", "s_zl", "s_zh", "s_zp"]
-    io = "*" + _TY[spec.dtype]
-
-    def typ(n):
-        if n in ("dt_lo", "dt_hi"):
-            return "fp32"
-        if not n.endswith("_ptr"):
-            return "i32"
-        if n in _IO or (n in ("dB_ptr", "dC_ptr") and kind == "cdbc"):
-            return io
-        if n in ("dt_ptr", "ddt_ptr"):
-            return "*" + _TY[spec.dt_dtype]
-        return "*fp32"
-
-    return tuple((n, typ(n)) for n in a)
+    return param_types(a, spec, _IO | ({"dB_ptr", "dC_ptr"} if kind == "cdbc" else set()))
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
@@ -210,23 +197,13 @@ def kernel(spec: SSDSpec, cfg: SSDChunkConfig, kind: str):
 
 
 def _launch(spec, cfg, kind, args, grid):
-    names = [n for n, _ in kernel_params(spec, kind)]
-    missing = [n for n in names if n not in args]
-    assert not missing, f"launcher lacks kernel arguments {missing}"
-    try:
-        triton_launch.launch(kernel(spec, cfg, kind), grid, [args[n] for n in names],
-                             **cfg.launch(kind))
-    except triton.runtime.errors.OutOfResources as e:  # at compile time, before any launch
-        raise ValueError(f"config {cfg.tag(kind)}: the {kind} kernel does not fit this GPU at "
-                         f"d_state {spec.d_state}, headdim {spec.headdim}, {spec.dtype} ({e}); "
-                         f"use a smaller tile, walk_block_p or fewer stages") from e
+    launch_kernel(kernel(spec, cfg, kind), kernel_params(spec, kind), spec, cfg, kind, args,
+                  grid, cfg.launch(kind), "tile, walk_block_p")
 
 
 # -- launching -----------------------------------------------------------------------------
 def _common(c, spec: SSDSpec, cfg: SSDChunkConfig) -> dict:
     """Every kernel's inputs and sizes, with dt' and cum computed (ccum)."""
-    from .triton_ssd import _args
-
     b, L, H, G = c.batch, c.seqlen, c.heads, c.groups
     Q = cfg.block_q
     nc = triton.cdiv(L, Q)
@@ -264,8 +241,6 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     x's dtype or None, saved or None): saved (1, b, L, H, P) holds y before the gate where z
     is given and a backward can follow. The states are always made (the output reads them);
     they are returned where checkpoints or for_backward."""
-    from .triton_ssd import check_launch, ckpt_dtype
-
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     dev = c.x.device
@@ -308,7 +283,7 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     hpg = H // G
     if hpg % hs:
         hs = 1  # the group's heads do not split evenly: one program per group
-        cfg = cfg if cfg.heads_split == 1 else _with(cfg, heads_split=1)
+        cfg = dataclasses.replace(cfg, heads_split=1)
     a.update(dx_ptr=new((b, L, H, P), c.x.dtype, dev),
              dz_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
              v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
@@ -330,12 +305,6 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
                 C=dC, D=None if dD is None else dD.sum((0, 2)),
                 dt_bias=None if ddtb is None else ddtb.sum((0, 2)),
                 initial_states=a["dinit_ptr"])
-
-
-def _with(cfg, **change):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **change)
 
 
 CONFIG = SSDChunkConfig

@@ -90,20 +90,30 @@ CONFIGS = st.builds(dict, block_q=st.sampled_from([16, 32]), block_p=st.sampled_
                     dbc_block_p=st.sampled_from([16, 32]), walk_block_p=st.sampled_from([16, 32]))
 
 
-@pytest.mark.interp
-@settings(max_examples=12, deadline=None)
-@given(b=st.integers(1, 2), L=st.integers(1, 50), HG=st.sampled_from(HEADS_GROUPS),
-       P=st.integers(1, 40), N=st.integers(1, 20), D=st.sampled_from([None, "h", "hp"]),
-       z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(),
-       dt_limit=st.sampled_from([(0.0, INF), (0.1, 0.4)]), h0=st.booleans(),
-       ret_final=st.booleans(), dtype=st.sampled_from([F32, F16]), dt_f32=st.booleans(),
-       config=CONFIGS, seed=st.integers(0, 2**31 - 1))
-def test_triton_ssd_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus, dt_limit, h0,
-                                      ret_final, dtype, dt_f32, config, seed):
+def check_call(b, L, HG, P, N, D, z, dt_bias, softplus, dt_limit, h0, ret_final, dtype, dt_f32,
+               config, seed):
+    """One drawn call (interp_calls) against the reference."""
     H, G = HG
     a = make_inputs(seed, b, L, H, P, N, G, dtype, F32 if dt_f32 else dtype, D=D, z=z,
                     dt_bias=dt_bias, h0=h0, softplus=softplus)
     check(a, dict(dt_softplus=softplus, dt_limit=dt_limit), ret_final, config, dtype, seed)
+
+
+# the interpreter tests' calls: sizes (L up to max_L) and every option
+def interp_calls(max_L):
+    return dict(b=st.integers(1, 2), L=st.integers(1, max_L), HG=st.sampled_from(HEADS_GROUPS),
+                P=st.integers(1, 40), N=st.integers(1, 20), D=st.sampled_from([None, "h", "hp"]),
+                z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(),
+                dt_limit=st.sampled_from([(0.0, INF), (0.1, 0.4)]), h0=st.booleans(),
+                ret_final=st.booleans(), dtype=st.sampled_from([F32, F16]), dt_f32=st.booleans(),
+                seed=st.integers(0, 2**31 - 1))
+
+
+@pytest.mark.interp
+@settings(max_examples=12, deadline=None)
+@given(**interp_calls(50), config=CONFIGS)
+def test_triton_ssd_matches_reference(**k):
+    check_call(**k)
 
 
 CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
@@ -113,20 +123,10 @@ CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
 
 @pytest.mark.interp
 @settings(max_examples=6, deadline=None)
-@given(b=st.integers(1, 2), L=st.integers(1, 70), HG=st.sampled_from(HEADS_GROUPS),
-       P=st.integers(1, 40), N=st.integers(1, 20), D=st.sampled_from([None, "h", "hp"]),
-       z=st.booleans(), dt_bias=st.booleans(), softplus=st.booleans(),
-       dt_limit=st.sampled_from([(0.0, INF), (0.1, 0.4)]), h0=st.booleans(),
-       ret_final=st.booleans(), dtype=st.sampled_from([F32, F16]), dt_f32=st.booleans(),
-       config=CHUNK_CONFIGS, seed=st.integers(0, 2**31 - 1))
-def test_triton_ssd_chunk_form_matches_reference(b, L, HG, P, N, D, z, dt_bias, softplus,
-                                                 dt_limit, h0, ret_final, dtype, dt_f32, config,
-                                                 seed):
+@given(**interp_calls(70), config=CHUNK_CONFIGS)
+def test_triton_ssd_chunk_form_matches_reference(**k):
     """The chunk form (backends/triton_ssd_chunk.py): states at chunk boundaries only."""
-    H, G = HG
-    a = make_inputs(seed, b, L, H, P, N, G, dtype, F32 if dt_f32 else dtype, D=D, z=z,
-                    dt_bias=dt_bias, h0=h0, softplus=softplus)
-    check(a, dict(dt_softplus=softplus, dt_limit=dt_limit), ret_final, config, dtype, seed)
+    check_call(**k)
 
 
 @pytest.mark.gpu
@@ -441,16 +441,18 @@ def test_custom_ops_pass_opcheck(packed, bwd_kernels):
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("packed", [False, True])
-def test_torch_compile_fullgraph_forward_and_backward(packed):
+@pytest.mark.parametrize("packed, config", [
+    (False, dict(block_q=16, block_p=16, bwd_block_p=16)),
+    (True, dict(block_q=16, block_p=16, bwd_block_p=16)),
+    (False, dict(form="chunk", tile=16, tiles=2, walk_block_p=16))], ids=["walk", "packed", "chunk"])
+def test_torch_compile_fullgraph_forward_and_backward(packed, config):
     a = make_inputs(6, 1, 20, 2, 16, 16, 1, F32, D="h", z=True, softplus=True)
     seq_idx = (torch.arange(20, dtype=torch.int32) // 7)[None] if packed else None
 
     def f(**kw):
         return ssmgen.mamba_chunk_scan_combined(**kw, chunk_size=16, dt_softplus=True,
                                                 seq_idx=seq_idx, backend="triton",
-                                                config=dict(block_q=16, block_p=16,
-                                                            bwd_block_p=16))
+                                                config=config)
 
     eager = f(**a)
     geager = torch.autograd.grad(eager.sum(), list(a.values()))
