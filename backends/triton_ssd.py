@@ -124,6 +124,10 @@ def padded_state(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.d_state))
 
 
+def padded_headdim(spec: SSDSpec) -> int:
+    return max(16, triton.next_power_of_2(spec.headdim))
+
+
 def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64, training: bool = True):
     """The chunk form (backends/triton_ssd_chunk.py, SSDChunkConfig) where it was measured
     faster than the walk: for training (a backward follows), no packed sequences, d_state up
@@ -157,7 +161,7 @@ def walk_config(spec: SSDSpec, batch: int = 1, heads: int = 64) -> SSDConfig:
     (5.67 at 4 warps, 6.94 at 32 channels) against the split pass 2's 6.14; at d_state 64 the
     walk 2.24 against 2.49. Above 256 (the walk's [channels, d_state] fp32 gradient twice as
     large again) unmeasured, so the split pass 2 stays there."""
-    P2 = max(16, triton.next_power_of_2(spec.headdim))
+    P2 = padded_headdim(spec)
     big = padded_state(spec) >= 256  # twice the registers per tile
     huge = padded_state(spec) > 256
     splits = 1
@@ -420,10 +424,8 @@ def _split_buffers(c, spec, cfg, kind: str, a: dict, nblk: int) -> int:
 
 def saved_count(cfg, has_z: bool) -> int:
     """How many x-sized tensors the forward saves for the backward under cfg: Yi and (with z)
-    y before the gate for the split pass 2 and the walk, y before the gate for the chunk
-    form (with z), none for the one-kernel pass 2 and CUDA."""
-    if getattr(cfg, "form", None) == "chunk":
-        return int(has_z)
+    y before the gate for the split pass 2 and the walk, none for the one-kernel pass 2 and
+    CUDA."""
     return (1 + has_z) if saves_yi(cfg) else 0
 
 
@@ -441,10 +443,6 @@ def forward(c, spec: SSDSpec, cfg: SSDConfig, for_backward: bool = False,
     y before the gate, each in x's layout and dtype. checkpoints: whether to save the state
     entering each block and return it (always with for_backward); without, a Triton config runs
     fwdo, which stores only out (and the final state), and None is returned for them."""
-    if getattr(cfg, "form", None) == "chunk":
-        from . import triton_ssd_chunk
-
-        return triton_ssd_chunk.forward(c, spec, cfg, for_backward, checkpoints)
     check_launch(c)
     b, L, H, P, N = c.batch, c.seqlen, c.heads, c.headdim, c.d_state
     nblk = triton.cdiv(L, cfg.block_q)
@@ -589,10 +587,6 @@ def backward_walk(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, sav
 def backward(c, spec: SSDSpec, cfg: SSDConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient (fp32 or the input's dtype; see ssmgen.ssd_kernels)."""
     dout = dout.contiguous()
-    if getattr(cfg, "form", None) == "chunk":
-        from . import triton_ssd_chunk
-
-        return triton_ssd_chunk.backward(c, spec, cfg, ckpt, dout, dfinal, saved)
     if getattr(cfg, "bwd_kernels", 1) == 3:
         return backward_walk(c, spec, cfg, ckpt, dout, dfinal, saved)
     dckpt, dinit, sig = backward_states(c, spec, cfg, ckpt.shape[2], dout, dfinal,

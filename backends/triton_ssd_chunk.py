@@ -30,7 +30,9 @@ from ssmgen.spec import SSDSpec
 
 from .buffers import new
 from .config import IntConfig
-from .triton_ssd import _args, check_launch, ckpt_dtype, launch_kernel, param_types
+from .triton_ssd import (_args, _grad_buffers, _grads, _state_grad_buffers, check_launch,
+                         ckpt_dtype, launch_kernel, padded_headdim, padded_state, param_types,
+                         segments)
 
 KINDS = ("ccum", "cst", "cstp", "cout", "couty", "cdst", "cdstp", "cdx", "cdbc", "cdfin")
 TEMPLATE_OF = {"cstp": "cst", "couty": "cout", "cdstp": "cdst"}
@@ -65,7 +67,6 @@ class SSDChunkConfig(IntConfig):
     cdbc_stages: int = 2
 
     backend = "triton"
-    form = "chunk"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
 
     @property
@@ -108,12 +109,8 @@ class SSDChunkConfig(IntConfig):
                              "use the walk's config (SSDConfig) or config=None")
 
 
-def padded(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 # -- rendering -----------------------------------------------------------------------------
-_IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "st_ptr", "dst_ptr", "out_ptr", "yp_ptr", "dy_ptr",
+_IO = {"x_ptr", "z_ptr", "B_ptr", "C_ptr", "ckpt_ptr", "dckpt_ptr", "out_ptr", "yp_ptr", "dy_ptr",
        "dout_ptr", "dx_ptr", "dz_ptr"}
 
 
@@ -127,29 +124,29 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     elif kind in ("cst", "cstp"):
         a = x_in + ["B_ptr", "dtp_ptr", "cum_ptr"]
         if kind == "cst":
-            a += (["init_ptr"] if spec.has_initial_state else []) + ["st_ptr"]
+            a += (["init_ptr"] if spec.has_initial_state else []) + ["ckpt_ptr"]
             a += ["final_ptr"] if spec.return_final_states else []
         a += ["hsp_ptr", "psp_ptr"]
     elif kind in ("cout", "couty"):
         a = x_in + (["z_ptr"] if z else []) + ["B_ptr", "C_ptr"] + (["D_ptr"] if D else [])
-        a += ["dtp_ptr", "cum_ptr", "st_ptr", "out_ptr"]
+        a += ["dtp_ptr", "cum_ptr", "ckpt_ptr", "out_ptr"]
         a += ["yp_ptr"] if kind == "couty" else []
     elif kind in ("cdst", "cdstp"):
         a = ["dout_ptr"] + (["z_ptr"] if z else []) + ["C_ptr", "dtp_ptr", "cum_ptr"]
         if kind == "cdst":
             a += ["dfinal_ptr"] if spec.return_final_states else []
-            a += ["st_ptr", "dst_ptr", "sig_ptr"] + (["dy_ptr"] if z else [])
+            a += ["ckpt_ptr", "dckpt_ptr", "sig_ptr"] + (["dy_ptr"] if z else [])
             a += ["dinit_ptr"] if spec.has_initial_state else []
         a += ["hsp_ptr", "psp_ptr"]
     elif kind == "cdx":
         a = x_in + (["z_ptr", "yp_ptr", "dy_ptr"] if z else []) + ["B_ptr", "C_ptr"]
-        a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "st_ptr", "dst_ptr"]
+        a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "ckpt_ptr", "dckpt_ptr"]
         a += ["dout_ptr", "dx_ptr"] + (["dz_ptr"] if z else []) + ["v_ptr", "u_ptr", "gx_ptr"]
         a += ["rp_ptr"]
         a += ["dD_ptr"] if D else []
     elif kind == "cdbc":
         a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
-        a += ["st_ptr", "dst_ptr", "dB_ptr", "dC_ptr"]
+        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
     else:  # cdfin
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
         a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
@@ -173,7 +170,7 @@ def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
 
 
 def walk_block_p(spec: SSDSpec, cfg: SSDChunkConfig) -> int:
-    return min(cfg.walk_block_p, padded(spec.headdim))
+    return min(cfg.walk_block_p, padded_headdim(spec))
 
 
 def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
@@ -181,8 +178,8 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         f"triton/ssd_chunk_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], pre=kind in ("cstp", "cdstp"),
-        store_yp=kind == "couty", N=spec.d_state, NP=padded(spec.d_state),
-        P2=padded(spec.headdim), block_q=cfg.tile, tiles=cfg.tiles,
+        store_yp=kind == "couty", N=spec.d_state, NP=padded_state(spec),
+        P2=padded_headdim(spec), block_q=cfg.tile, tiles=cfg.tiles,
         block_p=walk_block_p(spec, cfg), heads_split=cfg.heads_split, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
@@ -196,9 +193,13 @@ def kernel(spec: SSDSpec, cfg: SSDChunkConfig, kind: str):
     return getattr(render.load_module("triton", name, render_source(spec, cfg, kind)), name)
 
 
+def launch_config(cfg: SSDChunkConfig, kind: str) -> dict:
+    return cfg.launch(kind)  # as triton_ssd.launch_config (ssmgen.aot reads either)
+
+
 def _launch(spec, cfg, kind, args, grid):
     launch_kernel(kernel(spec, cfg, kind), kernel_params(spec, kind), spec, cfg, kind, args,
-                  grid, cfg.launch(kind), "tile, walk_block_p")
+                  grid, launch_config(cfg, kind), "tile, walk_block_p")
 
 
 # -- launching -----------------------------------------------------------------------------
@@ -218,21 +219,19 @@ def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
     """Runs a walk (cst, cdst) over the config's segments, after its pre-pass (kind + "p")
     over the segments pre_from .. pre_from + segments - 2: those the others start from (all
     but the last for cst, all but the first for cdst)."""
-    c_b, H, P, N, nc = a["x_ptr"].shape[0], a["H"], a["P"], a["_N"], a["nc"]
-    spc = triton.cdiv(nc, max(1, min(cfg.splits, nc)))
-    nseg = triton.cdiv(nc, spc)
+    b, H, P, nc = a["x_ptr"].shape[0], a["H"], a["P"], a["nc"]
+    nseg, spc = segments(cfg, nc)
     npb = triton.cdiv(P, walk_block_p(spec, cfg))
     dev = a["x_ptr"].device
     a.update(nseg=nseg, spc=spc)
     if nseg > 1:
-        a.update(hsp_ptr=new((c_b, H, nseg, P, N), torch.float32, dev),
-                 psp_ptr=new((c_b, H, nseg), torch.float32, dev), nl=nseg - 1,
-                 seg_off=pre_from)
-        _launch(spec, cfg, kind + "p", a, (npb * (nseg - 1), H, c_b))
+        a.update(hsp_ptr=new((b, H, nseg, P, spec.d_state), torch.float32, dev),
+                 psp_ptr=new((b, H, nseg), torch.float32, dev), nl=nseg - 1, seg_off=pre_from)
+        _launch(spec, cfg, kind + "p", a, (npb * (nseg - 1), H, b))
     else:  # never read: any fp32 tensor of the call
         a.update(hsp_ptr=a["dtp_ptr"], psp_ptr=a["dtp_ptr"])
     a.update(nl=nseg, seg_off=0)
-    _launch(spec, cfg, kind, a, (npb * nseg, H, c_b))
+    _launch(spec, cfg, kind, a, (npb * nseg, H, b))
 
 
 def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
@@ -248,7 +247,7 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     nc = a["nc"]
     out = new((b, L, H, P), c.x.dtype, dev)
     saved = new((1, b, L, H, P), c.x.dtype, dev) if for_backward and spec.has_z else None
-    a.update(_N=N, st_ptr=new((b, H, nc, P, N), ckpt_dtype(spec), dev), out_ptr=out,
+    a.update(ckpt_ptr=new((b, H, nc, P, N), ckpt_dtype(spec), dev), out_ptr=out,
              yp_ptr=None if saved is None else saved[0],
              final_ptr=new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None)
     if spec.has_initial_state:
@@ -256,12 +255,18 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     _walk(spec, cfg, "cst", a, pre_from=0)
     _launch(spec, cfg, "couty" if saved is not None else "cout", a, (nc * cfg.tiles, H, b))
     keep = checkpoints or for_backward
-    return out, a["final_ptr"], a["st_ptr"] if keep else None, saved
+    return out, a["final_ptr"], a["ckpt_ptr"] if keep else None, saved
+
+
+def saved_count(cfg, has_z: bool) -> int:
+    """x-sized tensors the forward saves for the backward: y before the gate, with z."""
+    return int(has_z)
 
 
 def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient from the forward's states (ckpt) and saved (y before the gate,
-    with z); dt' and cum are computed again (ccum: 0.014 ms on ssd_1.3b)."""
+    with z); dt' and cum are computed again (ccum: 0.014 ms on ssd_1.3b). The walk's buffers
+    (triton_ssd): the per-tile parts of dA, dD and d dt_bias are its per-block parts."""
     if spec.has_z and saved is None:
         raise ValueError(f"config {cfg.tag('cdx')}: the chunk form's backward with z reads the "
                          f"forward's y before the gate; run forward(..., for_backward=True)")
@@ -270,41 +275,29 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     a = _common(c, spec, cfg)
     nc, NT, hs = a["nc"], cfg.tiles, cfg.heads_split
     npb = triton.cdiv(P, walk_block_p(spec, cfg))
-    a.update(_N=N, st_ptr=ckpt, dout_ptr=dout, dst_ptr=new(ckpt.shape, ckpt.dtype, dev),
-             sig_ptr=new((b, H, nc, npb), f32, dev), npb=npb,
+    _state_grad_buffers(c, spec, a, nc, dfinal)
+    _grad_buffers(c, spec, a, nc * NT)
+    a.update(ckpt_ptr=ckpt, dout_ptr=dout.contiguous(), npb=npb,
+             sig_ptr=new((b, H, nc, npb), f32, dev),
              dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
-             dinit_ptr=new((b, H, P, N), f32, dev) if spec.has_initial_state else None)
-    if spec.has_z:
-        a["yp_ptr"] = saved[0]
-    if spec.return_final_states:
-        a["dfinal_ptr"] = (torch.zeros(b, H, P, N, dtype=f32, device=dev) if dfinal is None
-                           else dfinal.to(f32).contiguous())
+             yp_ptr=saved[0] if spec.has_z else None)
     _walk(spec, cfg, "cdst", a, pre_from=1)
-    hpg = H // G
-    if hpg % hs:
+    if (H // G) % hs:
         hs = 1  # the group's heads do not split evenly: one program per group
         cfg = dataclasses.replace(cfg, heads_split=1)
-    a.update(dx_ptr=new((b, L, H, P), c.x.dtype, dev),
-             dz_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
-             v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
+    # cdbc: heads_split fp32 partials, summed below, or dB / dC themselves
+    part = (b, L, G, N) if hs == 1 else (hs, b, L, G, N)
+    a.update(v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
              gx_ptr=new((b, H, L), f32, dev), rp_ptr=new((b, H, NT, L), f32, dev),
-             dD_ptr=new((b, H, nc * NT) + ((P,) if spec.D_per_channel else ()), f32, dev)
-             if spec.has_D else None,
-             dB_ptr=new((b, L, G, N), c.B.dtype, dev) if hs == 1 else new((hs, b, L, G, N), f32, dev),
-             dC_ptr=new((b, L, G, N), c.C.dtype, dev) if hs == 1 else new((hs, b, L, G, N), f32, dev),
-             ddt_ptr=new((b, L, H), c.dt.dtype, dev), dA_ptr=new((b, H, nc), f32, dev),
-             ddtb_ptr=new((b, H, nc), f32, dev) if spec.has_dt_bias else None)
+             dB_ptr=new(part, c.B.dtype if hs == 1 else f32, dev),
+             dC_ptr=new(part, c.C.dtype if hs == 1 else f32, dev))
     _launch(spec, cfg, "cdx", a, (nc * NT, H, b))
     _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
     _launch(spec, cfg, "cdfin", a, (nc, H, b))
     dB, dC = a["dB_ptr"], a["dC_ptr"]
     if hs > 1:
         dB, dC = dB.sum(0).to(c.B.dtype), dC.sum(0).to(c.C.dtype)
-    dD, ddtb = a["dD_ptr"], a["ddtb_ptr"]
-    return dict(x=a["dx_ptr"], dt=a["ddt_ptr"], z=a["dz_ptr"], A=a["dA_ptr"].sum((0, 2)), B=dB,
-                C=dC, D=None if dD is None else dD.sum((0, 2)),
-                dt_bias=None if ddtb is None else ddtb.sum((0, 2)),
-                initial_states=a["dinit_ptr"])
+    return dict(_grads(spec, a, dB, dC), initial_states=a["dinit_ptr"])
 
 
 CONFIG = SSDChunkConfig

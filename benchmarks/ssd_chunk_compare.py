@@ -58,8 +58,9 @@ def main():
         torch.manual_seed(0)
         x = make_inputs(s)
         dout = torch.randn_like(x["x"])
-        cfgs = configs(s, call_of(x))
-        print("  default: " + repr(ts.default_config(spec_of(call_of(x)), s["batch"], s["heads"])),
+        c = call_of(x)
+        cfgs = configs(s, c)
+        print("  default: " + repr(ts.default_config(spec_of(c), s["batch"], s["heads"])),
               flush=True)
         a, b = grads(s, x, dout, cfgs["walk"]), grads(s, x, dout, cfgs["chunk"])
         diff = {k: ((b[k].double() - a[k].double()).norm() / a[k].double().norm()).item()

@@ -100,17 +100,19 @@ def compile_kernel(spec: ScanSpec, cfg, kind: str, arch: int = 90) -> CompileRep
 def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> CompileReport:
     """The same for one SSD kernel (backends/triton_ssd.py; kind: one of SSD_KINDS); values:
     see _compile (ssd_launch_args gives them for a call's sizes)."""
-    from ssmgen.backends import triton_ssd as ts, triton_ssd_chunk as tc
-
-    if kind in tc.KINDS:  # the chunk form's kernels (cfg: an SSDChunkConfig)
-        lc = cfg.launch(kind)
-        return _compile(tc.kernel(spec, cfg, kind), tc.kernel_params(spec, kind),
-                        tc.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"],
-                        arch, values)
-    lc = ts.launch_config(cfg, kind)
-    return _compile(ts.kernel(spec, cfg, kind), ts.kernel_params(spec, kind),
-                    ts.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
+    mod = _ssd_module(kind)
+    lc = mod.launch_config(cfg, kind)
+    return _compile(mod.kernel(spec, cfg, kind), mod.kernel_params(spec, kind),
+                    mod.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
                     values)
+
+
+def _ssd_module(kind: str):
+    """The backend module of an SSD kernel kind: the chunk form's (cfg: an SSDChunkConfig) or
+    the walk's."""
+    from ssmgen.backends import triton_ssd, triton_ssd_chunk
+
+    return triton_ssd_chunk if kind in triton_ssd_chunk.KINDS else triton_ssd
 
 
 def ssd_launch_args(spec, cfg, batch: int, seqlen: int, heads: int, groups: int) -> dict:
@@ -213,10 +215,7 @@ def ssd_default_config(spec, kind: str = "fwd"):
 
 
 def ssd_kernel_name(spec, kind: str) -> str:
-    from .backends import triton_ssd, triton_ssd_chunk
-
-    mod = triton_ssd_chunk if kind in triton_ssd_chunk.KINDS else triton_ssd
-    return mod.kernel_name(spec, ssd_default_config(spec, kind), kind)
+    return _ssd_module(kind).kernel_name(spec, ssd_default_config(spec, kind), kind)
 
 
 def ssd_jobs(ssd_specs) -> list:

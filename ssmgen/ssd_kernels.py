@@ -43,6 +43,14 @@ def _classes(backend: str) -> tuple:
     return triton_ssd.CONFIG, triton_ssd_chunk.CONFIG
 
 
+def _impl(cfg):
+    """The module that runs cfg: backends/triton_ssd_chunk.py for the chunk form's config,
+    else backends/triton_ssd.py (which launches a CUDA config's kernels through cuda_ssd)."""
+    from .backends import triton_ssd, triton_ssd_chunk
+
+    return triton_ssd_chunk if isinstance(cfg, triton_ssd_chunk.CONFIG) else triton_ssd
+
+
 def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton",
               training: bool = True):
     """None (the heuristic default for these sizes, and for Triton whether a backward follows:
@@ -55,15 +63,13 @@ def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: s
             return mod.default_config(spec, batch, heads)
         return mod.default_config(spec, batch, heads, training)
     if isinstance(config, dict):
-        form = config.get("form", "walk")
-        if backend == "cuda" or form not in ("walk", "chunk"):
-            if "form" in config:
-                raise ValueError(f"config.form must be 'walk' or 'chunk' (backend='triton'), "
-                                 f"got {form!r}")
-            config = classes[0].from_dict(config)
-        else:
-            fields = {k: v for k, v in config.items() if k != "form"}
-            config = classes[form == "chunk"].from_dict(fields)
+        fields = dict(config)
+        form = fields.pop("form", "walk")
+        forms = ("walk", "chunk")[:len(classes)]  # the chunk form is Triton's
+        if form not in forms:
+            raise ValueError(f"config.form must be one of {forms} for backend={backend!r}, "
+                             f"got {form!r}")
+        config = classes[forms.index(form)].from_dict(fields)
     if not isinstance(config, classes):
         raise TypeError(f"config for backend={backend!r} must be None, a dict or a "
                         f"{' or '.join(k.__name__ for k in classes)}, got {type(config).__name__}")
@@ -125,10 +131,8 @@ def ssd_fwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
 
 
 def _forward(c, config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.Tensor]:
-    from .backends import triton_ssd
-
-    out, final, ckpt, saved = triton_ssd.forward(c, spec_of(c), decode_config(config),
-                                                 for_backward, keep_ckpt)
+    cfg = decode_config(config)
+    out, final, ckpt, saved = _impl(cfg).forward(c, spec_of(c), cfg, for_backward, keep_ckpt)
     # placeholders are separate tensors: a custom op's outputs may not alias each other
     empty = c.x.new_empty
     return [out, empty(0, dtype=torch.float32) if final is None else final,
@@ -138,15 +142,13 @@ def _forward(c, config: str, for_backward: bool, keep_ckpt: bool) -> List[torch.
 @ssd_fwd.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
       return_final_states, config, for_backward, keep_ckpt):
-    from .backends.triton_ssd import saved_count
-
     b, L, H, P = x.shape
     N = B.shape[-1]
     cfg = decode_config(config)
     nblk = -(-L // cfg.block_q)
     final = (x.new_empty((b, H, P, N), dtype=torch.float32) if return_final_states
              else x.new_empty(0, dtype=torch.float32))
-    n = saved_count(cfg, z is not None)
+    n = _impl(cfg).saved_count(cfg, z is not None)
     saved = x.new_empty((n, b, L, H, P)) if for_backward and n else x.new_empty(0)
     ckpt = (x.new_empty((b, H, nblk, P, N)) if for_backward or keep_ckpt else x.new_empty(0))
     return [x.new_empty((b, L, H, P)), final, ckpt, saved]
@@ -160,11 +162,10 @@ def ssd_bwd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
             config: str, ckpt: torch.Tensor, saved: torch.Tensor, dout: torch.Tensor,
             dfinal: Optional[torch.Tensor]) -> List[torch.Tensor]:
     """The gradients of the 9 float inputs in their shapes and dtypes (empty when absent)."""
-    from .backends import triton_ssd
-
     c = _call(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_lo, dt_hi,
               return_final_states)
-    g = triton_ssd.backward(c, spec_of(c), decode_config(config), ckpt, dout, dfinal,
+    cfg = decode_config(config)
+    g = _impl(cfg).backward(c, spec_of(c), cfg, ckpt, dout, dfinal,
                             saved if saved.numel() else None)
     ins = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     return [x.new_empty(0) if t is None else g[n].to(t.dtype) for n, t in zip(_TENSORS, ins)]
