@@ -48,7 +48,10 @@ class SSDChunkConfig(IntConfig):
     every tile * tiles steps); walk_block_p: channels per program of the two walks (cst,
     cdst); splits: segments of whole chunks the walks cut the sequence into (a pre-pass
     each); heads_split: programs sharing one group's heads in cdbc (fp32 partials above 1);
-    <kernel>_warps / _stages: each kernel's launch options."""
+    <kernel>_warps / _stages: each kernel's launch options; dy_walk (with z): 1 has the walk
+    cdst store dy = dout silu(z) once and cdx read it, 0 has cdx form it from dout and z
+    (stored from each source tile for cdbc): a store in the sequential walk against loads
+    in the parallel kernel."""
 
     tile: int = 64
     tiles: int = 2
@@ -65,6 +68,7 @@ class SSDChunkConfig(IntConfig):
     cdx_stages: int = 1
     cdbc_warps: int = 8
     cdbc_stages: int = 2
+    dy_walk: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -89,11 +93,15 @@ class SSDChunkConfig(IntConfig):
         t += f"_w{lc['num_warps']}_s{lc['num_stages']}"
         if k in ("cst", "cdst"):
             t += f"_p{self.walk_block_p}"
+        if k in ("cdst", "cdx") and self.dy_walk:
+            t += "_dyw"
         return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
 
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
-        self.check_powers(choices=stages)
+        self.check_powers(choices=stages + ("dy_walk",))
+        if self.dy_walk not in (0, 1):
+            raise ValueError(f"config.dy_walk must be 0 or 1, got {self.dy_walk}")
         for name in stages:
             if not 1 <= getattr(self, name) <= 4:
                 raise ValueError(f"config.{name} must be in 1..4, got {getattr(self, name)}")
@@ -184,7 +192,7 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
-        has_seq_idx=False)
+        has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z))
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ import ssmgen
 from ssmgen.backends import triton_ssd as ts
 from ssmgen.bench import peak_mb
 from ssmgen.ssd import _normalize
-from ssmgen.ssd_kernels import spec_of
+from ssmgen.ssd_kernels import _impl, decode_config, spec_of
 from ssmgen.suite import load
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +26,11 @@ def call_of(x):
 
 
 def pipeline(c, spec, cfg, dout):
-    """out and every gradient of one forward+backward of the kernels under cfg."""
-    out, _, ckpt, saved = ts.forward(c, spec, cfg, for_backward=True)
-    g = ts.backward(c, spec, cfg, ckpt, dout, saved=saved)
+    """out and every gradient of one forward+backward of the kernels under cfg (either
+    Triton form: the walk's SSDConfig or the chunk form's SSDChunkConfig)."""
+    mod = _impl(cfg)
+    out, _, ckpt, saved = mod.forward(c, spec, cfg, for_backward=True)
+    g = mod.backward(c, spec, cfg, ckpt, dout, saved=saved)
     return out, g
 
 
@@ -46,18 +48,20 @@ def shipped_config(s):
 def _warm_job(job):
     """In a worker process: compile (not run) every kernel of one config's forward+backward on
     uninitialized inputs of the shape's sizes: the same specializations as the real call."""
-    name, cfg_dict = job  # name: a suite ssd shape's, or the shape itself (a dict)
+    name, cfg = job  # name: a suite ssd shape's, or the shape itself (a dict)
     s = name if isinstance(name, dict) else next(s for s in load()["ssd"] if s["name"] == name)
     c = empty_call(s)
     spec = spec_of(c)
-    cfg = ts.SSDConfig(**cfg_dict)
+    # cfg: the walk's fields (a dict), or any Triton config's encode() text
+    cfg = decode_config(cfg) if isinstance(cfg, str) else ts.SSDConfig(**cfg)
+    mod = _impl(cfg)
 
     def warm(spec_, cfg_, kind, a, grid):
-        names = [n for n, _ in ts.kernel_params(spec_, kind)]
-        ts.kernel(spec_, cfg_, kind).warmup(*[a[n] for n in names], grid=grid,
-                                            **ts.launch_config(cfg_, kind))
+        names = [n for n, _ in mod.kernel_params(spec_, kind)]
+        mod.kernel(spec_, cfg_, kind).warmup(*[a[n] for n in names], grid=grid,
+                                             **mod.launch_config(cfg_, kind))
 
-    ts._launch = warm
+    mod._launch = warm
     t0 = time.time()
     try:
         pipeline(c, spec, cfg, torch.empty_like(c.x))

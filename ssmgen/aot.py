@@ -53,7 +53,7 @@ def resource_usage(cubin: bytes, name: str) -> dict:
 
 
 def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int,
-             values=None) -> CompileReport:
+             values=None, **options) -> CompileReport:
     """values: {int parameter: its value} of a real call, to compile as the JIT would for it
     (an int equal to 1 becomes a constant, one divisible by 16 and every pointer carry that
     divisibility); None compiles without those specializations (pessimistic: scalar loads)."""
@@ -78,7 +78,7 @@ def _compile(fn, params, name: str, num_warps: int, num_stages: int, arch: int,
     t0 = time.perf_counter()
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+                              options={"num_warps": num_warps, "num_stages": num_stages, **options})
     seconds = time.perf_counter() - t0
     use = resource_usage(compiled.asm["cubin"], name)
     return CompileReport(name=name, arch=arch, registers=use["REG"],

@@ -25,6 +25,7 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(tiles=3), r"config\.tiles must be a positive power of two"),
     (dict(cout_stages=5), r"config\.cout_stages must be in 1\.\.4"),
     (dict(splits=128), r"config\.splits must be <= 64"),
+    (dict(dy_walk=2), r"config\.dy_walk must be 0 or 1"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
 def test_bad_chunk_config_raises_naming_the_field(change, pattern):

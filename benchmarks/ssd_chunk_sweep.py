@@ -1,0 +1,165 @@
+"""GPU: a sweep of the SSD chunk form's configs (backends/triton_ssd_chunk.py) on the suite's
+ssd shapes, then the best against the walk, the shipped default and mamba-ssm.
+
+1. Structures (tile x tiles, dy_walk, sequence splits) x launch variants. A variant sets
+   every kernel's warps and stages at once (and cdbc's heads_split): each kernel's time
+   depends only on the structure and its own fields, so one variant list covers every
+   kernel's options, and the best config takes each kernel's best variant.
+2. Every config is compiled first in a pool of processes (ssd_sweep_common.compile_ahead).
+3. Each config's kernels are timed alone (do_bench medians, the launches of one real
+   forward+backward replayed); out and every gradient are compared with the walk's.
+4. The best config per structure is assembled, and the best of those, the walk, the shipped
+   default and mamba-ssm's Triton SSD run forward+backward through the public call in one
+   process (ssd_sweep_common.compare: do_bench medians, profiled kernel sums, peak memory).
+
+Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
+Environment: SWEEP_JOBS (compile processes), SWEEP_QUICK=1 (two variants per structure).
+"""
+import dataclasses
+import itertools
+import json
+import os
+import sys
+
+import torch
+from triton.testing import do_bench
+
+from ssmgen.backends import triton_ssd as ts, triton_ssd_chunk as tc
+from ssmgen.bench import peer_import
+from ssmgen.ssd_kernels import spec_of
+from ssmgen.suite import load
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ssd_bench import make_inputs  # noqa: E402
+from ssd_pass2_sweep import rel  # noqa: E402
+from ssd_sweep_common import call_of, compare, compile_ahead, pipeline  # noqa: E402
+
+# the kernels a variant's fields launch (a walk's pre-pass runs under the walk's fields)
+GROUPS = {"cst": ("cst", "cstp"), "cout": ("cout", "couty"), "cdst": ("cdst", "cdstp"),
+          "cdx": ("cdx",), "cdbc": ("cdbc",)}
+
+
+def structures(s):
+    """(tile, tiles, dy_walk, splits, walk_block_p) to sweep for shape s: the walks need
+    sequence splits where batch x heads gives fewer than 2 programs per SM (ssd_long)."""
+    tt = ((64, 2), (32, 4), (128, 1), (64, 1))
+    few = s["batch"] * s["heads"] < 264
+    out = []
+    for (tile, tiles), dyw in itertools.product(tt, (0, 1)):
+        if (tile, tiles) in ((128, 1), (64, 1)) and dyw:
+            continue
+        for sp in ((4, 8) if few and dyw else (4,) if few else (1,)):
+            out.append(dict(tile=tile, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64))
+    return out
+
+
+def variants():
+    ws = [(w, st) for w in (4, 8) for st in (1, 2, 3)]
+    if os.environ.get("SWEEP_QUICK") == "1":
+        ws = [(4, 1), (8, 2)]
+    out = [dict(heads_split=1, **{f"{k}_{f}": v for k in GROUPS
+                                  for f, v in (("warps", w), ("stages", st))}) for w, st in ws]
+    out += [dict(v, heads_split=2) for v in out if v["cdbc_warps"] == 8 and
+            v["cdbc_stages"] == 2]
+    return out
+
+
+def record(fn):
+    """(kind, config, args, grid) of each chunk-form kernel fn() launches, and its result."""
+    seen, real = [], tc._launch
+
+    def rec(spec_, cfg_, kind, a, grid):
+        seen.append((kind, cfg_, dict(a), grid))
+        return real(spec_, cfg_, kind, a, grid)
+
+    tc._launch = rec
+    try:
+        return seen, fn()
+    finally:
+        tc._launch = real
+
+
+def time_config(c, spec, cfg, dout, ref):
+    seen, (out, g) = record(lambda: pipeline(c, spec, cfg, dout))
+    ms = {}
+    for kind, cfg_, a, grid in seen:
+        ms[kind] = ms.get(kind, 0.0) + do_bench(lambda: tc._launch(spec, cfg_, kind, a, grid),
+                                                warmup=5, rep=30, return_mode="median")
+    err = {"out": rel(out, ref[0])}
+    err.update({n: rel(v, ref[1][n]) for n, v in g.items() if v is not None})
+    return ms, err
+
+
+def assemble(struct, rows):
+    """The structure's best config: each kernel group's fields from its fastest variant."""
+    best, total = dict(struct), 0.0
+    ok = [r for r in rows if "ms" in r]
+    if not ok:
+        return None, None
+    for grp, kinds in GROUPS.items():
+        key = lambda r: sum(r["ms"].get(k, 0.0) for k in kinds)  # noqa: E731
+        r = min(ok, key=key)
+        total += key(r)
+        fields = [f"{grp}_warps", f"{grp}_stages"] + (["heads_split"] if grp == "cdbc" else [])
+        best.update({f: r["config"][f] for f in fields})
+    total += sum(v for k, v in ok[0]["ms"].items() if k in ("ccum", "cdfin"))
+    return tc.SSDChunkConfig(**best), total
+
+
+def main():
+    out_path = sys.argv[1]
+    names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
+    shapes = [s for s in load()["ssd"] if s["name"] in names]
+    peer = peer_import("mamba_ssm.ops.triton.ssd_combined")
+    plan, jobs = {}, []
+    for s in shapes:
+        cfgs = [(st, tc.SSDChunkConfig(**st, **v)) for st in structures(s) for v in variants()]
+        plan[s["name"]] = cfgs
+        jobs += [(s["name"], cfg.encode()) for _, cfg in cfgs]
+    compile_ahead(jobs)
+    res = {"device": torch.cuda.get_device_name(), "shapes": {}}
+    for s in shapes:
+        print(f"=== {s['name']}", flush=True)
+        torch.manual_seed(0)
+        x = make_inputs(s)
+        dout = torch.randn_like(x["x"])
+        c = call_of(x)
+        spec = spec_of(c)
+        walk = ts.walk_config(spec, c.batch, c.heads)
+        ref = pipeline(c, spec, walk, dout)
+        rows, by_struct = [], {}
+        for st, cfg in plan[s["name"]]:
+            row = {"structure": st, "config": dataclasses.asdict(cfg)}
+            try:
+                row["ms"], row["err"] = time_config(c, spec, cfg, dout, ref)
+            except Exception as e:  # recorded and skipped (shared memory, compile limits)
+                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                print(f"  {cfg.encode()}: {row['error'][:200]}", flush=True)
+            else:
+                print(f"  {cfg.encode()}: {sum(row['ms'].values()):.3f} ms "
+                      + " ".join(f"{k} {v:.3f}" for k, v in row["ms"].items())
+                      + f"; max rel diff vs walk {max(row['err'].values()):.1e}", flush=True)
+            rows.append(row)
+            by_struct.setdefault(json.dumps(st), []).append(row)
+        best = {}
+        for key, rs in by_struct.items():
+            cfg, total = assemble(json.loads(key), rs)
+            if cfg is not None:
+                best[key] = (cfg, total)
+                print(f"  best of {key}: {total:.3f} ms {cfg.encode()}", flush=True)
+        ranked = sorted(best.values(), key=lambda v: v[1])
+        impl = {"walk": walk, "shipped": ts.default_config(spec, c.batch, c.heads),
+                **{f"chunk_best{i}": v[0] for i, v in enumerate(ranked[:2])}}
+        res["shapes"][s["name"]] = {
+            "rows": rows, "best": {k: {"config": v[0].encode(), "kernel_sum_ms": v[1]}
+                                   for k, v in best.items()},
+            "fb": compare(s, x, dout, impl, peer),
+            "impl": {k: v.encode() for k, v in impl.items()}}
+        with open(out_path, "w") as f:
+            json.dump(res, f, indent=1)
+        del x, dout, c, ref
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
