@@ -7,6 +7,6 @@ source benchmarks/device_setup.sh
 R=$OUT/${RUN:-ssd_chunk_sweep}
 mkdir -p $R
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $R/gpu.txt
-timeout ${SWEEP_S:-480} python3 benchmarks/ssd_chunk_sweep.py $R/sweep.json $SHAPES > $R/sweep.log 2>&1
+timeout ${SWEEP_S:-480} python3 benchmarks/ssd_chunk_sweep.py $R/sweep.json ${SHAPES:-} > $R/sweep.log 2>&1
 echo "sweep rc $?"
 grep -v "^$" $R/sweep.log | grep -v "Warn\|warn" | grep "compiled\|failed\|===\|best of\|f+b\|^      " | cut -c1-180
