@@ -51,7 +51,9 @@ class SSDChunkConfig(IntConfig):
     <kernel>_warps / _stages: each kernel's launch options; dy_walk (with z): 1 has the walk
     cdst store dy = dout silu(z) once and cdx read it, 0 has cdx form it from dout and z
     (stored from each source tile for cdbc): a store in the sequential walk against loads
-    in the parallel kernel."""
+    in the parallel kernel; cout_heads / cdx_heads: heads per program of cout / cdx (one
+    group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
+    divide the group's heads)."""
 
     tile: int = 64
     tiles: int = 2
@@ -69,6 +71,8 @@ class SSDChunkConfig(IntConfig):
     cdbc_warps: int = 8
     cdbc_stages: int = 2
     dy_walk: int = 0
+    cout_heads: int = 1
+    cdx_heads: int = 1
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -95,6 +99,8 @@ class SSDChunkConfig(IntConfig):
             t += f"_p{self.walk_block_p}"
         if k in ("cdst", "cdx") and self.dy_walk:
             t += "_dyw"
+        if k in ("cout", "cdx") and getattr(self, f"{k}_heads") > 1:
+            t += f"_hp{getattr(self, f'{k}_heads')}"
         return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
 
     def check(self, spec: SSDSpec | None = None) -> None:
@@ -187,12 +193,13 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         config_desc=repr(cfg), kernel_name=kernel_name(spec, cfg, kind),
         args=[n for n, _ in kernel_params(spec, kind)], pre=kind in ("cstp", "cdstp"),
         store_yp=kind == "couty", N=spec.d_state, NP=padded_state(spec),
-        P2=padded_headdim(spec), block_q=cfg.tile, tiles=cfg.tiles,
+        P2=padded_headdim(spec), headdim=spec.headdim, block_q=cfg.tile, tiles=cfg.tiles,
         block_p=walk_block_p(spec, cfg), heads_split=cfg.heads_split, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
-        has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z))
+        has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z),
+        heads=getattr(cfg, f"{TEMPLATE_OF.get(kind, kind)}_heads", 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -242,6 +249,14 @@ def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
     _launch(spec, cfg, kind, a, (npb * nseg, H, b))
 
 
+def _per_group(cfg: SSDChunkConfig, kind: str, hpg: int) -> SSDChunkConfig:
+    """cfg, with kind's heads per program at 1 where they do not divide the group's heads
+    (a program's heads share one group's B and C)."""
+    if hpg % getattr(cfg, f"{kind}_heads"):
+        return dataclasses.replace(cfg, **{f"{kind}_heads": 1})
+    return cfg
+
+
 def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
             checkpoints: bool = True):
     """(out, final state fp32 or None, the state entering each chunk (b, H, chunks, P, N) in
@@ -261,7 +276,9 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     _walk(spec, cfg, "cst", a, pre_from=0)
-    _launch(spec, cfg, "couty" if saved is not None else "cout", a, (nc * cfg.tiles, H, b))
+    cc = _per_group(cfg, "cout", H // c.groups)
+    _launch(spec, cc, "couty" if saved is not None else "cout", a,
+            (nc * cfg.tiles, H // cc.cout_heads, b))
     keep = checkpoints or for_backward
     return out, a["final_ptr"], a["ckpt_ptr"] if keep else None, saved
 
@@ -299,7 +316,8 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
              gx_ptr=new((b, H, L), f32, dev), rp_ptr=new((b, H, NT, L), f32, dev),
              dB_ptr=new(part, c.B.dtype if hs == 1 else f32, dev),
              dC_ptr=new(part, c.C.dtype if hs == 1 else f32, dev))
-    _launch(spec, cfg, "cdx", a, (nc * NT, H, b))
+    cx = _per_group(cfg, "cdx", H // G)
+    _launch(spec, cx, "cdx", a, (nc * NT, H // cx.cdx_heads, b))
     _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
     _launch(spec, cfg, "cdfin", a, (nc, H, b))
     dB, dC = a["dB_ptr"], a["dC_ptr"]

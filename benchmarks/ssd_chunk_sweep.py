@@ -13,7 +13,7 @@ ssd shapes, then the best against the walk, the shipped default and mamba-ssm.
    process (ssd_sweep_common.compare: do_bench medians, profiled kernel sums, peak memory).
 
 Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
-Environment: SWEEP_JOBS (compile processes), SWEEP_QUICK=1 (two variants per structure).
+Environment: SWEEP_JOBS (compile processes), SWEEP_ROUND (1 or 2, default 2).
 """
 import dataclasses
 import itertools
@@ -41,26 +41,43 @@ GROUPS = {"cst": ("cst", "cstp"), "cout": ("cout", "couty"), "cdst": ("cdst", "c
 
 def structures(s):
     """(tile, tiles, dy_walk, splits, walk_block_p) to sweep for shape s: the walks need
-    sequence splits where batch x heads gives fewer than 2 programs per SM (ssd_long)."""
-    tt = ((64, 2), (32, 4), (128, 1), (64, 1))
+    sequence splits where batch x heads gives fewer than 2 programs per SM (ssd_long).
+    SWEEP_ROUND=1 is the first round's list (ssd_chunk_v2/sweep1), else the second's: 64-step
+    tiles, one or two per chunk (tiles of 32 and 128 lost by 0.9-3 ms in round 1)."""
     few = s["batch"] * s["heads"] < 264
     out = []
-    for (tile, tiles), dyw in itertools.product(tt, (0, 1)):
-        if (tile, tiles) in ((128, 1), (64, 1)) and dyw:
+    if os.environ.get("SWEEP_ROUND") == "1":
+        for (tile, tiles), dyw in itertools.product(((64, 2), (32, 4), (128, 1), (64, 1)), (0, 1)):
+            if (tile, tiles) in ((128, 1), (64, 1)) and dyw:
+                continue
+            for sp in ((4, 8) if few and dyw else (4,) if few else (1,)):
+                out.append(dict(tile=tile, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64))
+        return out
+    for tiles, dyw in itertools.product((1, 2), (0, 1)):
+        if few and (tiles, dyw) == (2, 0):  # round 1: 5.65 ms against 5.30 with dy_walk
             continue
-        for sp in ((4, 8) if few and dyw else (4,) if few else (1,)):
-            out.append(dict(tile=tile, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64))
+        for sp in ((4, 8) if few and (tiles, dyw) == (1, 0) else (4,) if few else (1,)):
+            out.append(dict(tile=64, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64))
     return out
 
 
 def variants():
-    ws = [(w, st) for w in (4, 8) for st in (1, 2, 3)]
-    if os.environ.get("SWEEP_QUICK") == "1":
-        ws = [(4, 1), (8, 2)]
-    out = [dict(heads_split=1, **{f"{k}_{f}": v for k in GROUPS
-                                  for f, v in (("warps", w), ("stages", st))}) for w, st in ws]
-    out += [dict(v, heads_split=2) for v in out if v["cdbc_warps"] == 8 and
-            v["cdbc_stages"] == 2]
+    """Launch variants: warps and stages of every kernel at once; in round 2 also the heads
+    per program of cout and cdx (with cdbc's heads_split at 2 where they are 2)."""
+    if os.environ.get("SWEEP_ROUND") == "1":
+        ws = [(w, st, 1) for w in (4, 8) for st in (1, 2, 3)]
+        ws += [(8, 2, "hs2")]
+    else:
+        ws = [(w, st, hp) for w, st in ((4, 1), (4, 2), (4, 3), (8, 2), (8, 3))
+              for hp in (1, 2, 4)]
+    out = []
+    for w, st, hp in ws:
+        v = {f"{k}_{f}": x for k in GROUPS for f, x in (("warps", w), ("stages", st))}
+        if hp == "hs2":
+            v["heads_split"] = 2
+        else:
+            v.update(cout_heads=hp, cdx_heads=hp, heads_split=2 if hp == 2 else 1)
+        out.append(v)
     return out
 
 
@@ -100,7 +117,9 @@ def assemble(struct, rows):
         key = lambda r: sum(r["ms"].get(k, 0.0) for k in kinds)  # noqa: E731
         r = min(ok, key=key)
         total += key(r)
-        fields = [f"{grp}_warps", f"{grp}_stages"] + (["heads_split"] if grp == "cdbc" else [])
+        fields = [f"{grp}_warps", f"{grp}_stages"] + (["heads_split"] if grp == "cdbc" else
+                                                      [f"{grp}_heads"] if grp in ("cout", "cdx")
+                                                      else [])
         best.update({f: r["config"][f] for f in fields})
     total += sum(v for k, v in ok[0]["ms"].items() if k in ("ccum", "cdfin"))
     return tc.SSDChunkConfig(**best), total

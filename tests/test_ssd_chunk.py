@@ -115,3 +115,16 @@ def test_chunk_custom_ops_pass_opcheck(z):
                           ins + flags + (ckpt, saved, torch.randn_like(out),
                                          torch.randn_like(fin)),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("HG, tiles, heads", [((4, 1), 1, 4), ((4, 2), 2, 2), ((3, 1), 1, 2)],
+                         ids=["one_group_4", "two_groups_2_tiles2", "not_dividing"])
+def test_heads_per_program_match_reference(HG, tiles, heads):
+    """cout and cdx over several heads of one group per program (cout_heads, cdx_heads),
+    against the float64 reference, every gradient; where they do not divide the group's heads
+    (3 heads, 2 per program) the launch takes one head per program."""
+    from test_ssd_kernels import check_call
+
+    check_call(2, 37, HG, 8, 6, "hp", True, True, True, (0.0, INF), True, True, F32, False,
+               dict(SMALL, tiles=tiles, cout_heads=heads, cdx_heads=heads, dy_walk=1), 11)

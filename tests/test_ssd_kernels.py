@@ -119,7 +119,8 @@ def test_triton_ssd_matches_reference(**k):
 CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
                           tiles=st.sampled_from([1, 2, 4]), walk_block_p=st.sampled_from([16, 32]),
                           splits=st.sampled_from([1, 2, 4]), heads_split=st.sampled_from([1, 2]),
-                          dy_walk=st.sampled_from([0, 1]))
+                          dy_walk=st.sampled_from([0, 1]), cout_heads=st.sampled_from([1, 2]),
+                          cdx_heads=st.sampled_from([1, 2]))
 
 
 @pytest.mark.interp
@@ -138,7 +139,8 @@ def test_triton_ssd_chunk_form_matches_reference(**k):
                                          walk_stages=2),
                                     dict(form="chunk"),
                                     dict(form="chunk", splits=4, walk_block_p=32, tiles=1),
-                                    dict(form="chunk", dy_walk=1, tile=32, tiles=4)],
+                                    dict(form="chunk", dy_walk=1, tile=32, tiles=4,
+                                         cout_heads=2, cdx_heads=2)],
                          ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2",
                               "chunk", "chunk_splits", "chunk_dyw"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
@@ -209,7 +211,8 @@ def test_triton_ssd_packed_gpu(shape, dtype, config, backend="triton"):
                                dict(block_q=64, bwd_kernels=3, walk_warps=8),
                                dict(form="chunk"), dict(form="chunk", tiles=4, splits=2),
                                dict(form="chunk", tile=32, walk_block_p=32, heads_split=1),
-                               dict(form="chunk", dy_walk=1, splits=2)]),
+                               dict(form="chunk", dy_walk=1, splits=2),
+                               dict(form="chunk", tiles=1, cout_heads=2, cdx_heads=2)]),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
     H, G = HG
