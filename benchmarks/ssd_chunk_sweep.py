@@ -8,9 +8,10 @@ ssd shapes, then the best against the walk, the shipped default and mamba-ssm.
 2. Every config is compiled first in a pool of processes (ssd_sweep_common.compile_ahead).
 3. Each config's kernels are timed alone (do_bench medians, the launches of one real
    forward+backward replayed); out and every gradient are compared with the walk's.
-4. The best config per structure is assembled, and the best of those, the walk, the shipped
-   default and mamba-ssm's Triton SSD run forward+backward through the public call in one
-   process (ssd_sweep_common.compare: do_bench medians, profiled kernel sums, peak memory).
+4. The best config per structure is assembled, and the best two, the walk, the shipped
+   default and mamba-ssm's Triton SSD run through the public call in one process: the
+   inference forward (do_bench medians), then forward+backward (ssd_sweep_common.compare:
+   do_bench medians, profiled kernel sums, peak memory).
 
 Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
 Environment: SWEEP_JOBS (compile processes), SWEEP_ROUND (1 or 2, default 2).
@@ -23,6 +24,8 @@ import sys
 
 import torch
 from triton.testing import do_bench
+
+import ssmgen
 
 from ssmgen.backends import triton_ssd as ts, triton_ssd_chunk as tc
 from ssmgen.bench import peer_import
@@ -125,6 +128,23 @@ def assemble(struct, rows):
     return tc.SSDChunkConfig(**best), total
 
 
+def forward_only(s, x, impl, peer):
+    """do_bench medians of the inference forward (no grad) through the public call."""
+    fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
+        for n, cfg in impl.items()}
+    if peer is not None:
+        fns["mamba_ssm"] = lambda: peer.mamba_chunk_scan_combined(
+            chunk_size=s["chunk"], dt_softplus=True, **x)
+    out = {}
+    with torch.no_grad():
+        for n, fn in fns.items():
+            fn()
+            out[n] = do_bench(fn, warmup=10, rep=100, return_mode="median")
+            print(f"  fwd (no grad) {n}: {out[n]:.3f} ms", flush=True)
+    return out
+
+
 def main():
     out_path = sys.argv[1]
     names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
@@ -172,6 +192,7 @@ def main():
         res["shapes"][s["name"]] = {
             "rows": rows, "best": {k: {"config": v[0].encode(), "kernel_sum_ms": v[1]}
                                    for k, v in best.items()},
+            "fwd_no_grad_ms": forward_only(s, x, impl, peer),
             "fb": compare(s, x, dout, impl, peer),
             "impl": {k: v.encode() for k, v in impl.items()}}
         with open(out_path, "w") as f:
