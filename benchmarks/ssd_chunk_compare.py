@@ -1,11 +1,11 @@
-"""GPU: the SSD chunk form (backends/triton_ssd_chunk.py) against the walk (the default before
-it) and mamba-ssm, through the public call, in one process: forward+backward (do_bench
-medians, profiled kernel sums, peak memory; ssd_sweep_common.compare) and the inference
-forward (no grad), on the suite's ssd shapes. Also the largest relative difference of out and
-every gradient between the chunk form and the walk.
+"""GPU: the SSD default config (the chunk form, backends/triton_ssd_chunk.py, where it takes
+it) against the walk and mamba-ssm, through the public call, in one process:
+forward+backward (do_bench medians, profiled kernel sums, peak memory;
+ssd_sweep_common.compare) and the inference forward (no grad), on the suite's ssd shapes.
+Also the relative difference of out and every gradient between the default and the walk.
 
 Usage: python benchmarks/ssd_chunk_compare.py OUT.json [shape names...]
-Environment: PEER (1: mamba-ssm too).
+Environment: PEER (1: mamba-ssm too), EXTRA (more configs: encode() texts, ';'-separated).
 """
 import json
 import os
@@ -20,20 +20,17 @@ from ssd_sweep_common import call_of, compare  # noqa: E402
 
 import ssmgen  # noqa: E402
 from ssmgen.backends import triton_ssd as ts  # noqa: E402
-from ssmgen.backends.triton_ssd_chunk import SSDChunkConfig  # noqa: E402
 from ssmgen.bench import peer_import  # noqa: E402
-from ssmgen.ssd_kernels import spec_of  # noqa: E402
+from ssmgen.ssd_kernels import decode_config, spec_of  # noqa: E402
 from ssmgen.suite import load  # noqa: E402
 
 
 def configs(s, c):
+    """The walk, the default, and the configs of EXTRA (encode() texts, ';'-separated)."""
     walk = ts.walk_config(spec_of(c), c.batch, c.heads)
-    out = {"walk": walk, "default": None, "chunk": SSDChunkConfig()}
-    if s["batch"] * s["heads"] < 264:
-        for sp, bp in ((4, 64), (8, 64), (8, 32), (16, 64)):
-            out[f"chunk_split{sp}_p{bp}"] = SSDChunkConfig(splits=sp, walk_block_p=bp)
-    else:
-        out["chunk_h2"] = SSDChunkConfig(heads_split=2)
+    out = {"walk": walk, "default": None}
+    for i, text in enumerate(t for t in os.environ.get("EXTRA", "").split(";") if t):
+        out[f"extra{i}"] = decode_config(text)
     return out
 
 
@@ -62,10 +59,10 @@ def main():
         cfgs = configs(s, c)
         print("  default: " + repr(ts.default_config(spec_of(c), s["batch"], s["heads"])),
               flush=True)
-        a, b = grads(s, x, dout, cfgs["walk"]), grads(s, x, dout, cfgs["chunk"])
+        a, b = grads(s, x, dout, cfgs["walk"]), grads(s, x, dout, cfgs["default"])
         diff = {k: ((b[k].double() - a[k].double()).norm() / a[k].double().norm()).item()
                 for k in a}
-        print("  chunk vs walk: " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()), flush=True)
+        print("  default vs walk: " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()), flush=True)
         fwd = {}
         fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
             chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
@@ -80,7 +77,7 @@ def main():
                 print(f"  fwd (no grad) {n}: {fwd[n]:.3f} ms", flush=True)
         cmp = compare(s, x, dout, cfgs, peer)
         res[s["name"]] = {"configs": {n: repr(c) for n, c in cfgs.items()}, "fwd_ms": fwd,
-                          "fb": cmp, "chunk_vs_walk": diff}
+                          "fb": cmp, "default_vs_walk": diff}
         json.dump(res, open(out_path, "w"), indent=1)
 
 
