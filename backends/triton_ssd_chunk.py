@@ -53,7 +53,8 @@ class SSDChunkConfig(IntConfig):
     (stored from each source tile for cdbc): a store in the sequential walk against loads
     in the parallel kernel; cout_heads / cdx_heads: heads per program of cout / cdx (one
     group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
-    divide the group's heads)."""
+    divide the group's heads); heads_inner: 1 orders cout's and cdx's programs heads first
+    (those running together share a tile's B and C), 0 tiles first."""
 
     tile: int = 64
     tiles: int = 2
@@ -73,6 +74,7 @@ class SSDChunkConfig(IntConfig):
     dy_walk: int = 0
     cout_heads: int = 1
     cdx_heads: int = 1
+    heads_inner: int = 1
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -101,13 +103,16 @@ class SSDChunkConfig(IntConfig):
             t += "_dyw"
         if k in ("cout", "cdx") and getattr(self, f"{k}_heads") > 1:
             t += f"_hp{getattr(self, f'{k}_heads')}"
+        if k in ("cout", "cdx") and not self.heads_inner:
+            t += "_tf"  # tiles first in the grid
         return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
 
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
-        self.check_powers(choices=stages + ("dy_walk",))
-        if self.dy_walk not in (0, 1):
-            raise ValueError(f"config.dy_walk must be 0 or 1, got {self.dy_walk}")
+        self.check_powers(choices=stages + ("dy_walk", "heads_inner"))
+        for name in ("dy_walk", "heads_inner"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"config.{name} must be 0 or 1, got {getattr(self, name)}")
         for name in stages:
             if not 1 <= getattr(self, name) <= 4:
                 raise ValueError(f"config.{name} must be in 1..4, got {getattr(self, name)}")
@@ -199,7 +204,8 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
         has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z),
-        heads=getattr(cfg, f"{TEMPLATE_OF.get(kind, kind)}_heads", 1))
+        heads=getattr(cfg, f"{TEMPLATE_OF.get(kind, kind)}_heads", 1),
+        heads_inner=bool(cfg.heads_inner))
 
 
 @functools.lru_cache(maxsize=None)
@@ -278,7 +284,7 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     _walk(spec, cfg, "cst", a, pre_from=0)
     cc = _per_group(cfg, "cout", H // c.groups)
     _launch(spec, cc, "couty" if saved is not None else "cout", a,
-            (nc * cfg.tiles, H // cc.cout_heads, b))
+            (nc * cfg.tiles * (H // cc.cout_heads), 1, b))
     keep = checkpoints or for_backward
     return out, a["final_ptr"], a["ckpt_ptr"] if keep else None, saved
 
@@ -317,7 +323,7 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
              dB_ptr=new(part, c.B.dtype if hs == 1 else f32, dev),
              dC_ptr=new(part, c.C.dtype if hs == 1 else f32, dev))
     cx = _per_group(cfg, "cdx", H // G)
-    _launch(spec, cx, "cdx", a, (nc * NT, H // cx.cdx_heads, b))
+    _launch(spec, cx, "cdx", a, (nc * NT * (H // cx.cdx_heads), 1, b))
     _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
     _launch(spec, cfg, "cdfin", a, (nc, H, b))
     dB, dC = a["dB_ptr"], a["dC_ptr"]

@@ -26,6 +26,7 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(cout_stages=5), r"config\.cout_stages must be in 1\.\.4"),
     (dict(splits=128), r"config\.splits must be <= 64"),
     (dict(dy_walk=2), r"config\.dy_walk must be 0 or 1"),
+    (dict(heads_inner=2), r"config\.heads_inner must be 0 or 1"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
 def test_bad_chunk_config_raises_naming_the_field(change, pattern):
@@ -121,10 +122,13 @@ def test_chunk_custom_ops_pass_opcheck(z):
 @pytest.mark.parametrize("HG, tiles, heads", [((4, 1), 1, 4), ((4, 2), 2, 2), ((3, 1), 1, 2)],
                          ids=["one_group_4", "two_groups_2_tiles2", "not_dividing"])
 def test_heads_per_program_match_reference(HG, tiles, heads):
-    """cout and cdx over several heads of one group per program (cout_heads, cdx_heads),
-    against the float64 reference, every gradient; where they do not divide the group's heads
-    (3 heads, 2 per program) the launch takes one head per program."""
+    """cout and cdx over several heads of one group per program (cout_heads, cdx_heads), in
+    either grid order (heads_inner), against the float64 reference, every gradient; where
+    they do not divide the group's heads (3 heads, 2 per program) the launch takes one head
+    per program."""
     from test_ssd_kernels import check_call
 
-    check_call(2, 37, HG, 8, 6, "hp", True, True, True, (0.0, INF), True, True, F32, False,
-               dict(SMALL, tiles=tiles, cout_heads=heads, cdx_heads=heads, dy_walk=1), 11)
+    for inner in (0, 1):
+        check_call(2, 37, HG, 8, 6, "hp", True, True, True, (0.0, INF), True, True, F32, False,
+                   dict(SMALL, tiles=tiles, cout_heads=heads, cdx_heads=heads, dy_walk=1,
+                        heads_inner=inner), 11)

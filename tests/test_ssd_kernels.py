@@ -120,7 +120,7 @@ CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
                           tiles=st.sampled_from([1, 2, 4]), walk_block_p=st.sampled_from([16, 32]),
                           splits=st.sampled_from([1, 2, 4]), heads_split=st.sampled_from([1, 2]),
                           dy_walk=st.sampled_from([0, 1]), cout_heads=st.sampled_from([1, 2]),
-                          cdx_heads=st.sampled_from([1, 2]))
+                          cdx_heads=st.sampled_from([1, 2]), heads_inner=st.sampled_from([0, 1]))
 
 
 @pytest.mark.interp
