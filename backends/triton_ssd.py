@@ -129,19 +129,15 @@ def padded_headdim(spec: SSDSpec) -> int:
 
 
 def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64, training: bool = True):
-    """The chunk form (backends/triton_ssd_chunk.py, SSDChunkConfig) where it was measured
-    faster than the walk: for training (a backward follows), no packed sequences, d_state up
-    to 128, and enough (batch, head, channel block) programs for its walks without sequence
-    splits (ssd_1.3b on an H100, ssd_chunk_v1/final: forward+backward 2.69 ms against 2.77,
-    peak memory 934 MB against 1682). Else the walk (walk_config): the inference forward
-    (0.538 ms against the chunk form's 0.586 there), and ssd_long (batch 1: 5.96 ms against
-    the chunk form's 6.19 with 4 sequence splits). See benchmarks/NOTES.md, "SSD in chunk
-    form"."""
-    from .triton_ssd_chunk import SSDChunkConfig
+    """The chunk form (backends/triton_ssd_chunk.py: its default_config) where it was
+    measured faster than the walk: for training (a backward follows), no packed sequences,
+    d_state up to 128; with sequence splits where batch x heads is small (ssd_long). Else the
+    walk (walk_config): the inference forward, packed sequences, d_state above 128.
+    See benchmarks/NOTES.md, "SSD in chunk form" and "SSD chunk form, round 2"."""
+    from . import triton_ssd_chunk
 
-    if (training and not spec.has_seq_idx and padded_state(spec) <= 128
-            and batch * heads * triton.cdiv(spec.headdim, 64) >= 2 * 132):
-        return SSDChunkConfig()
+    if training and not spec.has_seq_idx and padded_state(spec) <= 128:
+        return triton_ssd_chunk.default_config(batch, heads, spec.headdim)
     return walk_config(spec, batch, heads)
 
 

@@ -57,20 +57,20 @@ class SSDChunkConfig(IntConfig):
     (those running together share a tile's B and C), 0 tiles first."""
 
     tile: int = 64
-    tiles: int = 2
+    tiles: int = 1
     walk_block_p: int = 64
     splits: int = 1
     heads_split: int = 1
     cst_warps: int = 8
-    cst_stages: int = 1
+    cst_stages: int = 3
     cout_warps: int = 4
     cout_stages: int = 2
     cdst_warps: int = 4
-    cdst_stages: int = 3
+    cdst_stages: int = 2
     cdx_warps: int = 4
     cdx_stages: int = 1
     cdbc_warps: int = 8
-    cdbc_stages: int = 2
+    cdbc_stages: int = 3
     dy_walk: int = 0
     cout_heads: int = 1
     cdx_heads: int = 1
@@ -182,6 +182,17 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     if "z_ptr" in a:
         a += ["s_zb", "s_zl", "s_zh", "s_zp"]
     return param_types(a, spec, _IO | ({"dB_ptr", "dC_ptr"} if kind == "cdbc" else set()))
+
+
+def default_config(batch: int, heads: int, headdim: int, sms: int = 132) -> SSDChunkConfig:
+    """The fields' defaults (ssd_chunk_v2: the fastest per kernel on an H100), with sequence
+    splits where the walks' (batch, head, channel block) programs are under 2 per SM: the
+    largest power of two that keeps them at most 2 per SM (ssd_long: 64 programs, 4 splits)."""
+    programs = batch * heads * triton.cdiv(headdim, SSDChunkConfig.walk_block_p)
+    splits = 1
+    while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:
+        splits *= 2
+    return SSDChunkConfig(splits=splits)
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:

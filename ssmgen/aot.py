@@ -214,27 +214,41 @@ def ssd_default_config(spec, kind: str = "fwd"):
     return SSDChunkConfig() if kind in KINDS else walk_config(spec)
 
 
-def ssd_kernel_name(spec, kind: str) -> str:
-    return _ssd_module(kind).kernel_name(spec, ssd_default_config(spec, kind), kind)
+def ssd_configs(spec, kind: str) -> list:
+    """The configs a covering compile takes for an SSD kind: its default, and for the chunk
+    kinds whose templates branch on them a second one with the other branches (two tiles per
+    chunk, dy from the walk, two heads per program, tiles first in the grid)."""
+    from .backends.triton_ssd_chunk import SSDChunkConfig
+
+    out = [ssd_default_config(spec, kind)]
+    if kind in ("cout", "couty", "cdst", "cdx", "cdbc"):
+        out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=0))
+    return out
+
+
+def ssd_kernel_name(spec, kind: str, cfg=None) -> str:
+    cfg = ssd_default_config(spec, kind) if cfg is None else cfg
+    return _ssd_module(kind).kernel_name(spec, cfg, kind)
 
 
 def ssd_jobs(ssd_specs) -> list:
-    """(spec, kind) of a covering SSD compile: every walk kind for every spec, every chunk-form
-    kind for the specs it takes (no packed sequences)."""
+    """(spec, kind, config) of a covering SSD compile: every walk kind for every spec, every
+    chunk-form kind for the specs it takes (no packed sequences), under ssd_configs."""
     from .backends.triton_ssd_chunk import KINDS
 
-    return [(s, k) for s in ssd_specs for k in SSD_KINDS + KINDS
-            if not (k in KINDS and s.has_seq_idx)]
+    return [(s, k, c) for s in ssd_specs for k in SSD_KINDS + KINDS
+            if not (k in KINDS and s.has_seq_idx) for c in ssd_configs(s, k)]
 
 
 def _job(args):
-    family, spec_json, kind, arch = args
+    family, spec_json, kind, arch, cfg_text = args
     try:
         if family == "ssd":
             from .spec import SSDSpec
+            from .ssd_kernels import decode_config
 
             spec = SSDSpec.from_json(spec_json)
-            report = compile_ssd_kernel(spec, ssd_default_config(spec, kind), kind, arch)
+            report = compile_ssd_kernel(spec, decode_config(cfg_text), kind, arch)
         else:
             from ssmgen.backends.triton_backend import default_config
 
@@ -254,8 +268,9 @@ def compile_all(specs, archs=(80, 90), kinds=("fwd", "bwd"), jobs=None, ssd_spec
     every SSD spec's three kernels. Returns (reports, errors)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [("scan", s.to_json(), k, a) for s in specs for k in kinds for a in archs]
-    work += [("ssd", s.to_json(), k, a) for s, k in ssd_jobs(ssd_specs) for a in archs]
+    work = [("scan", s.to_json(), k, a, None) for s in specs for k in kinds for a in archs]
+    work += [("ssd", s.to_json(), k, a, c.encode()) for s, k, c in ssd_jobs(ssd_specs)
+             for a in archs]
     jobs = jobs or min(len(work), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(_job, work))

@@ -24,7 +24,7 @@ def test_every_variant_compiles_for_sm80_and_sm90(tmp_path, capsys):
     reports = [CompileReport(**r) for r in data["reports"]]
     want = {(kernel_name(s, getattr(default_config(s), k), k), a)
             for s in covering_specs() for k in ("fwd", "bwd") for a in (80, 90)}
-    want |= {(ssd_kernel_name(s, k), a) for s, k in ssd_jobs(covering_ssd_specs())
+    want |= {(ssd_kernel_name(s, k, c), a) for s, k, c in ssd_jobs(covering_ssd_specs())
              for a in (80, 90)}
     assert {(r.name, r.arch) for r in reports} == want
     for r in reports:

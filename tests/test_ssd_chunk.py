@@ -54,13 +54,16 @@ def test_chunk_config_text_and_interval():
 
 
 def test_default_takes_the_chunk_form_where_measured_faster():
-    """Training at ssd_1.3b's sizes: the chunk form. The walk for inference, packed sequences,
-    d_state above 128 and too few programs for the walks (batch 1 as in ssd_long)."""
+    """Training: the chunk form, with sequence splits where batch x heads gives its walks under
+    2 programs per SM (batch 1 as in ssd_long). The walk for inference, packed sequences and
+    d_state above 128."""
     s = SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
                 dt_softplus=True)
-    assert isinstance(triton_ssd.default_config(s, 8, 64), tc.SSDChunkConfig)
+    big = triton_ssd.default_config(s, 8, 64)
+    assert isinstance(big, tc.SSDChunkConfig) and big.splits == 1
+    assert triton_ssd.default_config(s, 1, 64).splits == 4  # 64 programs: 256 with 4 splits
+    assert triton_ssd.default_config(s, 2, 64).splits == 2
     assert isinstance(triton_ssd.default_config(s, 8, 64, training=False), triton_ssd.SSDConfig)
-    assert isinstance(triton_ssd.default_config(s, 1, 64), triton_ssd.SSDConfig)
     for other in (replace(s, has_seq_idx=True), replace(s, d_state=256)):
         assert isinstance(triton_ssd.default_config(other, 8, 64), triton_ssd.SSDConfig)
 

@@ -211,7 +211,7 @@ def test_triton_ssd_packed_gpu(shape, dtype, config, backend="triton"):
                                dict(block_q=64, bwd_kernels=3, walk_warps=8),
                                dict(form="chunk"), dict(form="chunk", tiles=4, splits=2),
                                dict(form="chunk", tile=32, walk_block_p=32, heads_split=1),
-                               dict(form="chunk", dy_walk=1, splits=2),
+                               dict(form="chunk", dy_walk=1, splits=2, tiles=2),
                                dict(form="chunk", tiles=1, cout_heads=2, cdx_heads=2)]),
        seed=st.integers(0, 2**31 - 1))
 def test_triton_ssd_fuzz_gpu(b, L, HG, P, N, D, z, dt_bias, h0, ret_final, dtype, config, seed):
