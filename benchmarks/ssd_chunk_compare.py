@@ -12,11 +12,9 @@ import os
 import sys
 
 import torch
-from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_bench import make_inputs  # noqa: E402
-from ssd_sweep_common import call_of, compare  # noqa: E402
+from ssd_sweep_common import compare, forward_only, shape_inputs  # noqa: E402
 
 import ssmgen  # noqa: E402
 from ssmgen.backends import triton_ssd as ts  # noqa: E402
@@ -52,10 +50,7 @@ def main():
         if s["name"] not in names:
             continue
         print(f"=== {s['name']}", flush=True)
-        torch.manual_seed(0)
-        x = make_inputs(s)
-        dout = torch.randn_like(x["x"])
-        c = call_of(x)
+        x, dout, c, _ = shape_inputs(s)
         cfgs = configs(s, c)
         print("  default: " + repr(ts.default_config(spec_of(c), s["batch"], s["heads"])),
               flush=True)
@@ -63,18 +58,7 @@ def main():
         diff = {k: ((b[k].double() - a[k].double()).norm() / a[k].double().norm()).item()
                 for k in a}
         print("  default vs walk: " + " ".join(f"{k} {v:.1e}" for k, v in diff.items()), flush=True)
-        fwd = {}
-        fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
-            chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
-            for n, cfg in cfgs.items()}
-        if peer is not None:
-            fns["mamba_ssm"] = lambda: peer.mamba_chunk_scan_combined(
-                chunk_size=s["chunk"], dt_softplus=True, **x)
-        with torch.no_grad():
-            for n, fn in fns.items():
-                fn()
-                fwd[n] = do_bench(fn, warmup=10, rep=100, return_mode="median")
-                print(f"  fwd (no grad) {n}: {fwd[n]:.3f} ms", flush=True)
+        fwd = forward_only(s, x, cfgs, peer)
         cmp = compare(s, x, dout, cfgs, peer)
         res[s["name"]] = {"configs": {n: repr(c) for n, c in cfgs.items()}, "fwd_ms": fwd,
                           "fb": cmp, "default_vs_walk": diff}

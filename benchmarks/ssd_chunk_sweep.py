@@ -26,17 +26,15 @@ import sys
 import torch
 from triton.testing import do_bench
 
-import ssmgen
 
 from ssmgen.backends import triton_ssd as ts, triton_ssd_chunk as tc
 from ssmgen.bench import peer_import
-from ssmgen.ssd_kernels import spec_of
 from ssmgen.suite import load
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_bench import make_inputs  # noqa: E402
-from ssd_pass2_sweep import rel  # noqa: E402
-from ssd_sweep_common import call_of, compare, compile_ahead, pipeline  # noqa: E402
+from ssd_pass2_sweep import record, rel  # noqa: E402
+from ssd_sweep_common import (compare, compile_ahead, forward_only, pipeline,  # noqa: E402
+                              shape_inputs)
 
 # the kernels a variant's fields launch (a walk's pre-pass runs under the walk's fields)
 GROUPS = {"cst": ("cst", "cstp"), "cout": ("cout", "couty"), "cdst": ("cdst", "cdstp"),
@@ -92,23 +90,8 @@ def variants():
     return out
 
 
-def record(fn):
-    """(kind, config, args, grid) of each chunk-form kernel fn() launches, and its result."""
-    seen, real = [], tc._launch
-
-    def rec(spec_, cfg_, kind, a, grid):
-        seen.append((kind, cfg_, dict(a), grid))
-        return real(spec_, cfg_, kind, a, grid)
-
-    tc._launch = rec
-    try:
-        return seen, fn()
-    finally:
-        tc._launch = real
-
-
 def time_config(c, spec, cfg, dout, ref):
-    seen, (out, g) = record(lambda: pipeline(c, spec, cfg, dout))
+    seen, (out, g) = record(lambda: pipeline(c, spec, cfg, dout), tc)
     ms = {}
     for kind, cfg_, a, grid in seen:
         ms[kind] = ms.get(kind, 0.0) + do_bench(lambda: tc._launch(spec, cfg_, kind, a, grid),
@@ -136,23 +119,6 @@ def assemble(struct, rows):
     return tc.SSDChunkConfig(**best), total
 
 
-def forward_only(s, x, impl, peer):
-    """do_bench medians of the inference forward (no grad) through the public call."""
-    fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
-        chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
-        for n, cfg in impl.items()}
-    if peer is not None:
-        fns["mamba_ssm"] = lambda: peer.mamba_chunk_scan_combined(
-            chunk_size=s["chunk"], dt_softplus=True, **x)
-    out = {}
-    with torch.no_grad():
-        for n, fn in fns.items():
-            fn()
-            out[n] = do_bench(fn, warmup=10, rep=100, return_mode="median")
-            print(f"  fwd (no grad) {n}: {out[n]:.3f} ms", flush=True)
-    return out
-
-
 def main():
     out_path = sys.argv[1]
     names = sys.argv[2:] or [s["name"] for s in load()["ssd"]]
@@ -168,11 +134,7 @@ def main():
     res = {"device": torch.cuda.get_device_name(), "shapes": {}}
     for s in shapes:
         print(f"=== {s['name']}", flush=True)
-        torch.manual_seed(0)
-        x = make_inputs(s)
-        dout = torch.randn_like(x["x"])
-        c = call_of(x)
-        spec = spec_of(c)
+        x, dout, c, spec = shape_inputs(s)
         walk = ts.walk_config(spec, c.batch, c.heads)
         ref = pipeline(c, spec, walk, dout)
         rows, by_struct = [], {}

@@ -38,19 +38,20 @@ def bench(f):
     return do_bench(f, warmup=5, rep=40, return_mode="median")
 
 
-def record(fn):
-    """(kind, config, args, grid) of each SSD kernel fn() launches, and fn()'s result."""
-    seen, real = [], ts._launch
+def record(fn, mod=ts):
+    """(kind, config, args, grid) of each SSD kernel fn() launches through mod's _launch (the
+    walk's, or the chunk form's module), and fn()'s result."""
+    seen, real = [], mod._launch
 
     def rec(spec_, cfg_, kind, a, grid):
         seen.append((kind, cfg_, dict(a), grid))
         return real(spec_, cfg_, kind, a, grid)
 
-    ts._launch = rec
+    mod._launch = rec
     try:
         return seen, fn()
     finally:
-        ts._launch = real
+        mod._launch = real
 
 
 def launches(c, spec, cfg, ckpt, dckpt, dout, yi, sig):

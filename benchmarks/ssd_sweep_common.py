@@ -25,6 +25,33 @@ def call_of(x):
     return _normalize(**x, chunk_size=256, dt_softplus=True, check_values=False)
 
 
+def shape_inputs(s):
+    """(inputs, dout, call, spec) of a suite ssd shape: fresh random inputs (seed 0)."""
+    torch.manual_seed(0)
+    x = make_inputs(s)
+    dout = torch.randn_like(x["x"])
+    c = call_of(x)
+    return x, dout, c, spec_of(c)
+
+
+def forward_only(s, x, impl, peer):
+    """do_bench medians of the inference forward (no grad) through the public call, per
+    ssmgen config of impl ({name: config or None}) and mamba-ssm's (peer: its module or None)."""
+    fns = {n: (lambda cfg: lambda: ssmgen.mamba_chunk_scan_combined(
+        chunk_size=s["chunk"], dt_softplus=True, backend="triton", config=cfg, **x))(cfg)
+        for n, cfg in impl.items()}
+    if peer is not None:
+        fns["mamba_ssm"] = lambda: peer.mamba_chunk_scan_combined(
+            chunk_size=s["chunk"], dt_softplus=True, **x)
+    out = {}
+    with torch.no_grad():
+        for n, fn in fns.items():
+            fn()
+            out[n] = do_bench(fn, warmup=10, rep=100, return_mode="median")
+            print(f"  fwd (no grad) {n}: {out[n]:.3f} ms", flush=True)
+    return out
+
+
 def pipeline(c, spec, cfg, dout):
     """out and every gradient of one forward+backward of the kernels under cfg (either
     Triton form: the walk's SSDConfig or the chunk form's SSDChunkConfig)."""
