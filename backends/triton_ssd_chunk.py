@@ -54,7 +54,8 @@ class SSDChunkConfig(IntConfig):
     in the parallel kernel; cout_heads / cdx_heads: heads per program of cout / cdx (one
     group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
     divide the group's heads); heads_inner: 1 orders cout's and cdx's programs heads first
-    (those running together share a tile's B and C), 0 tiles first."""
+    (those running together share a tile's B and C in L2), 0 tiles first (as measured: 1 is
+    not yet timed on a GPU)."""
 
     tile: int = 64
     tiles: int = 1
@@ -74,7 +75,7 @@ class SSDChunkConfig(IntConfig):
     dy_walk: int = 0
     cout_heads: int = 1
     cdx_heads: int = 1
-    heads_inner: int = 1
+    heads_inner: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -103,8 +104,8 @@ class SSDChunkConfig(IntConfig):
             t += "_dyw"
         if k in ("cout", "cdx") and getattr(self, f"{k}_heads") > 1:
             t += f"_hp{getattr(self, f'{k}_heads')}"
-        if k in ("cout", "cdx") and not self.heads_inner:
-            t += "_tf"  # tiles first in the grid
+        if k in ("cout", "cdx") and self.heads_inner:
+            t += "_hf"  # heads first in the grid
         return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
 
     def check(self, spec: SSDSpec | None = None) -> None:
@@ -185,9 +186,10 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
 
 
 def default_config(batch: int, heads: int, headdim: int, sms: int = 132) -> SSDChunkConfig:
-    """The fields' defaults (ssd_chunk_v2: the fastest per kernel on an H100), with sequence
-    splits where the walks' (batch, head, channel block) programs are under 2 per SM: the
-    largest power of two that keeps them at most 2 per SM (ssd_long: 64 programs, 4 splits)."""
+    """The fields' defaults (ssd_chunk_v2/sweep1 on an H100: one 64-step tile per chunk, each
+    kernel's fastest warps and stages), with sequence splits where the walks' (batch, head,
+    channel block) programs are under 2 per SM: the largest power of two that keeps them at
+    most 2 per SM (ssd_long: 64 programs, 4 splits)."""
     programs = batch * heads * triton.cdiv(headdim, SSDChunkConfig.walk_block_p)
     splits = 1
     while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:

@@ -59,13 +59,14 @@ def structures(s):
         if few and (tiles, dyw) == (2, 0):  # round 1: 5.65 ms against 5.30 with dy_walk
             continue
         for sp in ((4, 8) if few and (tiles, dyw) == (1, 0) else (4,) if few else (1,)):
-            out.append(dict(tile=64, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64))
-    # the grid order of cout and cdx before (tiles first), for round 1's two best structures
+            out.append(dict(tile=64, tiles=tiles, dy_walk=dyw, splits=sp, walk_block_p=64,
+                            heads_inner=1))
+    # the grid order of cout and cdx in round 1 (tiles first), for its two best structures
     out += [dict(tile=64, tiles=t, dy_walk=d, splits=4 if few else 1, walk_block_p=64,
                  heads_inner=0) for t, d in ((1, 0), (2, 1))]
     if os.environ.get("SWEEP_SHORT") == "1":  # round 1's two best, and the old grid order once
         keep = [(1, 0, 1), (2, 1, 1), (1, 0, 0)]
-        out = [st for st in out if (st["tiles"], st["dy_walk"], st.get("heads_inner", 1)) in keep]
+        out = [st for st in out if (st["tiles"], st["dy_walk"], st["heads_inner"]) in keep]
     return out
 
 
@@ -127,7 +128,7 @@ def main():
     plan, jobs = {}, []
     for s in shapes:
         cfgs = [(st, tc.SSDChunkConfig(**st, **v)) for st in structures(s) for v in variants()
-                if st.get("heads_inner", 1) or v.get("cout_heads", 1) == 1]
+                if st.get("heads_inner", 0) or v.get("cout_heads", 1) == 1]
         plan[s["name"]] = cfgs
         jobs += [(s["name"], cfg.encode()) for _, cfg in cfgs]
     compile_ahead(jobs)

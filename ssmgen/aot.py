@@ -217,12 +217,12 @@ def ssd_default_config(spec, kind: str = "fwd"):
 def ssd_configs(spec, kind: str) -> list:
     """The configs a covering compile takes for an SSD kind: its default, and for the chunk
     kinds whose templates branch on them a second one with the other branches (two tiles per
-    chunk, dy from the walk, two heads per program, tiles first in the grid)."""
+    chunk, dy from the walk, two heads per program, heads first in the grid)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
 
     out = [ssd_default_config(spec, kind)]
     if kind in ("cout", "couty", "cdst", "cdx", "cdbc"):
-        out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=0))
+        out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=1))
     return out
 
 
