@@ -49,7 +49,7 @@ def check(a, opts, ret_final, config, dtype, seed, ref=None, backend="triton"):
     if ret_final:
         assert fin.dtype == F32
         assert_close("final_states", fin.cpu(), rfin, dtype)
-    floors = sum_floors(a, opts, rgrads) if dtype != F32 else {}
+    floors = sum_floors(a, opts, rgrads, 1e-2 if dtype == F32 else 1.0)
     for name, g in grads.items():
         assert g.dtype == a[name].dtype, name
         assert_close(f"d{name}", g.cpu(), rgrads[name], dtype, **floors.get(name, {}))
@@ -64,11 +64,13 @@ def check(a, opts, ret_final, config, dtype, seed, ref=None, backend="triton"):
         assert_close("final_states (no grad)", fin2.cpu(), rfin, dtype)
 
 
-def sum_floors(a, opts, rgrads):
+def sum_floors(a, opts, rgrads, frac=1.0):
     """dA and d dt_bias are sums over (batch, L) of per-step terms that can cancel in float64
     (seen: dA = -1.8e-4 from 33 terms of ~1e-2). The kernels, like mamba-ssm's, feed x dt decay
     and the state to the tensor cores in the input dtype, so each term carries that rounding:
-    their error is judged against the terms' size, not the cancelled sum. Terms: d dt_bias =
+    their error is judged against the terms' size (times frac), not the cancelled sum. In fp32
+    too, at frac 1e-2 (its rounding is 2^-24, not 2^-8; seen, packed sequences: dA = -0.0731
+    from terms of ~250 in size, off by 1.3e-5 = 5e-8 of them). Terms: d dt_bias =
     sum_t ddt_raw_t exactly; dA_h = sum_t dt'_t da_t with A_h da_t the decay part of ddt'_t,
     bounded here by |dt'_t ddt_raw_t| / |A_h| (softplus' <= 1)."""
     c = _normalize(**{k: v.detach() for k, v in a.items()}, chunk_size=None,
@@ -76,10 +78,10 @@ def sum_floors(a, opts, rgrads):
                    check_values=False)
     dtp = _dt(c, torch.float64)
     ddt = rgrads["dt"].detach().double().abs()
-    f = {"A": dict(floor=max(FLOOR, ((dtp * ddt).sum((0, 1)) / a["A"].detach().double().abs())
-                             .max().item()))}
+    f = {"A": dict(floor=max(FLOOR, frac * ((dtp * ddt).sum((0, 1))
+                                            / a["A"].detach().double().abs()).max().item()))}
     if "dt_bias" in a:
-        f["dt_bias"] = dict(floor=max(FLOOR, ddt.sum((0, 1)).max().item()))
+        f["dt_bias"] = dict(floor=max(FLOOR, frac * ddt.sum((0, 1)).max().item()))
     return f
 
 
