@@ -1,17 +1,19 @@
 """Triton backend of the SSD scan in chunk form: states only at chunk boundaries, every
 within-chunk product a [tile, tile] or [tile, d_state] tensor-core tile (design and
-measurements: benchmarks/NOTES.md, "SSD in chunk form"; the experiment it came from:
+measurements: benchmarks/NOTES.md, "SSD in chunk form" and "SSD chunk form, round 2"; the
+experiment it came from:
 benchmarks/exp/ssd_chunk.py). A chunk is `tiles` tiles of `tile` steps.
 
 Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
   ccum   (chunk, head, row)          dt' and cum (the log decay summed within the chunk)
   cst    (channel block x segment, head, row)  walks the chunks: the state entering each
          (the checkpoints); cstp: its pre-pass where the sequence is split
-  cout   (tile, head, row)           y from the entering state and the chunk's earlier tiles;
-         couty also saves y before the gate for dz
+  cout   (tile x head block, 1, row)  y from the entering state and the chunk's tiles up to
+         its own; couty also saves y before the gate for dz
   cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk, and sigma;
          cdstp: its pre-pass
-  cdx    (tile, head, row)           dx, dz, dD, x . G, the parts of d cum, and dy (with z)
+  cdx    (tile x head block, 1, row)  dx, dz, dD, x . G, the parts of d cum, and dy (with z,
+         config dy_walk=0; with dy_walk=1 cdst stores it)
   cdbc   (tile, group x heads_split, row)  dB and dC
   cdfin  (chunk, head, row)          d a, ddt, and the chunk's parts of dA and d dt_bias
 Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
