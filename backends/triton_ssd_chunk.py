@@ -1,8 +1,8 @@
 """Triton backend of the SSD scan in chunk form: states only at chunk boundaries, every
 within-chunk product a [tile, tile] or [tile, d_state] tensor-core tile (design and
 measurements: benchmarks/NOTES.md, "SSD in chunk form" and "SSD chunk form, round 2"; the
-experiment it came from:
-benchmarks/exp/ssd_chunk.py). A chunk is `tiles` tiles of `tile` steps.
+experiment it came from: benchmarks/exp/ssd_chunk.py). A chunk is `tiles` tiles of `tile`
+steps.
 
 Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
   ccum   (chunk, head, row)          dt' and cum (the log decay summed within the chunk)
