@@ -132,12 +132,15 @@ def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64, training: boo
     """The chunk form (backends/triton_ssd_chunk.py: its default_config) where it was
     measured faster than the walk: for training (a backward follows), no packed sequences,
     d_state up to 128; with sequence splits where batch x heads is small (ssd_long). Else the
-    walk (walk_config): the inference forward, packed sequences, d_state above 128.
+    walk (walk_config): the inference forward, packed sequences, d_state above 128, and where
+    the chunk form's defaults would not fit in shared memory (fp32 at headdim 256).
     See benchmarks/NOTES.md, "SSD in chunk form" and "SSD chunk form, round 2"."""
     from . import triton_ssd_chunk
 
     if training and not spec.has_seq_idx and padded_state(spec) <= 128:
-        return triton_ssd_chunk.default_config(batch, heads, spec.headdim)
+        cfg = triton_ssd_chunk.default_config(spec, batch, heads)
+        if cfg is not None:
+            return cfg
     return walk_config(spec, batch, heads)
 
 

@@ -73,7 +73,7 @@ class SSDChunkConfig(IntConfig):
     cdx_warps: int = 4
     cdx_stages: int = 1
     cdbc_warps: int = 8
-    cdbc_stages: int = 3
+    cdbc_stages: int = 2
     dy_walk: int = 0
     cout_heads: int = 1
     cdx_heads: int = 1
@@ -187,16 +187,30 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
     return param_types(a, spec, _IO | ({"dB_ptr", "dC_ptr"} if kind == "cdbc" else set()))
 
 
-def default_config(batch: int, heads: int, headdim: int, sms: int = 132) -> SSDChunkConfig:
+# cdbc's shared memory at d_state 128 (sm_90 compile, one 64-step tile, 8 warps; the opt-in
+# limit is 227 KB): stages 1 / 2 / 3 take 56 / 121 / 169 KB at x's bytes x padded headdim 128
+# (bf16 at 64), 80 / 209 / 305 KB at 256 (bf16 at 128; fp32 at 64: 112 / 177 / 273), and
+# fp32 at 128 (512) 160 / 289 KB. Its 3 stages were the fastest in sweep 1 (0.30 against 0.36
+# ms at 2, ssd_1.3b).
+_CDBC_STAGES = ((128, 3), (256, 2), (512, 1))
+
+
+def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     """The fields' defaults (ssd_chunk_v2/sweep1 on an H100: one 64-step tile per chunk, each
-    kernel's fastest warps and stages), with sequence splits where the walks' (batch, head,
-    channel block) programs are under 2 per SM: the largest power of two that keeps them at
-    most 2 per SM (ssd_long: 64 programs, 4 splits)."""
-    programs = batch * heads * triton.cdiv(headdim, SSDChunkConfig.walk_block_p)
+    kernel's fastest warps and stages), cdbc's stages as many as fit its shared memory
+    (_CDBC_STAGES), with sequence splits where the walks' (batch, head, channel block)
+    programs are under 2 per SM: the largest power of two that keeps them at most 2 per SM
+    (ssd_long: 64 programs, 4 splits). None where even one stage would not fit (x's bytes x
+    padded headdim above 512: fp32 at headdim 256)."""
+    width = torch.empty(0, dtype=getattr(torch, spec.dtype)).element_size() * padded_headdim(spec)
+    stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
+    if stages is None:
+        return None
+    programs = batch * heads * triton.cdiv(spec.headdim, SSDChunkConfig.walk_block_p)
     splits = 1
     while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:
         splits *= 2
-    return SSDChunkConfig(splits=splits)
+    return SSDChunkConfig(splits=splits, cdbc_stages=stages)
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:

@@ -55,8 +55,8 @@ def test_chunk_config_text_and_interval():
 
 def test_default_takes_the_chunk_form_where_measured_faster():
     """Training: the chunk form, with sequence splits where batch x heads gives its walks under
-    2 programs per SM (batch 1 as in ssd_long). The walk for inference, packed sequences and
-    d_state above 128."""
+    2 programs per SM (batch 1 as in ssd_long). The walk for inference, packed sequences,
+    d_state above 128 and where the chunk form's defaults would not fit (fp32, headdim 256)."""
     s = SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
                 dt_softplus=True)
     big = triton_ssd.default_config(s, 8, 64)
@@ -64,8 +64,14 @@ def test_default_takes_the_chunk_form_where_measured_faster():
     assert triton_ssd.default_config(s, 1, 64).splits == 4  # 64 programs: 256 with 4 splits
     assert triton_ssd.default_config(s, 2, 64).splits == 2
     assert isinstance(triton_ssd.default_config(s, 8, 64, training=False), triton_ssd.SSDConfig)
-    for other in (replace(s, has_seq_idx=True), replace(s, d_state=256)):
+    for other in (replace(s, has_seq_idx=True), replace(s, d_state=256),
+                  replace(s, dtype="float32", dt_dtype="float32", headdim=256)):
         assert isinstance(triton_ssd.default_config(other, 8, 64), triton_ssd.SSDConfig)
+    # cdbc's stages: as many as fit its shared memory (triton_ssd_chunk._CDBC_STAGES)
+    assert big.cdbc_stages == 3
+    for dtype, P, stages in (("bfloat16", 128, 2), ("float32", 64, 2), ("float32", 128, 1)):
+        other = replace(s, dtype=dtype, dt_dtype=dtype, headdim=P)
+        assert triton_ssd.default_config(other, 8, 64).cdbc_stages == stages
 
 
 @pytest.mark.interp
