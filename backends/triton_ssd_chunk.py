@@ -202,7 +202,7 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     programs are under 2 per SM: the largest power of two that keeps them at most 2 per SM
     (ssd_long: 64 programs, 4 splits). None where even one stage would not fit (x's bytes x
     padded headdim above 512: fp32 at headdim 256)."""
-    width = torch.empty(0, dtype=getattr(torch, spec.dtype)).element_size() * padded_headdim(spec)
+    width = getattr(torch, spec.dtype).itemsize * padded_headdim(spec)
     stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
     if stages is None:
         return None
@@ -284,12 +284,10 @@ def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
     _launch(spec, cfg, kind, a, (npb * nseg, H, b))
 
 
-def _per_group(cfg: SSDChunkConfig, kind: str, hpg: int) -> SSDChunkConfig:
-    """cfg, with kind's heads per program at 1 where they do not divide the group's heads
-    (a program's heads share one group's B and C)."""
-    if hpg % getattr(cfg, f"{kind}_heads"):
-        return dataclasses.replace(cfg, **{f"{kind}_heads": 1})
-    return cfg
+def _per_group(cfg: SSDChunkConfig, hpg: int, *fields: str) -> SSDChunkConfig:
+    """cfg, with each of fields (a count that splits one group's heads: cout_heads,
+    cdx_heads, heads_split) at 1 where it does not divide the group's hpg heads."""
+    return dataclasses.replace(cfg, **{f: 1 for f in fields if hpg % getattr(cfg, f)})
 
 
 def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
@@ -311,7 +309,7 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     if spec.has_initial_state:
         a["init_ptr"] = c.initial_states.to(torch.float32).contiguous()
     _walk(spec, cfg, "cst", a, pre_from=0)
-    cc = _per_group(cfg, "cout", H // c.groups)
+    cc = _per_group(cfg, H // c.groups, "cout_heads")
     _launch(spec, cc, "couty" if saved is not None else "cout", a,
             (nc * cfg.tiles * (H // cc.cout_heads), 1, b))
     keep = checkpoints or for_backward
@@ -333,6 +331,7 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
     dev, f32 = c.x.device, torch.float32
     a = _common(c, spec, cfg)
+    cfg = _per_group(cfg, H // G, "cdx_heads", "heads_split")
     nc, NT, hs = a["nc"], cfg.tiles, cfg.heads_split
     npb = triton.cdiv(P, walk_block_p(spec, cfg))
     _state_grad_buffers(c, spec, a, nc, dfinal)
@@ -342,17 +341,13 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
              dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
              yp_ptr=saved[0] if spec.has_z else None)
     _walk(spec, cfg, "cdst", a, pre_from=1)
-    if (H // G) % hs:
-        hs = 1  # the group's heads do not split evenly: one program per group
-        cfg = dataclasses.replace(cfg, heads_split=1)
     # cdbc: heads_split fp32 partials, summed below, or dB / dC themselves
     part = (b, L, G, N) if hs == 1 else (hs, b, L, G, N)
     a.update(v_ptr=new((b, H, L), f32, dev), u_ptr=new((b, H, L), f32, dev),
              gx_ptr=new((b, H, L), f32, dev), rp_ptr=new((b, H, NT, L), f32, dev),
              dB_ptr=new(part, c.B.dtype if hs == 1 else f32, dev),
              dC_ptr=new(part, c.C.dtype if hs == 1 else f32, dev))
-    cx = _per_group(cfg, "cdx", H // G)
-    _launch(spec, cx, "cdx", a, (nc * NT * (H // cx.cdx_heads), 1, b))
+    _launch(spec, cfg, "cdx", a, (nc * NT * (H // cfg.cdx_heads), 1, b))
     _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
     _launch(spec, cfg, "cdfin", a, (nc, H, b))
     dB, dC = a["dB_ptr"], a["dC_ptr"]
