@@ -45,7 +45,8 @@ def structures(s):
     """(tile, tiles, dy_walk, splits, walk_block_p) to sweep for shape s: the walks need
     sequence splits where batch x heads gives fewer than 2 programs per SM (ssd_long).
     SWEEP_ROUND=1 is the first round's list (ssd_chunk_v2/sweep1), else the second's: 64-step
-    tiles, one or two per chunk (tiles of 32 and 128 lost by 0.9-3 ms in round 1)."""
+    tiles, one or two per chunk (tiles of 32 and 128 lost by 0.9-3 ms in round 1), the walks
+    with 64 or 32 channels a program."""
     few = s["batch"] * s["heads"] < 264
     out = []
     if os.environ.get("SWEEP_ROUND") == "1":
@@ -67,6 +68,8 @@ def structures(s):
     if os.environ.get("SWEEP_SHORT") == "1":  # round 1's two best, and the old grid order once
         keep = [(1, 0, 1), (2, 1, 1), (1, 0, 0)]
         out = [st for st in out if (st["tiles"], st["dy_walk"], st["heads_inner"]) in keep]
+    # the walks with 32 channels a program: twice the programs (round 1 swept only 64)
+    out += [dict(st, walk_block_p=32) for st in out if st["heads_inner"] and st["splits"] <= 4]
     return out
 
 
