@@ -10,11 +10,12 @@ Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
          (the checkpoints); cstp: its pre-pass where the sequence is split
   cout   (tile x head block, 1, row)  y from the entering state and the chunk's tiles up to
          its own; couty also saves y before the gate for dz
-  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk, and sigma;
+  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk;
          cdstp: its pre-pass
   cdx    (tile x head block, 1, row)  dx, dz, dD, x . G, the parts of d cum, and dy (with z,
          config dy_walk=0; with dy_walk=1 cdst stores it)
-  cdbc   (tile, group x heads_split, row)  dB and dC
+  cdbc   (tile, group x heads_split, row)  dB and dC, and sigma (the leaving state's part
+         of the gradient of a chunk's total decay)
   cdfin  (chunk, head, row)          d a, ddt, and the chunk's parts of dA and d dt_bias
 Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
 """
@@ -157,7 +158,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a = ["dout_ptr"] + (["z_ptr"] if z else []) + ["C_ptr", "dtp_ptr", "cum_ptr"]
         if kind == "cdst":
             a += ["dfinal_ptr"] if spec.return_final_states else []
-            a += ["ckpt_ptr", "dckpt_ptr", "sig_ptr"] + (["dy_ptr"] if z else [])
+            a += ["dckpt_ptr"] + (["dy_ptr"] if z else [])
             a += ["dinit_ptr"] if spec.has_initial_state else []
         a += ["hsp_ptr", "psp_ptr"]
     elif kind == "cdx":
@@ -168,14 +169,13 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["dD_ptr"] if D else []
     elif kind == "cdbc":
         a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
-        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
+        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr", "sig_ptr"]
     else:  # cdfin
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
         a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
         a += ["ddtb_ptr"] if spec.has_dt_bias else []
     a += ["L", "H", "P", "G", "hpg", "nc"]
     a += ["nseg", "spc", "nl", "seg_off"] if kind in _WALKS else []
-    a += ["npb"] if kind == "cdfin" else []
     a += ["dt_lo", "dt_hi"] if kind in ("ccum", "cdfin") else []
     a += ["s_tb", "s_tl", "s_th"] if kind in ("ccum", "cdfin") else []
     if "x_ptr" in a:
@@ -333,11 +333,9 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     a = _common(c, spec, cfg)
     cfg = _per_group(cfg, H // G, "cdx_heads", "heads_split")
     nc, NT, hs = a["nc"], cfg.tiles, cfg.heads_split
-    npb = triton.cdiv(P, walk_block_p(spec, cfg))
     _state_grad_buffers(c, spec, a, nc, dfinal)
     _grad_buffers(c, spec, a, nc * NT)
-    a.update(ckpt_ptr=ckpt, dout_ptr=dout.contiguous(), npb=npb,
-             sig_ptr=new((b, H, nc, npb), f32, dev),
+    a.update(ckpt_ptr=ckpt, dout_ptr=dout.contiguous(), sig_ptr=new((b, H, nc), f32, dev),
              dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
              yp_ptr=saved[0] if spec.has_z else None)
     _walk(spec, cfg, "cdst", a, pre_from=1)
