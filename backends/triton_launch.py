@@ -53,9 +53,13 @@ def _raw(values: list) -> list:
     return [v.data_ptr() if isinstance(v, torch.Tensor) else v for v in values]
 
 
-def _options(num_warps: int, num_stages: int | None) -> dict:
-    return {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps,
-                                                               "num_stages": num_stages}
+def _options(num_warps: int, num_stages: int | None, maxnreg: int | None = None) -> dict:
+    opts = {"num_warps": num_warps}
+    if num_stages is not None:
+        opts["num_stages"] = num_stages
+    if maxnreg is not None:  # ptxas' register cap per thread (Triton's CUDA option)
+        opts["maxnreg"] = maxnreg
+    return opts
 
 
 def _run(kernel, grid, dev: int, args: list) -> None:
@@ -65,15 +69,16 @@ def _run(kernel, grid, dev: int, args: list) -> None:
                kernel.packed_metadata, None, None, None, *args)
 
 
-def launch(fn, grid, args, num_warps: int, num_stages: int | None = None) -> None:
-    """fn[grid](*args, num_warps=..., num_stages=...); args: every kernel parameter in order
-    (constexprs included, as the JIT takes them)."""
-    opts = _options(num_warps, num_stages)
+def launch(fn, grid, args, num_warps: int, num_stages: int | None = None,
+           maxnreg: int | None = None) -> None:
+    """fn[grid](*args, num_warps=..., num_stages=..., maxnreg=...); args: every kernel
+    parameter in order (constexprs included, as the JIT takes them)."""
+    opts = _options(num_warps, num_stages, maxnreg)
     if _jit_only():
         fn[grid](*args, **opts)
         return
     dev = torch.cuda.current_device()
-    key = (fn, dev, num_warps, num_stages, *map(_arg_key, args))
+    key = (fn, dev, num_warps, num_stages, maxnreg, *map(_arg_key, args))
     kernel = _kernels.get(key)
     if kernel is None:
         kernel = fn[grid](*args, **opts)  # compiles on a miss; returns the CompiledKernel

@@ -58,7 +58,9 @@ class SSDChunkConfig(IntConfig):
     group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
     divide the group's heads); heads_inner: 1 orders cout's and cdx's programs heads first
     (those running together share a tile's B and C in L2), 0 tiles first (as measured: 1 is
-    not yet timed on a GPU)."""
+    not yet timed on a GPU); cout_regs / cdx_regs: a cap on cout's / cdx's registers per
+    thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for more programs per SM at
+    the price of spills."""
 
     tile: int = 64
     tiles: int = 1
@@ -79,6 +81,8 @@ class SSDChunkConfig(IntConfig):
     cout_heads: int = 1
     cdx_heads: int = 1
     heads_inner: int = 0
+    cout_regs: int = 0
+    cdx_regs: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -92,7 +96,10 @@ class SSDChunkConfig(IntConfig):
         if kind in ("ccum", "cdfin"):
             return dict(num_warps=4, num_stages=1)
         k = TEMPLATE_OF.get(kind, kind)
-        return dict(num_warps=getattr(self, f"{k}_warps"), num_stages=getattr(self, f"{k}_stages"))
+        lc = dict(num_warps=getattr(self, f"{k}_warps"), num_stages=getattr(self, f"{k}_stages"))
+        if getattr(self, f"{k}_regs", 0):
+            lc["maxnreg"] = getattr(self, f"{k}_regs")
+        return lc
 
     def tag(self, kind: str) -> str:
         k = TEMPLATE_OF.get(kind, kind)
@@ -109,11 +116,19 @@ class SSDChunkConfig(IntConfig):
             t += f"_hp{getattr(self, f'{k}_heads')}"
         if k in ("cout", "cdx") and self.heads_inner:
             t += "_hf"  # heads first in the grid
+        if "maxnreg" in lc:
+            t += f"_r{lc['maxnreg']}"
         return t + (f"_h{self.heads_split}" if k == "cdbc" else "")
 
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
-        self.check_powers(choices=stages + ("dy_walk", "heads_inner"))
+        regs = ("cout_regs", "cdx_regs")
+        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner"))
+        for name in regs:  # ptxas takes 24..255 (a multiple of 8 keeps allocation granular)
+            v = getattr(self, name)
+            if v and not (24 <= v <= 255 and v % 8 == 0):
+                raise ValueError(f"config.{name} must be 0 (no cap) or a multiple of 8 in "
+                                 f"24..248, got {v}")
         for name in ("dy_walk", "heads_inner"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"config.{name} must be 0 or 1, got {getattr(self, name)}")

@@ -75,7 +75,9 @@ def structures(s):
 
 def variants():
     """Launch variants: warps and stages of every kernel at once; in round 2 also the heads
-    per program of cout and cdx (with cdbc's heads_split at 2 where they are 2)."""
+    per program of cout and cdx (with cdbc's heads_split at 2 where they are 2), and 4-warp
+    variants with cout's and cdx's registers capped (128 and 168 a thread: 4 and 3 programs
+    per SM, cout without spills, cdx with 680 bytes, sm_90 compile at ssd_long's sizes)."""
     if os.environ.get("SWEEP_ROUND") == "1":
         ws = [(w, st, 1) for w in (4, 8) for st in (1, 2, 3)]
         ws += [(8, 2, "hs2")]
@@ -83,9 +85,14 @@ def variants():
         ws = [(w, st, hp) for w, st in ((4, 1), (4, 2), (4, 3), (8, 3)) for hp in (1, 2, 4)]
         if os.environ.get("SWEEP_SHORT") == "1":
             ws = [(w, st, hp) for w, st in ((4, 1), (4, 2), (8, 3)) for hp in (1, 2)]
+        ws += [(4, st, "r") for st in (1, 2)]
     out = []
     for w, st, hp in ws:
         v = {f"{k}_{f}": x for k in GROUPS for f, x in (("warps", w), ("stages", st))}
+        if hp == "r":
+            v.update(cout_regs=128, cdx_regs=168)
+            out.append(v)
+            continue
         if hp == "hs2":
             v["heads_split"] = 2
         else:
@@ -115,9 +122,9 @@ def assemble(struct, rows):
         key = lambda r: sum(r["ms"].get(k, 0.0) for k in kinds)  # noqa: E731
         r = min(ok, key=key)
         total += key(r)
-        fields = [f"{grp}_warps", f"{grp}_stages"] + (["heads_split"] if grp == "cdbc" else
-                                                      [f"{grp}_heads"] if grp in ("cout", "cdx")
-                                                      else [])
+        fields = [f"{grp}_warps", f"{grp}_stages"] + (
+            ["heads_split"] if grp == "cdbc" else
+            [f"{grp}_heads", f"{grp}_regs"] if grp in ("cout", "cdx") else [])
         best.update({f: r["config"][f] for f in fields})
     total += sum(v for k, v in ok[0]["ms"].items() if k in ("ccum", "cdfin"))
     return tc.SSDChunkConfig(**best), total

@@ -102,9 +102,10 @@ def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> Com
     see _compile (ssd_launch_args gives them for a call's sizes)."""
     mod = _ssd_module(kind)
     lc = mod.launch_config(cfg, kind)
+    extra = {k: v for k, v in lc.items() if k not in ("num_warps", "num_stages")}  # maxnreg
     return _compile(mod.kernel(spec, cfg, kind), mod.kernel_params(spec, kind),
                     mod.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
-                    values)
+                    values, **extra)
 
 
 def _ssd_module(kind: str):
@@ -217,12 +218,14 @@ def ssd_default_config(spec, kind: str = "fwd"):
 def ssd_configs(spec, kind: str) -> list:
     """The configs a covering compile takes for an SSD kind: its default, and for the chunk
     kinds whose templates branch on them a second one with the other branches (two tiles per
-    chunk, dy from the walk, two heads per program, heads first in the grid)."""
+    chunk, dy from the walk, two heads per program, heads first in the grid; cout's and cdx's
+    registers capped, so the cap reaches ptxas)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
 
     out = [ssd_default_config(spec, kind)]
     if kind in ("cout", "couty", "cdst", "cdx", "cdbc"):
-        out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=1))
+        out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=1,
+                                  cout_regs=128, cdx_regs=168))
     return out
 
 

@@ -27,6 +27,8 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(splits=128), r"config\.splits must be <= 64"),
     (dict(dy_walk=2), r"config\.dy_walk must be 0 or 1"),
     (dict(heads_inner=2), r"config\.heads_inner must be 0 or 1"),
+    (dict(cdx_regs=100), r"config\.cdx_regs must be 0 \(no cap\) or a multiple of 8"),
+    (dict(cout_regs=256), r"config\.cout_regs must be 0 \(no cap\) or a multiple of 8"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
 def test_bad_chunk_config_raises_naming_the_field(change, pattern):
