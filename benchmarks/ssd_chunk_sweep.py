@@ -69,7 +69,10 @@ def structures(s):
         keep = [(1, 0, 1), (2, 1, 1), (1, 0, 0)]
         out = [st for st in out if (st["tiles"], st["dy_walk"], st["heads_inner"]) in keep]
     # the walks with 32 channels a program: twice the programs (round 1 swept only 64)
-    out += [dict(st, walk_block_p=32) for st in out if st["heads_inner"] and st["splits"] <= 4]
+    # (twice the channel blocks make the walks' programs: where splits were needed, half as
+    # many splits keep the count, with a shorter pre-pass)
+    out += [dict(st, walk_block_p=32, splits=sp) for st in out if st["heads_inner"]
+            and st["splits"] <= 4 for sp in sorted({st["splits"], max(1, st["splits"] // 2)})]
     return out
 
 
