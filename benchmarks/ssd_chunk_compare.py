@@ -14,7 +14,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ssd_sweep_common import compare, forward_only, shape_inputs  # noqa: E402
+from ssd_sweep_common import (compare, compile_ahead, empty_call, forward_only,  # noqa: E402
+                              shape_inputs)
 
 import ssmgen  # noqa: E402
 from ssmgen.backends import triton_ssd as ts  # noqa: E402
@@ -46,6 +47,16 @@ def main():
     peer = peer_import("mamba_ssm.ops.triton.ssd_combined") if os.environ.get("PEER") == "1" \
         else None
     res = {"gpu": torch.cuda.get_device_name()}
+    # every config compiled first, in parallel processes (the calls below find Triton's cache)
+    jobs = []
+    for s in load()["ssd"]:
+        if s["name"] in names:
+            c = empty_call(s)
+            jobs += [(s["name"], cfg.encode()) for cfg in (
+                ts.walk_config(spec_of(c), c.batch, c.heads),
+                ts.default_config(spec_of(c), c.batch, c.heads))]
+            jobs += [(s["name"], t) for t in os.environ.get("EXTRA", "").split(";") if t]
+    compile_ahead(jobs)
     for s in load()["ssd"]:
         if s["name"] not in names:
             continue
