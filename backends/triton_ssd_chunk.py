@@ -12,10 +12,10 @@ Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
          its own; couty also saves y before the gate for dz
   cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk;
          cdstp: its pre-pass
-  cdx    (tile x head block, 1, row)  dx, dz, dD, x . G, the parts of d cum, and dy (with z,
+  cdx    (tile x head block, 1, row)  dx, dz, dD, x . G, the parts of d cum, sigma (the
+         leaving state's part of the gradient of a chunk's total decay), and dy (with z,
          config dy_walk=0; with dy_walk=1 cdst stores it)
-  cdbc   (tile, group x heads_split, row)  dB and dC, and sigma (the leaving state's part
-         of the gradient of a chunk's total decay)
+  cdbc   (tile, group x heads_split, row)  dB and dC
   cdfin  (chunk, head, row)          d a, ddt, and the chunk's parts of dA and d dt_bias
 Packed sequences (seq_idx) are not taken: the walk (triton_ssd) serves them.
 """
@@ -180,11 +180,11 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a = x_in + (["z_ptr", "yp_ptr", "dy_ptr"] if z else []) + ["B_ptr", "C_ptr"]
         a += (["D_ptr"] if D else []) + ["dtp_ptr", "cum_ptr", "ckpt_ptr", "dckpt_ptr"]
         a += ["dout_ptr", "dx_ptr"] + (["dz_ptr"] if z else []) + ["v_ptr", "u_ptr", "gx_ptr"]
-        a += ["rp_ptr"]
+        a += ["rp_ptr", "sig_ptr"]
         a += ["dD_ptr"] if D else []
     elif kind == "cdbc":
         a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
-        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr", "sig_ptr"]
+        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
     else:  # cdfin
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
         a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
