@@ -124,9 +124,9 @@ class SSDChunkConfig(IntConfig):
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
         regs = ("cout_regs", "cdx_regs")
         self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner"))
-        for name in regs:  # ptxas takes 24..255 (a multiple of 8 keeps allocation granular)
+        for name in regs:  # ptxas takes 24..255; a multiple of 8 as registers are allocated
             v = getattr(self, name)
-            if v and not (24 <= v <= 255 and v % 8 == 0):
+            if v and not (24 <= v <= 248 and v % 8 == 0):
                 raise ValueError(f"config.{name} must be 0 (no cap) or a multiple of 8 in "
                                  f"24..248, got {v}")
         for name in ("dy_walk", "heads_inner"):

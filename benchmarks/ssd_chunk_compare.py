@@ -52,10 +52,8 @@ def main():
     for s in load()["ssd"]:
         if s["name"] in names:
             c = empty_call(s)
-            jobs += [(s["name"], cfg.encode()) for cfg in (
-                ts.walk_config(spec_of(c), c.batch, c.heads),
-                ts.default_config(spec_of(c), c.batch, c.heads))]
-            jobs += [(s["name"], t) for t in os.environ.get("EXTRA", "").split(";") if t]
+            cfgs = dict(configs(s, c), default=ts.default_config(spec_of(c), c.batch, c.heads))
+            jobs += [(s["name"], cfg.encode()) for cfg in cfgs.values()]
     compile_ahead(jobs)
     for s in load()["ssd"]:
         if s["name"] not in names:

@@ -15,8 +15,8 @@ ssd shapes, then the best against the walk, the shipped default and mamba-ssm.
 
 Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
 Environment: SWEEP_JOBS (compile processes), SWEEP_ROUND (1 or 2, default 2), SWEEP_SHORT=1
-(or 2, shorter still)
-(round 2's lists cut to the structures and launches that won round 1, for a short call).
+(round 2's lists cut to the structures and launches that won round 1, for a short call) or 2
+(shorter still: no 8 splits, one 32-channel walk, four launches).
 """
 import dataclasses
 import itertools
@@ -49,7 +49,7 @@ def structures(s):
     tiles, one or two per chunk (tiles of 32 and 128 lost by 0.9-3 ms in round 1), the walks
     with 64 or 32 channels a program."""
     few = s["batch"] * s["heads"] < 264
-    sp4 = 4 if few else 1
+    shortest = os.environ.get("SWEEP_SHORT") == "2"
     out = []
     if os.environ.get("SWEEP_ROUND") == "1":
         for (tile, tiles), dyw in itertools.product(((64, 2), (32, 4), (128, 1), (64, 1)), (0, 1)):
@@ -70,14 +70,14 @@ def structures(s):
     if os.environ.get("SWEEP_SHORT") in ("1", "2"):  # round 1's two best, the old order once
         keep = [(1, 0, 1), (2, 1, 1), (1, 0, 0)]
         out = [st for st in out if (st["tiles"], st["dy_walk"], st["heads_inner"]) in keep]
-    # the walks with 32 channels a program: twice the programs (round 1 swept only 64)
-    # (twice the channel blocks make the walks' programs: where splits were needed, half as
-    # many splits keep the count, with a shorter pre-pass)
-    out += [dict(st, walk_block_p=32, splits=sp) for st in out if st["heads_inner"]
-            and st["splits"] <= 4 for sp in sorted({st["splits"], max(1, st["splits"] // 2)})]
-    if os.environ.get("SWEEP_SHORT") == "2":  # the shortest: one 32-channel walk, no splits 8
-        out = [st for st in out if st["splits"] <= 4 and (
-            st["walk_block_p"] == 64 or (st["tiles"] == 1 and st["splits"] == max(1, sp4 // 2)))]
+    if shortest:
+        out = [st for st in out if st["splits"] <= 4]
+    # the walks at 32 channels a program (round 1 swept only 64): twice the programs, so
+    # where splits were needed, half as many keep the count with a shorter pre-pass
+    wide = [st for st in out if st["heads_inner"] and st["splits"] <= 4
+            and (st["tiles"] == 1 or not shortest)]
+    out += [dict(st, walk_block_p=32, splits=sp) for st in wide
+            for sp in sorted({max(1, st["splits"] // d) for d in ((2,) if shortest else (1, 2))})]
     return out
 
 
@@ -94,7 +94,7 @@ def variants():
         if os.environ.get("SWEEP_SHORT") == "1":
             ws = [(w, st, hp) for w, st in ((4, 1), (4, 2), (8, 3)) for hp in (1, 2)]
         if os.environ.get("SWEEP_SHORT") == "2":
-            ws = [(4, 1, 1), (4, 2, 1), (8, 3, 1), (4, 1, 2)]
+            ws = [(4, 1, 1), (4, 2, 1), (8, 3, 1), (4, 1, 2)]  # shortest
         ws += [(4, st, "r") for st in (1, 2)]
     out = []
     for w, st, hp in ws:
