@@ -216,7 +216,17 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     (_CDBC_STAGES), with sequence splits where the walks' (batch, head, channel block)
     programs are under 2 per SM: the largest power of two that keeps them at most 2 per SM
     (ssd_long: 64 programs, 4 splits). None where even one stage would not fit (x's bytes x
-    padded headdim above 512: fp32 at headdim 256)."""
+    padded headdim above 512: fp32 at headdim 256).
+    From ssd_chunk_v2/sweep2 (H100, bf16, headdim 64, d_state 128):
+    - where the sequence is split (few batch x head programs, as at batch 1), cout's and
+      cdx's programs heads first in the grid: tiles first, the programs in flight all belong
+      to one head, so each head re-reads the whole sequence's B and C (16 MB on ssd_long)
+      after it has left L2. ssd_long: couty 0.90 -> 0.67 ms, cdx 1.74 -> 1.66. On ssd_1.3b
+      (a batch's B and C: 1 MB) tiles first stays ahead (cdx 0.81 against 0.85).
+    - cout at 1 stage (one tile a chunk: no loop to pipeline; 132 registers against 152 at
+      2), capped at 128 registers where that spills at most 56 bytes (2-byte x at padded
+      headdim <= 64): 4 programs per SM instead of 3; couty 0.67 -> 0.63 ms on ssd_long,
+      0.34 -> 0.31 on ssd_1.3b. At headdim 128 the cap spills 344 bytes (untimed: left off)."""
     width = getattr(torch, spec.dtype).itemsize * padded_headdim(spec)
     stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
     if stages is None:
@@ -225,7 +235,9 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     splits = 1
     while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:
         splits *= 2
-    return SSDChunkConfig(splits=splits, cdbc_stages=stages)
+    cap = getattr(torch, spec.dtype).itemsize == 2 and padded_headdim(spec) <= 64
+    return SSDChunkConfig(splits=splits, cdbc_stages=stages, cout_stages=1,
+                          cout_regs=128 if cap else 0, heads_inner=int(splits > 1))
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:

@@ -65,6 +65,13 @@ def test_default_takes_the_chunk_form_where_measured_faster():
     assert isinstance(big, tc.SSDChunkConfig) and big.splits == 1
     assert triton_ssd.default_config(s, 1, 64).splits == 4  # 64 programs: 256 with 4 splits
     assert triton_ssd.default_config(s, 2, 64).splits == 2
+    # heads first in cout's and cdx's grids only where the sequence is split (sweep2)
+    assert big.heads_inner == 0 and triton_ssd.default_config(s, 1, 64).heads_inner == 1
+    # cout's register cap only for 2-byte x at padded headdim <= 64
+    assert big.cout_regs == 128 and big.launch("couty")["maxnreg"] == 128
+    for dtype, P in (("bfloat16", 128), ("float32", 64)):
+        other = triton_ssd.default_config(replace(s, dtype=dtype, dt_dtype=dtype, headdim=P), 8, 64)
+        assert other.cout_regs == 0 and "maxnreg" not in other.launch("couty")
     assert isinstance(triton_ssd.default_config(s, 8, 64, training=False), triton_ssd.SSDConfig)
     for other in (replace(s, has_seq_idx=True), replace(s, d_state=256),
                   replace(s, dtype="float32", dt_dtype="float32", headdim=256)):
