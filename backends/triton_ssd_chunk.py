@@ -60,7 +60,10 @@ class SSDChunkConfig(IntConfig):
     (those running together share a tile's B and C in L2), 0 tiles first (as measured: 1 is
     not yet timed on a GPU); cout_regs / cdx_regs: a cap on cout's / cdx's registers per
     thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for more programs per SM at
-    the price of spills."""
+    the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
+    gate again (one more [tile, tile] x [tile, headdim] product) for dz, 0 has couty store it
+    in the forward and cdx read it (an x-sized tensor saved between the passes: written once,
+    read once)."""
 
     tile: int = 64
     tiles: int = 1
@@ -83,6 +86,7 @@ class SSDChunkConfig(IntConfig):
     heads_inner: int = 0
     cout_regs: int = 0
     cdx_regs: int = 0
+    yp_recompute: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -112,6 +116,8 @@ class SSDChunkConfig(IntConfig):
             t += f"_p{self.walk_block_p}"
         if k in ("cdst", "cdx") and self.dy_walk:
             t += "_dyw"
+        if k == "cdx" and self.yp_recompute:
+            t += "_yr"  # y before the gate formed again
         if k in ("cout", "cdx") and getattr(self, f"{k}_heads") > 1:
             t += f"_hp{getattr(self, f'{k}_heads')}"
         if k in ("cout", "cdx") and self.heads_inner:
@@ -123,13 +129,13 @@ class SSDChunkConfig(IntConfig):
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
         regs = ("cout_regs", "cdx_regs")
-        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner"))
+        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner", "yp_recompute"))
         for name in regs:  # ptxas takes 24..255; a multiple of 8 as registers are allocated
             v = getattr(self, name)
             if v and not (24 <= v <= 248 and v % 8 == 0):
                 raise ValueError(f"config.{name} must be 0 (no cap) or a multiple of 8 in "
                                  f"24..248, got {v}")
-        for name in ("dy_walk", "heads_inner"):
+        for name in ("dy_walk", "heads_inner", "yp_recompute"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"config.{name} must be 0 or 1, got {getattr(self, name)}")
         for name in stages:
@@ -138,6 +144,9 @@ class SSDChunkConfig(IntConfig):
         for name in ("tile", "walk_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        if self.yp_recompute and self.tiles != 1:
+            raise ValueError(f"config.yp_recompute needs config.tiles == 1 (the diagonal pair "
+                             f"only), got tiles={self.tiles}")
         if self.tile > 128:
             raise ValueError(f"config.tile must be <= 128, got {self.tile}")
         if self.splits > MAX_SPLITS:
@@ -261,7 +270,7 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
         has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z),
         heads=getattr(cfg, f"{TEMPLATE_OF.get(kind, kind)}_heads", 1),
-        heads_inner=bool(cfg.heads_inner))
+        heads_inner=bool(cfg.heads_inner), yp_recompute=bool(cfg.yp_recompute and spec.has_z))
 
 
 @functools.lru_cache(maxsize=None)
@@ -329,7 +338,8 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     a = _common(c, spec, cfg)
     nc = a["nc"]
     out = new((b, L, H, P), c.x.dtype, dev)
-    saved = new((1, b, L, H, P), c.x.dtype, dev) if for_backward and spec.has_z else None
+    keep_yp = for_backward and saved_count(cfg, spec.has_z)
+    saved = new((1, b, L, H, P), c.x.dtype, dev) if keep_yp else None
     a.update(ckpt_ptr=new((b, H, nc, P, N), ckpt_dtype(spec), dev), out_ptr=out,
              yp_ptr=None if saved is None else saved[0],
              final_ptr=new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None)
@@ -344,15 +354,16 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
 
 
 def saved_count(cfg, has_z: bool) -> int:
-    """x-sized tensors the forward saves for the backward: y before the gate, with z."""
-    return int(has_z)
+    """x-sized tensors the forward saves for the backward: y before the gate, with z (unless
+    cdx forms it again: config yp_recompute)."""
+    return int(has_z and not cfg.yp_recompute)
 
 
 def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, saved=None) -> dict:
     """Every input's gradient from the forward's states (ckpt) and saved (y before the gate,
     with z); dt' and cum are computed again (ccum: 0.014 ms on ssd_1.3b). The walk's buffers
     (triton_ssd): the per-tile parts of dA, dD and d dt_bias are its per-block parts."""
-    if spec.has_z and saved is None:
+    if saved_count(cfg, spec.has_z) and saved is None:
         raise ValueError(f"config {cfg.tag('cdx')}: the chunk form's backward with z reads the "
                          f"forward's y before the gate; run forward(..., for_backward=True)")
     b, L, H, P, N, G = c.batch, c.seqlen, c.heads, c.headdim, c.d_state, c.groups
@@ -362,9 +373,11 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     nc, NT, hs = a["nc"], cfg.tiles, cfg.heads_split
     _state_grad_buffers(c, spec, a, nc, dfinal)
     _grad_buffers(c, spec, a, nc * NT)
-    a.update(ckpt_ptr=ckpt, dout_ptr=dout.contiguous(), sig_ptr=new((b, H, nc), f32, dev),
-             dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
-             yp_ptr=saved[0] if spec.has_z else None)
+    dout = dout.contiguous()
+    # with config yp_recompute cdx never reads yp: any x-dtype tensor of the call stands in
+    yp = (saved[0] if saved_count(cfg, spec.has_z) else dout) if spec.has_z else None
+    a.update(ckpt_ptr=ckpt, dout_ptr=dout, sig_ptr=new((b, H, nc), f32, dev),
+             dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None, yp_ptr=yp)
     _walk(spec, cfg, "cdst", a, pre_from=1)
     # cdbc: heads_split fp32 partials, summed below, or dB / dC themselves
     part = (b, L, G, N) if hs == 1 else (hs, b, L, G, N)

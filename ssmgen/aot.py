@@ -219,13 +219,16 @@ def ssd_configs(spec, kind: str) -> list:
     """The configs a covering compile takes for an SSD kind: its default, and for the chunk
     kinds whose templates branch on them a second one with the other branches (two tiles per
     chunk, dy from the walk, two heads per program, heads first in the grid; cout's and cdx's
-    registers capped, so the cap reaches ptxas)."""
+    registers capped, so the cap reaches ptxas), and for cdx a third forming y before the gate
+    again (yp_recompute: one tile a chunk only)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
 
     out = [ssd_default_config(spec, kind)]
     if kind in ("cout", "couty", "cdst", "cdx", "cdbc"):
         out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=1,
                                   cout_regs=128, cdx_regs=168))
+    if kind == "cdx":
+        out.append(SSDChunkConfig(yp_recompute=1, cdx_heads=2))
     return out
 
 

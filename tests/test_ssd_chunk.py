@@ -29,6 +29,8 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(heads_inner=2), r"config\.heads_inner must be 0 or 1"),
     (dict(cdx_regs=100), r"config\.cdx_regs must be 0 \(no cap\) or a multiple of 8"),
     (dict(cout_regs=256), r"config\.cout_regs must be 0 \(no cap\) or a multiple of 8"),
+    (dict(yp_recompute=2), r"config\.yp_recompute must be 0 or 1"),
+    (dict(yp_recompute=1), r"config\.yp_recompute needs config\.tiles == 1"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
 def test_bad_chunk_config_raises_naming_the_field(change, pattern):
@@ -150,3 +152,29 @@ def test_heads_per_program_match_reference(HG, tiles, heads):
         check_call(2, 37, HG, 8, 6, "hp", True, True, True, (0.0, INF), True, True, F32, False,
                    dict(SMALL, tiles=tiles, cout_heads=heads, cdx_heads=heads, dy_walk=1,
                         heads_inner=inner), 11)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("D, z, heads", [("h", True, 1), ("hp", True, 2), (None, True, 1),
+                                         ("h", False, 1)])
+def test_yp_recompute_matches_reference(monkeypatch, D, z, heads):
+    """config yp_recompute: cdx forms y before the gate again for dz, so the forward saves
+    nothing x-sized and launches cout, not couty. Every gradient against the float64
+    reference; with D per head and per channel, one and two heads per program; without z
+    the field changes nothing."""
+    from test_ssd_kernels import check_call
+
+    kinds, real = [], tc._launch
+    monkeypatch.setattr(tc, "_launch", lambda s, c, k, a, g: kinds.append(k) or real(s, c, k, a, g))
+    saved, real_fwd = [], tc.forward
+
+    def forward(*a, **k):
+        r = real_fwd(*a, **k)
+        saved.append(r[3])  # what the forward keeps for the backward besides the states
+        return r
+
+    monkeypatch.setattr(tc, "forward", forward)
+    check_call(2, 45, (4, 2), 8, 6, D, z, True, True, (0.0, INF), True, True, F32, False,
+               dict(SMALL, tiles=1, yp_recompute=1, cdx_heads=heads, heads_inner=1), 5)
+    assert "couty" not in kinds and "cout" in kinds and "cdx" in kinds
+    assert saved and all(s is None for s in saved)

@@ -142,9 +142,10 @@ def test_triton_ssd_chunk_form_matches_reference(**k):
                                     dict(form="chunk"),
                                     dict(form="chunk", splits=4, walk_block_p=32, tiles=1),
                                     dict(form="chunk", dy_walk=1, tile=32, tiles=4,
-                                         cout_heads=2, cdx_heads=2)],
+                                         cout_heads=2, cdx_heads=2),
+                                    dict(form="chunk", yp_recompute=1, heads_inner=1)],
                          ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2",
-                              "chunk", "chunk_splits", "chunk_dyw"])
+                              "chunk", "chunk_splits", "chunk_dyw", "chunk_yr"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
