@@ -47,17 +47,16 @@ def main():
     peer = peer_import("mamba_ssm.ops.triton.ssd_combined") if os.environ.get("PEER") == "1" \
         else None
     res = {"gpu": torch.cuda.get_device_name()}
+    by_name = {s["name"]: s for s in load()["ssd"]}
+    shapes = [by_name[n] for n in names]  # in the order named (a timeout keeps the first)
     # every config compiled first, in parallel processes (the calls below find Triton's cache)
     jobs = []
-    for s in load()["ssd"]:
-        if s["name"] in names:
-            c = empty_call(s)
-            cfgs = dict(configs(s, c), default=ts.default_config(spec_of(c), c.batch, c.heads))
-            jobs += [(s["name"], cfg.encode()) for cfg in cfgs.values()]
+    for s in shapes:
+        c = empty_call(s)
+        cfgs = dict(configs(s, c), default=ts.default_config(spec_of(c), c.batch, c.heads))
+        jobs += [(s["name"], cfg.encode()) for cfg in cfgs.values()]
     compile_ahead(jobs)
-    for s in load()["ssd"]:
-        if s["name"] not in names:
-            continue
+    for s in shapes:
         print(f"=== {s['name']}", flush=True)
         x, dout, c, _ = shape_inputs(s)
         cfgs = configs(s, c)
