@@ -57,8 +57,8 @@ class SSDChunkConfig(IntConfig):
     in the parallel kernel; cout_heads / cdx_heads: heads per program of cout / cdx (one
     group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
     divide the group's heads); heads_inner: 1 orders cout's and cdx's programs heads first
-    (those running together share a tile's B and C in L2), 0 tiles first (as measured: 1 is
-    not yet timed on a GPU); cout_regs / cdx_regs: a cap on cout's / cdx's registers per
+    (those running together share a tile's B and C in L2), 0 tiles first (sweep2: 1 faster
+    on ssd_long, batch 1; 0 on ssd_1.3b, batch 8); cout_regs / cdx_regs: a cap on cout's / cdx's registers per
     thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for more programs per SM at
     the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
     gate again (one more [tile, tile] x [tile, headdim] product) for dz, 0 has couty store it
