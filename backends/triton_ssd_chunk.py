@@ -58,9 +58,9 @@ class SSDChunkConfig(IntConfig):
     group's: the tile's B / C and the diagonal pair's C B^T are shared; 1 where they do not
     divide the group's heads); heads_inner: 1 orders cout's and cdx's programs heads first
     (those running together share a tile's B and C in L2), 0 tiles first (sweep2: 1 faster
-    on ssd_long, batch 1; 0 on ssd_1.3b, batch 8); cout_regs / cdx_regs: a cap on cout's / cdx's registers per
-    thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for more programs per SM at
-    the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
+    on ssd_long, batch 1; 0 on ssd_1.3b, batch 8); cout_regs / cdx_regs: a cap on cout's /
+    cdx's registers per thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for
+    more programs per SM at the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
     gate again (one more [tile, tile] x [tile, headdim] product) for dz, 0 has couty store it
     in the forward and cdx read it (an x-sized tensor saved between the passes: written once,
     read once)."""
@@ -73,7 +73,7 @@ class SSDChunkConfig(IntConfig):
     cst_warps: int = 8
     cst_stages: int = 3
     cout_warps: int = 4
-    cout_stages: int = 2
+    cout_stages: int = 1  # one tile a chunk: no loop to pipeline (sweep2)
     cdst_warps: int = 4
     cdst_stages: int = 2
     cdx_warps: int = 4
@@ -232,11 +232,12 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
       to one head, so each head re-reads the whole sequence's B and C (16 MB on ssd_long)
       after it has left L2. ssd_long: couty 0.90 -> 0.67 ms, cdx 1.74 -> 1.66. On ssd_1.3b
       (a batch's B and C: 1 MB) tiles first stays ahead (cdx 0.81 against 0.85).
-    - cout at 1 stage (one tile a chunk: no loop to pipeline; 132 registers against 152 at
-      2), capped at 128 registers where that spills at most 56 bytes (2-byte x at padded
-      headdim <= 64): 4 programs per SM instead of 3; couty 0.67 -> 0.63 ms on ssd_long,
+    - cout (at its 1 stage: 132 registers against 152 at 2) capped at 128 registers where
+      that spills at most 56 bytes (2-byte x at padded headdim <= 64): 4 programs per SM
+      instead of 3; couty 0.67 -> 0.63 ms on ssd_long,
       0.34 -> 0.31 on ssd_1.3b. At headdim 128 the cap spills 344 bytes (untimed: left off)."""
-    width = getattr(torch, spec.dtype).itemsize * padded_headdim(spec)
+    itemsize = getattr(torch, spec.dtype).itemsize
+    width = itemsize * padded_headdim(spec)
     stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
     if stages is None:
         return None
@@ -244,9 +245,9 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     splits = 1
     while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:
         splits *= 2
-    cap = getattr(torch, spec.dtype).itemsize == 2 and padded_headdim(spec) <= 64
-    return SSDChunkConfig(splits=splits, cdbc_stages=stages, cout_stages=1,
-                          cout_regs=128 if cap else 0, heads_inner=int(splits > 1))
+    cap = itemsize == 2 and padded_headdim(spec) <= 64
+    return SSDChunkConfig(splits=splits, cdbc_stages=stages, cout_regs=128 if cap else 0,
+                          heads_inner=int(splits > 1))
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
@@ -338,8 +339,8 @@ def forward(c, spec: SSDSpec, cfg: SSDChunkConfig, for_backward: bool = False,
     a = _common(c, spec, cfg)
     nc = a["nc"]
     out = new((b, L, H, P), c.x.dtype, dev)
-    keep_yp = for_backward and saved_count(cfg, spec.has_z)
-    saved = new((1, b, L, H, P), c.x.dtype, dev) if keep_yp else None
+    saved = (new((1, b, L, H, P), c.x.dtype, dev)
+             if for_backward and saved_count(cfg, spec.has_z) else None)
     a.update(ckpt_ptr=new((b, H, nc, P, N), ckpt_dtype(spec), dev), out_ptr=out,
              yp_ptr=None if saved is None else saved[0],
              final_ptr=new((b, H, P, N), torch.float32, dev) if spec.return_final_states else None)
@@ -374,10 +375,10 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
     _state_grad_buffers(c, spec, a, nc, dfinal)
     _grad_buffers(c, spec, a, nc * NT)
     dout = dout.contiguous()
-    # with config yp_recompute cdx never reads yp: any x-dtype tensor of the call stands in
-    yp = (saved[0] if saved_count(cfg, spec.has_z) else dout) if spec.has_z else None
     a.update(ckpt_ptr=ckpt, dout_ptr=dout, sig_ptr=new((b, H, nc), f32, dev),
-             dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None, yp_ptr=yp)
+             dy_ptr=new((b, L, H, P), c.x.dtype, dev) if spec.has_z else None,
+             # with yp_recompute cdx never reads it: an x-dtype tensor of the call stands in
+             yp_ptr=dout if saved is None else saved[0])
     _walk(spec, cfg, "cdst", a, pre_from=1)
     # cdbc: heads_split fp32 partials, summed below, or dB / dC themselves
     part = (b, L, G, N) if hs == 1 else (hs, b, L, G, N)

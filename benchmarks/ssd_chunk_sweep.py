@@ -78,7 +78,7 @@ def structures(s):
             and (st["tiles"] == 1 or not shortest)]
     out += [dict(st, walk_block_p=32, splits=sp) for st in wide
             for sp in sorted({max(1, st["splits"] // d) for d in ((2,) if shortest else (1, 2))})]
-    # cdx forming y before the gate again (yp_recompute, one tile a chunk only: round 3)
+    # cdx forming y before the gate again (yp_recompute, one tile a chunk only: round 4)
     out += [dict(st, yp_recompute=1) for st in out
             if st["tiles"] == 1 and st["walk_block_p"] == 64 and st["splits"] <= 4]
     return out

@@ -102,10 +102,8 @@ def compile_ssd_kernel(spec, cfg, kind: str, arch: int = 90, values=None) -> Com
     see _compile (ssd_launch_args gives them for a call's sizes)."""
     mod = _ssd_module(kind)
     lc = mod.launch_config(cfg, kind)
-    extra = {k: v for k, v in lc.items() if k not in ("num_warps", "num_stages")}  # maxnreg
     return _compile(mod.kernel(spec, cfg, kind), mod.kernel_params(spec, kind),
-                    mod.kernel_name(spec, cfg, kind), lc["num_warps"], lc["num_stages"], arch,
-                    values, **extra)
+                    mod.kernel_name(spec, cfg, kind), arch=arch, values=values, **lc)
 
 
 def _ssd_module(kind: str):
