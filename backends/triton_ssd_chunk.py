@@ -6,11 +6,11 @@ steps.
 
 Kernels (templates/triton/ssd_chunk_*.py.jinja), in launch order:
   ccum   (chunk, head, row)          dt' and cum (the log decay summed within the chunk)
-  cst    (channel block x segment, head, row)  walks the chunks: the state entering each
-         (the checkpoints); cstp: its pre-pass where the sequence is split
+  cst    (state block x channel block x segment, head, row)  walks the chunks: the state
+         entering each (the checkpoints); cstp: its pre-pass where the sequence is split
   cout   (tile x head block, 1, row)  y from the entering state and the chunk's tiles up to
          its own; couty also saves y before the gate for dz
-  cdst   (channel block x segment, head, row)  walks back: dS leaving each chunk;
+  cdst   (state block x channel block x segment, head, row)  walks back: dS leaving each chunk;
          cdstp: its pre-pass
   cdx    (tile x head block, 1, row)  dx, dz, dD, x . G, the parts of d cum, sigma (the
          leaving state's part of the gradient of a chunk's total decay), and dy (with z,
@@ -63,7 +63,9 @@ class SSDChunkConfig(IntConfig):
     more programs per SM at the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
     gate again (one more [tile, tile] x [tile, headdim] product) for dz, 0 has couty store it
     in the forward and cdx read it (an x-sized tensor saved between the passes: written once,
-    read once)."""
+    read once); walk_block_n: d_state columns per program of the two walks (0: all of the
+    padded d_state): a split of the state needs no pre-pass, as sequence splits do, for more
+    walk programs where batch x heads x channel blocks leave SMs idle."""
 
     tile: int = 64
     tiles: int = 1
@@ -87,6 +89,7 @@ class SSDChunkConfig(IntConfig):
     cout_regs: int = 0
     cdx_regs: int = 0
     yp_recompute: int = 0
+    walk_block_n: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -113,7 +116,7 @@ class SSDChunkConfig(IntConfig):
         lc = self.launch(kind)
         t += f"_w{lc['num_warps']}_s{lc['num_stages']}"
         if k in ("cst", "cdst"):
-            t += f"_p{self.walk_block_p}"
+            t += f"_p{self.walk_block_p}" + (f"n{self.walk_block_n}" if self.walk_block_n else "")
         if k in ("cdst", "cdx") and self.dy_walk:
             t += "_dyw"
         if k == "cdx" and self.yp_recompute:
@@ -129,7 +132,8 @@ class SSDChunkConfig(IntConfig):
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
         regs = ("cout_regs", "cdx_regs")
-        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner", "yp_recompute"))
+        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner", "yp_recompute",
+                                                   "walk_block_n"))
         for name in regs:  # ptxas takes 24..255; a multiple of 8 as registers are allocated
             v = getattr(self, name)
             if v and not (24 <= v <= 248 and v % 8 == 0):
@@ -144,6 +148,10 @@ class SSDChunkConfig(IntConfig):
         for name in ("tile", "walk_block_p"):
             if getattr(self, name) < 16:  # tl.dot's smallest tile edge
                 raise ValueError(f"config.{name} must be >= 16, got {getattr(self, name)}")
+        n = self.walk_block_n
+        if n and (n < 16 or n & (n - 1)):  # tl.dot's smallest edge; a power of two divides NP
+            raise ValueError(f"config.walk_block_n must be 0 (all of d_state) or a power of two "
+                             f">= 16, got {n}")
         if self.yp_recompute and self.tiles != 1:
             raise ValueError(f"config.yp_recompute needs config.tiles == 1 (the diagonal pair "
                              f"only), got tiles={self.tiles}")
@@ -258,6 +266,16 @@ def walk_block_p(spec: SSDSpec, cfg: SSDChunkConfig) -> int:
     return min(cfg.walk_block_p, padded_headdim(spec))
 
 
+def walk_block_n(spec: SSDSpec, cfg: SSDChunkConfig) -> int:
+    return min(cfg.walk_block_n or padded_state(spec), padded_state(spec))
+
+
+def walk_programs(spec: SSDSpec, cfg: SSDChunkConfig) -> int:
+    """A walk's programs per (segment, head, batch row): its channel blocks x state blocks."""
+    return (triton.cdiv(spec.headdim, walk_block_p(spec, cfg))
+            * (padded_state(spec) // walk_block_n(spec, cfg)))
+
+
 def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
     return render.render(
         f"triton/ssd_chunk_{TEMPLATE_OF.get(kind, kind)}.py.jinja", spec_key=spec.key(),
@@ -265,7 +283,7 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         args=[n for n, _ in kernel_params(spec, kind)], pre=kind in ("cstp", "cdstp"),
         store_yp=kind == "couty", N=spec.d_state, NP=padded_state(spec),
         P2=padded_headdim(spec), headdim=spec.headdim, block_q=cfg.tile, tiles=cfg.tiles,
-        block_p=walk_block_p(spec, cfg), heads_split=cfg.heads_split, dot_dtype=spec.dtype,
+        block_p=walk_block_p(spec, cfg), block_n=walk_block_n(spec, cfg), heads_split=cfg.heads_split, dot_dtype=spec.dtype,
         has_D=spec.has_D, D_per_channel=spec.D_per_channel, has_z=spec.has_z,
         has_dt_bias=spec.has_dt_bias, dt_softplus=spec.dt_softplus,
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
@@ -286,7 +304,7 @@ def launch_config(cfg: SSDChunkConfig, kind: str) -> dict:
 
 def _launch(spec, cfg, kind, args, grid):
     launch_kernel(kernel(spec, cfg, kind), kernel_params(spec, kind), spec, cfg, kind, args,
-                  grid, launch_config(cfg, kind), "tile, walk_block_p")
+                  grid, launch_config(cfg, kind), "tile, walk_block_p, walk_block_n")
 
 
 # -- launching -----------------------------------------------------------------------------
@@ -306,13 +324,13 @@ def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
     """Runs a walk (cst, cdst) over the config's segments, after its pre-pass (kind + "p")
     over the segments pre_from .. pre_from + segments - 2: those the others start from (all
     but the last for cst, all but the first for cdst)."""
-    b, H, P, nc = a["x_ptr"].shape[0], a["H"], a["P"], a["nc"]
+    b, H, nc = a["x_ptr"].shape[0], a["H"], a["nc"]
     nseg, spc = segments(cfg, nc)
-    npb = triton.cdiv(P, walk_block_p(spec, cfg))
+    npb = walk_programs(spec, cfg)
     dev = a["x_ptr"].device
     a.update(nseg=nseg, spc=spc)
     if nseg > 1:
-        a.update(hsp_ptr=new((b, H, nseg, P, spec.d_state), torch.float32, dev),
+        a.update(hsp_ptr=new((b, H, nseg, spec.headdim, spec.d_state), torch.float32, dev),
                  psp_ptr=new((b, H, nseg), torch.float32, dev), nl=nseg - 1, seg_off=pre_from)
         _launch(spec, cfg, kind + "p", a, (npb * (nseg - 1), H, b))
     else:  # never read: any fp32 tensor of the call

@@ -30,6 +30,8 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(cdx_regs=100), r"config\.cdx_regs must be 0 \(no cap\) or a multiple of 8"),
     (dict(cout_regs=256), r"config\.cout_regs must be 0 \(no cap\) or a multiple of 8"),
     (dict(yp_recompute=2), r"config\.yp_recompute must be 0 or 1"),
+    (dict(walk_block_n=8), r"config\.walk_block_n must be 0 \(all of d_state\) or a power"),
+    (dict(walk_block_n=48), r"config\.walk_block_n must be 0 \(all of d_state\) or a power"),
     (dict(yp_recompute=1), r"config\.yp_recompute needs config\.tiles == 1"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
@@ -178,3 +180,25 @@ def test_yp_recompute_matches_reference(monkeypatch, D, z, heads):
                dict(SMALL, tiles=1, yp_recompute=1, cdx_heads=heads, heads_inner=1), 5)
     assert "couty" not in kinds and "cout" in kinds and "cdx" in kinds
     assert saved and all(s is None for s in saved)
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("splits, N", [(1, 40), (2, 20)])
+def test_walks_over_state_blocks_match_reference(monkeypatch, splits, N):
+    """config walk_block_n: the walks cst and cdst over blocks of d_state columns (the last
+    one partly masked at N 40 or 20 in blocks of 16), with and without sequence splits, an
+    initial state and the final state's gradient: every gradient against the float64
+    reference, and the walks launched with the state blocks in their grids."""
+    from test_ssd_kernels import check_call
+
+    grids, real = {}, tc._launch
+
+    def launch(spec, cfg, kind, a, grid):
+        grids[kind] = grid
+        real(spec, cfg, kind, a, grid)
+
+    monkeypatch.setattr(tc, "_launch", launch)
+    check_call(1, 53, (2, 1), 8, N, "h", True, True, True, (0.0, INF), True, True, F32, False,
+               dict(SMALL, walk_block_n=16, splits=splits), 13)
+    blocks = (64 if N > 32 else 32) // 16  # padded d_state in blocks of 16; one channel block
+    assert grids["cst"][0] == grids["cdst"][0] == blocks * splits
