@@ -218,7 +218,8 @@ def ssd_configs(spec, kind: str) -> list:
     kinds whose templates branch on them a second one with the other branches (two tiles per
     chunk, dy from the walk, two heads per program, heads first in the grid; cout's and cdx's
     registers capped, so the cap reaches ptxas), and for cdx a third forming y before the gate
-    again (yp_recompute: one tile a chunk only)."""
+    again (yp_recompute: one tile a chunk only); for the walks a second one over blocks of
+    d_state (walk_block_n)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
 
     out = [ssd_default_config(spec, kind)]
@@ -227,6 +228,8 @@ def ssd_configs(spec, kind: str) -> list:
                                   cout_regs=128, cdx_regs=168))
     if kind == "cdx":
         out.append(SSDChunkConfig(yp_recompute=1, cdx_heads=2))
+    if kind in ("cst", "cstp", "cdst", "cdstp"):
+        out.append(SSDChunkConfig(walk_block_n=32))
     return out
 
 
