@@ -60,10 +60,10 @@ class SSDChunkConfig(IntConfig):
     (those running together share a tile's B and C in L2), 0 tiles first (sweep2: 1 faster
     on ssd_long, batch 1; 0 on ssd_1.3b, batch 8); cout_regs / cdx_regs: a cap on cout's /
     cdx's registers per thread (ptxas' maxnreg; 0: the compiler's choice, up to 255), for
-    more programs per SM at the price of spills; yp_recompute (with z, one tile a chunk): 1 has cdx form y before the
-    gate again (one more [tile, tile] x [tile, headdim] product) for dz, 0 has couty store it
-    in the forward and cdx read it (an x-sized tensor saved between the passes: written once,
-    read once); walk_block_n: d_state columns per program of the two walks (0: all of the
+    more programs per SM at the price of spills; yp_recompute (with z, one tile a chunk): 1
+    has cdx form y before the gate again (one more [tile, tile] x [tile, headdim] product)
+    for dz, 0 has couty store it in the forward and cdx read it (an x-sized tensor saved
+    between the passes: written once, read once; sweep3: 0 faster); walk_block_n: d_state columns per program of the two walks (0: all of the
     padded d_state): a split of the state needs no pre-pass, as sequence splits do, for more
     walk programs where batch x heads x channel blocks leave SMs idle."""
 
@@ -249,7 +249,7 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
     if stages is None:
         return None
-    programs = batch * heads * triton.cdiv(spec.headdim, SSDChunkConfig.walk_block_p)
+    programs = batch * heads * walk_programs(spec, SSDChunkConfig())
     splits = 1
     while splits < MAX_SPLITS and programs * splits * 2 <= 2 * sms:
         splits *= 2
@@ -327,17 +327,17 @@ def _walk(spec, cfg, kind: str, a: dict, pre_from: int) -> None:
     but the last for cst, all but the first for cdst)."""
     b, H, nc = a["x_ptr"].shape[0], a["H"], a["nc"]
     nseg, spc = segments(cfg, nc)
-    npb = walk_programs(spec, cfg)
+    per_seg = walk_programs(spec, cfg)
     dev = a["x_ptr"].device
     a.update(nseg=nseg, spc=spc)
     if nseg > 1:
         a.update(hsp_ptr=new((b, H, nseg, spec.headdim, spec.d_state), torch.float32, dev),
                  psp_ptr=new((b, H, nseg), torch.float32, dev), nl=nseg - 1, seg_off=pre_from)
-        _launch(spec, cfg, kind + "p", a, (npb * (nseg - 1), H, b))
+        _launch(spec, cfg, kind + "p", a, (per_seg * (nseg - 1), H, b))
     else:  # never read: any fp32 tensor of the call
         a.update(hsp_ptr=a["dtp_ptr"], psp_ptr=a["dtp_ptr"])
     a.update(nl=nseg, seg_off=0)
-    _launch(spec, cfg, kind, a, (npb * nseg, H, b))
+    _launch(spec, cfg, kind, a, (per_seg * nseg, H, b))
 
 
 def _per_group(cfg: SSDChunkConfig, hpg: int, *fields: str) -> SSDChunkConfig:

@@ -105,9 +105,10 @@ def variants():
             ws = [(w, st, hp) for w, st in ((4, 1), (4, 2), (8, 3)) for hp in (1, 2)]
         if os.environ.get("SWEEP_SHORT") == "2":
             ws = [(4, 1, 1), (4, 2, 1), (8, 3, 1), (4, 1, 2)]  # shortest
+        capped = (1, 2)
         if os.environ.get("SWEEP_SHORT") == "3":  # the walks' (the others' best among them)
-            ws = [(4, 1, 1), (4, 2, 1), (4, 3, 1), (8, 3, 1)]
-        ws += [(4, st, "r") for st in ((1,) if os.environ.get("SWEEP_SHORT") == "3" else (1, 2))]
+            ws, capped = [(4, 1, 1), (4, 2, 1), (4, 3, 1), (8, 3, 1)], (1,)
+        ws += [(4, st, "r") for st in capped]
     out = []
     for w, st, hp in ws:
         v = {f"{k}_{f}": x for k in GROUPS for f, x in (("warps", w), ("stages", st))}
