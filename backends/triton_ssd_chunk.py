@@ -65,7 +65,12 @@ class SSDChunkConfig(IntConfig):
     for dz, 0 has couty store it in the forward and cdx read it (an x-sized tensor saved
     between the passes: written once, read once; sweep3: 0 faster); walk_block_n: d_state columns per program of the two walks (0: all of the
     padded d_state): a split of the state needs no pre-pass, as sequence splits do, for more
-    walk programs where batch x heads x channel blocks leave SMs idle."""
+    walk programs where batch x heads x channel blocks leave SMs idle (sweep4: slower than
+    splits on ssd_long); dz_walk (with z): 1 has the walk cdst form dz from dout, z and y
+    before the gate (it reads dout and z anyway) instead of cdx, whose registers the dz tiles
+    add to; v_cdbc: 1 has cdbc form the entering state's part of d cum (dy . C S^T e^cum, from
+    its per-head dy S product) and sigma_c instead of cdx, which then does not read the
+    forward's states S at all."""
 
     tile: int = 64
     tiles: int = 1
@@ -90,6 +95,8 @@ class SSDChunkConfig(IntConfig):
     cdx_regs: int = 0
     yp_recompute: int = 0
     walk_block_n: int = 0
+    dz_walk: int = 0
+    v_cdbc: int = 0
 
     backend = "triton"
     PREFIX = "chunk"  # encode(): what tells this config's text from the walk's (SSDConfig)
@@ -119,6 +126,10 @@ class SSDChunkConfig(IntConfig):
             t += f"_p{self.walk_block_p}" + (f"n{self.walk_block_n}" if self.walk_block_n else "")
         if k in ("cdst", "cdx") and self.dy_walk:
             t += "_dyw"
+        if k in ("cdst", "cdx") and self.dz_walk:
+            t += "_dzw"  # dz formed in the walk
+        if k in ("cdx", "cdbc") and self.v_cdbc:
+            t += "_vc"  # the states' part of d cum and sigma in cdbc
         if k == "cdx" and self.yp_recompute:
             t += "_yr"  # y before the gate formed again
         if k in ("cout", "cdx") and getattr(self, f"{k}_heads") > 1:
@@ -132,16 +143,20 @@ class SSDChunkConfig(IntConfig):
     def check(self, spec: SSDSpec | None = None) -> None:
         stages = tuple(f"{k}_stages" for k in ("cst", "cout", "cdst", "cdx", "cdbc"))
         regs = ("cout_regs", "cdx_regs")
-        self.check_powers(choices=stages + regs + ("dy_walk", "heads_inner", "yp_recompute",
-                                                   "walk_block_n"))
+        flags = ("dy_walk", "heads_inner", "yp_recompute", "dz_walk", "v_cdbc")
+        self.check_powers(choices=stages + regs + flags + ("walk_block_n",))
         for name in regs:  # ptxas takes 24..255; a multiple of 8 as registers are allocated
             v = getattr(self, name)
             if v and not (24 <= v <= 248 and v % 8 == 0):
                 raise ValueError(f"config.{name} must be 0 (no cap) or a multiple of 8 in "
                                  f"24..248, got {v}")
-        for name in ("dy_walk", "heads_inner", "yp_recompute"):
+        for name in flags:
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"config.{name} must be 0 or 1, got {getattr(self, name)}")
+        for name in ("dz_walk", "v_cdbc"):  # cdx forms y before the gate from S itself
+            if self.yp_recompute and getattr(self, name):
+                raise ValueError(f"config.{name} needs config.yp_recompute == 0 (cdx forms y "
+                                 f"before the gate again from the states), got both 1")
         for name in stages:
             if not 1 <= getattr(self, name) <= 4:
                 raise ValueError(f"config.{name} must be in 1..4, got {getattr(self, name)}")
@@ -190,7 +205,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a = ["dout_ptr"] + (["z_ptr"] if z else []) + ["C_ptr", "dtp_ptr", "cum_ptr"]
         if kind == "cdst":
             a += ["dfinal_ptr"] if spec.return_final_states else []
-            a += ["dckpt_ptr"] + (["dy_ptr"] if z else [])
+            a += ["dckpt_ptr"] + (["dy_ptr", "yp_ptr", "dz_ptr"] if z else [])
             a += ["dinit_ptr"] if spec.has_initial_state else []
         a += ["hsp_ptr", "psp_ptr"]
     elif kind == "cdx":
@@ -201,7 +216,7 @@ def kernel_params(spec: SSDSpec, kind: str) -> tuple:
         a += ["dD_ptr"] if D else []
     elif kind == "cdbc":
         a = x_in + (["dy_ptr"] if z else ["dout_ptr"]) + ["B_ptr", "C_ptr", "dtp_ptr", "cum_ptr"]
-        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr"]
+        a += ["ckpt_ptr", "dckpt_ptr", "dB_ptr", "dC_ptr", "v_ptr", "sig_ptr"]
     else:  # cdfin
         a = ["dt_ptr", "A_ptr"] + (["dtb_ptr"] if spec.has_dt_bias else [])
         a += ["v_ptr", "u_ptr", "gx_ptr", "rp_ptr", "sig_ptr", "ddt_ptr", "dA_ptr"]
@@ -290,7 +305,8 @@ def render_source(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:
         has_initial_state=spec.has_initial_state, return_final_states=spec.return_final_states,
         has_seq_idx=False, dy_walk=bool(cfg.dy_walk and spec.has_z),
         heads=getattr(cfg, f"{TEMPLATE_OF.get(kind, kind)}_heads", 1),
-        heads_inner=bool(cfg.heads_inner), yp_recompute=bool(cfg.yp_recompute and spec.has_z))
+        heads_inner=bool(cfg.heads_inner), yp_recompute=bool(cfg.yp_recompute and spec.has_z),
+        dz_walk=bool(cfg.dz_walk and spec.has_z), v_cdbc=bool(cfg.v_cdbc))
 
 
 @functools.lru_cache(maxsize=None)
@@ -406,6 +422,7 @@ def backward(c, spec: SSDSpec, cfg: SSDChunkConfig, ckpt, dout, dfinal=None, sav
              dB_ptr=new(part, c.B.dtype if hs == 1 else f32, dev),
              dC_ptr=new(part, c.C.dtype if hs == 1 else f32, dev))
     _launch(spec, cfg, "cdx", a, (nc * NT * (H // cfg.cdx_heads), 1, b))
+    # after cdx: cdbc reads its dy (dy_walk 0) and, with v_cdbc, adds to its d cum parts
     _launch(spec, cfg, "cdbc", a, (nc * NT, G * hs, b))
     _launch(spec, cfg, "cdfin", a, (nc, H, b))
     dB, dC = a["dB_ptr"], a["dC_ptr"]

@@ -17,7 +17,8 @@ Usage: python benchmarks/ssd_chunk_sweep.py OUT.json [shape names...]
 Environment: SWEEP_JOBS (compile processes), SWEEP_ROUND (1 or 2, default 2), SWEEP_SHORT=1
 (round 2's lists cut to the structures and launches that won round 1, for a short call) or 2
 (shorter still: no 8 splits, one 32-channel walk, four launches) or 3 (round 5: one tile a
-chunk, the walks over blocks of d_state against sequence splits, five launches).
+chunk, the walks over blocks of d_state against sequence splits, five launches) or 4 (round
+6: the default's structure with dz_walk and v_cdbc, each on and off, five launches).
 """
 import dataclasses
 import itertools
@@ -58,6 +59,10 @@ def structures(s):
         if few:
             walks += [(1, 64, 32), (2, 64, 64)]
         return [dict(base, splits=sp, walk_block_p=p, walk_block_n=n) for sp, p, n in walks]
+    if os.environ.get("SWEEP_SHORT") == "4":  # round 6: dz in the walk, v and sigma in cdbc
+        base = dict(tile=64, tiles=1, dy_walk=0, heads_inner=int(few), splits=4 if few else 1,
+                    walk_block_p=64)
+        return [dict(base, dz_walk=dz, v_cdbc=vc) for dz, vc in itertools.product((0, 1), (0, 1))]
     if os.environ.get("SWEEP_ROUND") == "1":
         for (tile, tiles), dyw in itertools.product(((64, 2), (32, 4), (128, 1), (64, 1)), (0, 1)):
             if (tile, tiles) in ((128, 1), (64, 1)) and dyw:
@@ -106,7 +111,7 @@ def variants():
         if os.environ.get("SWEEP_SHORT") == "2":
             ws = [(4, 1, 1), (4, 2, 1), (8, 3, 1), (4, 1, 2)]  # shortest
         capped = (1, 2)
-        if os.environ.get("SWEEP_SHORT") == "3":  # the walks' (the others' best among them)
+        if os.environ.get("SWEEP_SHORT") in ("3", "4"):  # the walks' (the others' best among them)
             ws, capped = [(4, 1, 1), (4, 2, 1), (4, 3, 1), (8, 3, 1)], (1,)
         ws += [(4, st, "r") for st in capped]
     out = []

@@ -216,8 +216,8 @@ def ssd_default_config(spec, kind: str = "fwd"):
 def ssd_configs(spec, kind: str) -> list:
     """The configs a covering compile takes for an SSD kind: its default, and for the chunk
     kinds whose templates branch on them a second one with the other branches (two tiles per
-    chunk, dy from the walk, two heads per program, heads first in the grid; cout's and cdx's
-    registers capped, so the cap reaches ptxas), and for cdx a third forming y before the gate
+    chunk, dy and dz from the walk, d cum's state part in cdbc, two heads per program, heads
+    first in the grid; cout's and cdx's registers capped, so the cap reaches ptxas), and for cdx a third forming y before the gate
     again (yp_recompute: one tile a chunk only); for the walks a second one over blocks of
     d_state (walk_block_n)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
@@ -225,7 +225,7 @@ def ssd_configs(spec, kind: str) -> list:
     out = [ssd_default_config(spec, kind)]
     if kind in ("cout", "couty", "cdst", "cdx", "cdbc"):
         out.append(SSDChunkConfig(tiles=2, dy_walk=1, cout_heads=2, cdx_heads=2, heads_inner=1,
-                                  cout_regs=128, cdx_regs=168))
+                                  cout_regs=128, cdx_regs=168, dz_walk=1, v_cdbc=1))
     if kind == "cdx":
         out.append(SSDChunkConfig(yp_recompute=1, cdx_heads=2))
     if kind in ("cst", "cstp", "cdst", "cdstp"):

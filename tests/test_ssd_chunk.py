@@ -33,6 +33,10 @@ SMALL = dict(form="chunk", tile=16, tiles=2, walk_block_p=16)
     (dict(walk_block_n=8), r"config\.walk_block_n must be 0 \(all of d_state\) or a power"),
     (dict(walk_block_n=48), r"config\.walk_block_n must be 0 \(all of d_state\) or a power"),
     (dict(yp_recompute=1), r"config\.yp_recompute needs config\.tiles == 1"),
+    (dict(dz_walk=2), r"config\.dz_walk must be 0 or 1"),
+    (dict(v_cdbc=2), r"config\.v_cdbc must be 0 or 1"),
+    (dict(tiles=1, yp_recompute=1, dz_walk=1), r"config\.dz_walk needs config\.yp_recompute == 0"),
+    (dict(tiles=1, yp_recompute=1, v_cdbc=1), r"config\.v_cdbc needs config\.yp_recompute == 0"),
     (dict(form="blocks"), r"config\.form must be one of \('walk', 'chunk'\)"),
 ])
 def test_bad_chunk_config_raises_naming_the_field(change, pattern):
@@ -202,3 +206,22 @@ def test_walks_over_state_blocks_match_reference(monkeypatch, splits, N):
                dict(SMALL, walk_block_n=16, splits=splits), 13)
     blocks = (64 if N > 32 else 32) // 16  # padded d_state in blocks of 16; one channel block
     assert grids["cst"][0] == grids["cdst"][0] == blocks * splits
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("dz_walk, v_cdbc, D, z", [(1, 0, "hp", True), (0, 1, "h", False),
+                                                   (1, 1, "h", True)])
+def test_work_moved_out_of_cdx_matches_reference(monkeypatch, dz_walk, v_cdbc, D, z):
+    """config dz_walk (the walk cdst forms dz) and v_cdbc (cdbc forms the entering state's part
+    of d cum and sigma): every gradient against the float64 reference, with sequence splits (dz
+    from the main walk only, not the pre-pass), two tiles a chunk, cdbc's heads split, and a
+    kernel name that says where the work went; without z dz_walk changes nothing."""
+    from test_ssd_kernels import check_call
+
+    names, real = [], tc._launch
+    monkeypatch.setattr(tc, "_launch", lambda s, c, k, a, g: names.append(tc.kernel_name(s, c, k))
+                        or real(s, c, k, a, g))
+    check_call(2, 45, (4, 2), 8, 6, D, z, True, True, (0.0, INF), True, True, F32, False,
+               dict(SMALL, splits=2, heads_split=2, dz_walk=dz_walk, v_cdbc=v_cdbc), 17)
+    cdx = next(n for n in names if "_cdx_" in n)
+    assert ("_dzw" in cdx) == bool(dz_walk) and ("_vc" in cdx) == bool(v_cdbc)

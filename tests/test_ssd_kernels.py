@@ -123,7 +123,8 @@ CHUNK_CONFIGS = st.builds(dict, form=st.just("chunk"), tile=st.just(16),
                           splits=st.sampled_from([1, 2, 4]), heads_split=st.sampled_from([1, 2]),
                           dy_walk=st.sampled_from([0, 1]), cout_heads=st.sampled_from([1, 2]),
                           cdx_heads=st.sampled_from([1, 2]), heads_inner=st.sampled_from([0, 1]),
-                          walk_block_n=st.sampled_from([0, 16]))
+                          walk_block_n=st.sampled_from([0, 16]), dz_walk=st.sampled_from([0, 1]),
+                          v_cdbc=st.sampled_from([0, 1]))
 
 
 @pytest.mark.interp
@@ -145,9 +146,12 @@ def test_triton_ssd_chunk_form_matches_reference(**k):
                                     dict(form="chunk", dy_walk=1, tile=32, tiles=4,
                                          cout_heads=2, cdx_heads=2),
                                     dict(form="chunk", yp_recompute=1, heads_inner=1),
-                                    dict(form="chunk", walk_block_n=32, splits=2, heads_inner=1)],
+                                    dict(form="chunk", walk_block_n=32, splits=2, heads_inner=1),
+                                    dict(form="chunk", dz_walk=1, v_cdbc=1, splits=2,
+                                         heads_inner=1, cdx_regs=168)],
                          ids=["default", "pass2_one_kernel", "pass2_split", "walk_p32_w8_s2",
-                              "chunk", "chunk_splits", "chunk_dyw", "chunk_yr", "chunk_bn"])
+                              "chunk", "chunk_splits", "chunk_dyw", "chunk_yr", "chunk_bn",
+                              "chunk_dzvc"])
 def test_triton_ssd_matches_reference_gpu(shape, dtype, config, backend="triton"):
     b, L, H, P, N, G = shape
     a = make_inputs(7, b, L, H, P, N, G, dtype, dtype, D="h", z=True, dt_bias=True, h0=True,
