@@ -63,14 +63,15 @@ class SSDChunkConfig(IntConfig):
     more programs per SM at the price of spills; yp_recompute (with z, one tile a chunk): 1
     has cdx form y before the gate again (one more [tile, tile] x [tile, headdim] product)
     for dz, 0 has couty store it in the forward and cdx read it (an x-sized tensor saved
-    between the passes: written once, read once; sweep3: 0 faster); walk_block_n: d_state columns per program of the two walks (0: all of the
-    padded d_state): a split of the state needs no pre-pass, as sequence splits do, for more
-    walk programs where batch x heads x channel blocks leave SMs idle (sweep4: slower than
-    splits on ssd_long); dz_walk (with z): 1 has the walk cdst form dz from dout, z and y
-    before the gate (it reads dout and z anyway) instead of cdx, whose registers the dz tiles
-    add to; v_cdbc: 1 has cdbc form the entering state's part of d cum (dy . C S^T e^cum, from
-    its per-head dy S product) and sigma_c instead of cdx, which then does not read the
-    forward's states S at all."""
+    between the passes: written once, read once; sweep3: 0 faster); walk_block_n: d_state
+    columns per program of the two walks (0: all of the padded d_state): a split of the state
+    needs no pre-pass, as sequence splits do, for more walk programs where batch x heads x
+    channel blocks leave SMs idle (sweep4: slower than splits on ssd_long); dz_walk (with z): 1
+    has the walk cdst form dz from dout, z and y before the gate (it reads dout and z anyway)
+    instead of cdx, whose registers the dz tiles add to; v_cdbc: 1 has cdbc, which loads each
+    head's S and dS anyway, form the entering state's part of d cum (dy . C S^T e^cum: one more
+    product a head) and sigma_c instead of cdx, which then does not read the forward's states S
+    at all (both untimed)."""
 
     tile: int = 64
     tiles: int = 1

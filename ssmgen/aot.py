@@ -217,9 +217,9 @@ def ssd_configs(spec, kind: str) -> list:
     """The configs a covering compile takes for an SSD kind: its default, and for the chunk
     kinds whose templates branch on them a second one with the other branches (two tiles per
     chunk, dy and dz from the walk, d cum's state part in cdbc, two heads per program, heads
-    first in the grid; cout's and cdx's registers capped, so the cap reaches ptxas), and for cdx a third forming y before the gate
-    again (yp_recompute: one tile a chunk only); for the walks a second one over blocks of
-    d_state (walk_block_n)."""
+    first in the grid; cout's and cdx's registers capped, so the cap reaches ptxas), and for
+    cdx a third forming y before the gate again (yp_recompute: one tile a chunk only); for the
+    walks a second one over blocks of d_state (walk_block_n)."""
     from .backends.triton_ssd_chunk import SSDChunkConfig
 
     out = [ssd_default_config(spec, kind)]
