@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Device call (carry .peer, .whl): the shipped default against it with dz_walk and v_cdbc
 # (cdx relieved of dz and of the states' part of d cum), with and without cdx's registers
-# capped at 168, and with v_cdbc alone, beside mamba-ssm through the public call on ssd_long
+# capped at 168, and with v_cdbc alone, beside mamba-ssm through the public call on SHAPES
+# (default ssd_long_bf16)
 # (ssd_chunk_compare.py: medians, profiled kernel sums, peak memory, difference from the walk).
-# The configs are ssd_long's default (splits 4, heads first) with those fields changed.
+# The configs are each shape's default with those fields changed (OVER).
 set -u
 source benchmarks/device_setup.sh
 R=$OUT/${RUN:-cdx_relief}
 mkdir -p $R
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > $R/gpu.txt
-D=chunk,64,1,64,4,1,8,3,4,1,4,2,4,1,8,3,0,1,1,1,128
-export PEER=1 EXTRA="$D,0,0,0,1,1;$D,168,0,0,1,1;$D,0,0,0,0,1"
+export PEER=1 OVER="dz_walk=1,v_cdbc=1;dz_walk=1,v_cdbc=1,cdx_regs=168;v_cdbc=1"
 timeout ${CMP_S:-200} python3 benchmarks/ssd_chunk_compare.py $R/cmp.json ${SHAPES:-ssd_long_bf16} > $R/cmp.log 2>&1
 echo "compare rc $?"
 grep -v -i "warn" $R/cmp.log | grep -v "^$" | cut -c1-180

@@ -5,8 +5,11 @@ ssd_sweep_common.compare) and the inference forward (no grad), on the suite's ss
 Also the relative difference of out and every gradient between the default and the walk.
 
 Usage: python benchmarks/ssd_chunk_compare.py OUT.json [shape names...]
-Environment: PEER (1: mamba-ssm too), EXTRA (more configs: encode() texts, ';'-separated).
+Environment: PEER (1: mamba-ssm too), EXTRA (more configs: encode() texts, ';'-separated),
+OVER (more configs: each shape's default with fields changed, e.g. "dz_walk=1,v_cdbc=1;
+v_cdbc=1": ';'-separated sets of name=int).
 """
+import dataclasses
 import json
 import os
 import sys
@@ -25,11 +28,16 @@ from ssmgen.suite import load  # noqa: E402
 
 
 def configs(s, c):
-    """The walk, the default, and the configs of EXTRA (encode() texts, ';'-separated)."""
+    """The walk, the default, the configs of EXTRA (encode() texts, ';'-separated) and of OVER
+    (the shape's default with fields changed: "name=int,name=int;...")."""
     walk = ts.walk_config(spec_of(c), c.batch, c.heads)
     out = {"walk": walk, "default": None}
     for i, text in enumerate(t for t in os.environ.get("EXTRA", "").split(";") if t):
         out[f"extra{i}"] = decode_config(text)
+    default = ts.default_config(spec_of(c), c.batch, c.heads)
+    for text in (t for t in os.environ.get("OVER", "").split(";") if t):
+        change = {k: int(v) for k, v in (f.split("=") for f in text.split(","))}
+        out[text] = dataclasses.replace(default, **change)
     return out
 
 
