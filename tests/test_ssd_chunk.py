@@ -209,8 +209,8 @@ def test_walks_over_state_blocks_match_reference(monkeypatch, splits, N):
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("dz_walk, v_cdbc, D, z", [(1, 0, "hp", True), (0, 1, "h", False),
-                                                   (1, 1, "h", True)])
+@pytest.mark.parametrize("dz_walk, v_cdbc, D, z", [(1, 0, "hp", True), (0, 1, "h", True),
+                                                   (1, 1, "h", True), (1, 1, None, False)])
 def test_work_moved_out_of_cdx_matches_reference(monkeypatch, dz_walk, v_cdbc, D, z):
     """config dz_walk (the walk cdst forms dz) and v_cdbc (cdbc forms the entering state's part
     of d cum and sigma): every gradient against the float64 reference, with sequence splits (dz
