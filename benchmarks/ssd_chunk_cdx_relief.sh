@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Device call (carry .peer, .whl): the shipped default against it with dz_walk and v_cdbc
 # (cdx relieved of dz and of the states' part of d cum), with and without cdx's registers
-# capped at 168, and with v_cdbc alone, beside mamba-ssm through the public call on SHAPES
-# (default ssd_long_bf16)
-# (ssd_chunk_compare.py: medians, profiled kernel sums, peak memory, difference from the walk).
-# The configs are each shape's default with those fields changed (OVER).
+# capped at 168, and with v_cdbc alone: each shape's default with those fields changed
+# (ssd_chunk_compare.py's OVER), beside mamba-ssm through the public call on SHAPES (default
+# ssd_long_bf16): medians, profiled kernel sums, peak memory, difference from the walk.
 set -u
 source benchmarks/device_setup.sh
 R=$OUT/${RUN:-cdx_relief}
