@@ -128,16 +128,19 @@ def padded_headdim(spec: SSDSpec) -> int:
     return max(16, triton.next_power_of_2(spec.headdim))
 
 
-def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64, training: bool = True):
+def default_config(spec: SSDSpec, batch: int = 1, heads: int = 64):
     """The chunk form (backends/triton_ssd_chunk.py: its default_config) where it was
-    measured faster than the walk: for training (a backward follows), no packed sequences,
-    d_state up to 128; with sequence splits where batch x heads is small (ssd_long). Else the
-    walk (walk_config): the inference forward, packed sequences, d_state above 128, and where
-    the chunk form's defaults would not fit in shared memory (fp32 at headdim 256).
-    See benchmarks/NOTES.md, "SSD in chunk form" and "SSD chunk form, round 2"."""
+    measured faster than the walk: no packed sequences, d_state up to 128; with sequence
+    splits where batch x heads is small (ssd_long). Also for the inference forward since
+    ssd_chunk_v2/cdx_relief (H100, one process: ssd_long 1.05 against the walk's 1.27 ms,
+    ssd_1.3b 0.45 against 0.53), at the cost of the chunk states it writes and reads (x's
+    dtype, (b, H, chunks, P, N): 2x x's bytes at headdim 64, d_state 128, chunk 64; the
+    walk's inference forward writes none). Else the walk (walk_config): packed sequences,
+    d_state above 128, and where the chunk form's defaults would not fit in shared memory
+    (fp32 at headdim 256). See benchmarks/NOTES.md, "SSD in chunk form" and the rounds after."""
     from . import triton_ssd_chunk
 
-    if training and not spec.has_seq_idx and padded_state(spec) <= 128:
+    if not spec.has_seq_idx and padded_state(spec) <= 128:
         cfg = triton_ssd_chunk.default_config(spec, batch, heads)
         if cfg is not None:
             return cfg

@@ -259,7 +259,12 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
     - cout (at its 1 stage: 132 registers against 152 at 2) capped at 128 registers where
       that spills at most 56 bytes (2-byte x at padded headdim <= 64): 4 programs per SM
       instead of 3; couty 0.67 -> 0.63 ms on ssd_long,
-      0.34 -> 0.31 on ssd_1.3b. At headdim 128 the cap spills 344 bytes (untimed: left off)."""
+      0.34 -> 0.31 on ssd_1.3b. At headdim 128 the cap spills 344 bytes (untimed: left off).
+    From ssd_chunk_v2/cdx_relief (H100, bf16, headdim 64, d_state 128): v_cdbc where the cap
+    is taken (cdbc forms the entering state's part of d cum and sigma, cdx reads no state):
+    cdx 1.68 -> 1.19 ms, cdbc 0.57 -> 0.80 on ssd_long (kernel sum 4.23 -> 3.98); 0.82 ->
+    0.63 and 0.29 -> 0.41 on ssd_1.3b (1.90 -> 1.83). dz_walk lost there (cdst 0.45 -> 0.97
+    ms). At headdim 128 both cdx and cdbc spill either way (untimed: left off)."""
     itemsize = getattr(torch, spec.dtype).itemsize
     width = itemsize * padded_headdim(spec)
     stages = next((st for w, st in _CDBC_STAGES if width <= w), None)
@@ -271,7 +276,7 @@ def default_config(spec: SSDSpec, batch: int, heads: int, sms: int = 132):
         splits *= 2
     cap = itemsize == 2 and padded_headdim(spec) <= 64
     return SSDChunkConfig(splits=splits, cdbc_stages=stages, cout_regs=128 if cap else 0,
-                          heads_inner=int(splits > 1))
+                          heads_inner=int(splits > 1), v_cdbc=int(cap))
 
 
 def kernel_name(spec: SSDSpec, cfg: SSDChunkConfig, kind: str) -> str:

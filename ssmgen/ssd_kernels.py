@@ -51,17 +51,13 @@ def _impl(cfg):
     return triton_ssd_chunk if isinstance(cfg, triton_ssd_chunk.CONFIG) else triton_ssd
 
 
-def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton",
-              training: bool = True):
-    """None (the heuristic default for these sizes, and for Triton whether a backward follows:
-    training), the backend's config (SSDConfig or SSDChunkConfig for Triton, CudaSSDConfig for
-    CUDA) or a dict of its fields (with form="chunk" for the chunk form's)."""
+def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton"):
+    """None (the heuristic default for these sizes), the backend's config (SSDConfig or
+    SSDChunkConfig for Triton, CudaSSDConfig for CUDA) or a dict of its fields (with form="chunk" for the chunk form's)."""
     mod = _module(backend)
     classes = _classes(backend)
     if config is None:
-        if backend == "cuda":
-            return mod.default_config(spec, batch, heads)
-        return mod.default_config(spec, batch, heads, training)
+        return mod.default_config(spec, batch, heads)
     if isinstance(config, dict):
         fields = dict(config)
         form = fields.pop("form", "walk")
@@ -224,7 +220,7 @@ def run(c, config=None, backend: str = "triton"):
     tensors = [getattr(c, n) for n in _TENSORS]
     for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in tensors)
-    cfg = config_of(spec, config, c.batch, c.heads, backend, training=for_backward)
+    cfg = config_of(spec, config, c.batch, c.heads, backend)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
     # the checkpoints are written where a backward can follow or the varlen states read them:
     # an inference call's forward saves nothing (ssd_fwdo_v1: 537 MB of stores on ssd_1.3b)

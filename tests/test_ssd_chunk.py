@@ -65,7 +65,8 @@ def test_chunk_config_text_and_interval():
 
 def test_default_takes_the_chunk_form_where_measured_faster():
     """Training: the chunk form, with sequence splits where batch x heads gives its walks under
-    2 programs per SM (batch 1 as in ssd_long). The walk for inference, packed sequences,
+    2 programs per SM (batch 1 as in ssd_long), cdbc forming v and sigma for 2-byte x at
+    headdim <= 64; the inference forward too (cdx_relief). The walk for packed sequences,
     d_state above 128 and where the chunk form's defaults would not fit (fp32, headdim 256)."""
     s = SSDSpec(128, 64, "bfloat16", "bfloat16", has_D=True, has_z=True, has_dt_bias=True,
                 dt_softplus=True)
@@ -80,7 +81,9 @@ def test_default_takes_the_chunk_form_where_measured_faster():
     for dtype, P in (("bfloat16", 128), ("float32", 64)):
         other = triton_ssd.default_config(replace(s, dtype=dtype, dt_dtype=dtype, headdim=P), 8, 64)
         assert other.cout_regs == 0 and "maxnreg" not in other.launch("couty")
-    assert isinstance(triton_ssd.default_config(s, 8, 64, training=False), triton_ssd.SSDConfig)
+        assert other.v_cdbc == 0  # cdbc forms v only where measured (cdx_relief)
+    assert big.v_cdbc == 1 and triton_ssd.default_config(s, 1, 64).v_cdbc == 1
+    assert big.dz_walk == 0  # measured slower (cdst 0.45 -> 0.97 ms on ssd_long)
     for other in (replace(s, has_seq_idx=True), replace(s, d_state=256),
                   replace(s, dtype="float32", dt_dtype="float32", headdim=256)):
         assert isinstance(triton_ssd.default_config(other, 8, 64), triton_ssd.SSDConfig)

@@ -53,7 +53,8 @@ def check(a, opts, ret_final, config, dtype, seed, ref=None, backend="triton"):
     for name, g in grads.items():
         assert g.dtype == a[name].dtype, name
         assert_close(f"d{name}", g.cpu(), rgrads[name], dtype, **floors.get(name, {}))
-    # the inference forward (no backward can follow: kind fwdo, which saves no checkpoints)
+    # the inference forward (no backward can follow: no checkpoints saved; the walk runs fwdo,
+    # the chunk form cout)
     with torch.no_grad():
         res = ssmgen.mamba_chunk_scan_combined(
             chunk_size=64, **{k: v.detach().to(DEV) for k, v in a.items()}, **on_dev(opts),
