@@ -53,7 +53,8 @@ def _impl(cfg):
 
 def config_of(spec: SSDSpec, config, batch: int = 1, heads: int = 64, backend: str = "triton"):
     """None (the heuristic default for these sizes), the backend's config (SSDConfig or
-    SSDChunkConfig for Triton, CudaSSDConfig for CUDA) or a dict of its fields (with form="chunk" for the chunk form's)."""
+    SSDChunkConfig for Triton, CudaSSDConfig for CUDA) or a dict of its fields (with
+    form="chunk" for the chunk form's)."""
     mod = _module(backend)
     classes = _classes(backend)
     if config is None:
