@@ -223,8 +223,9 @@ def run(c, config=None, backend: str = "triton"):
         t is not None and t.requires_grad for t in tensors)
     cfg = config_of(spec, config, c.batch, c.heads, backend)
     flags = (c.dt_softplus, c.dt_limit[0], c.dt_limit[1], c.return_final_states, cfg.encode())
-    # the checkpoints are written where a backward can follow or the varlen states read them:
-    # an inference call's forward saves nothing (ssd_fwdo_v1: 537 MB of stores on ssd_1.3b)
+    # the checkpoints are kept where a backward can follow or the varlen states read them: an
+    # inference call's forward keeps none (the walk's fwdo writes none, ssd_fwdo_v1: 537 MB of
+    # stores less on ssd_1.3b; the chunk form's cout reads the chunk states, freed after it)
     out, final, ckpt = _SSD.apply(flags, c if eager else None, for_backward,
                                   c.return_varlen_states, c.seq_idx, *tensors)
     varlen = None
