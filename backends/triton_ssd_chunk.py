@@ -68,10 +68,11 @@ class SSDChunkConfig(IntConfig):
     needs no pre-pass, as sequence splits do, for more walk programs where batch x heads x
     channel blocks leave SMs idle (sweep4: slower than splits on ssd_long); dz_walk (with z): 1
     has the walk cdst form dz from dout, z and y before the gate (it reads dout and z anyway)
-    instead of cdx, whose registers the dz tiles add to; v_cdbc: 1 has cdbc, which loads each
-    head's S and dS anyway, form the entering state's part of d cum (dy . C S^T e^cum: one more
-    product a head) and sigma_c instead of cdx, which then does not read the forward's states S
-    at all (both untimed)."""
+    instead of cdx, whose registers the dz tiles add to (cdx_relief: cdst twice as slow, more
+    than cdx gains); v_cdbc: 1 has cdbc, which loads each head's S and dS anyway, form the
+    entering state's part of d cum (dy . C S^T e^cum: one more product a head) and sigma_c
+    instead of cdx, which then does not read the forward's states S at all (cdx_relief:
+    faster, default_config takes it)."""
 
     tile: int = 64
     tiles: int = 1
